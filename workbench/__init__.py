@@ -1,0 +1,38 @@
+"""Interp Workbench: neuron-level interpretability on nnsight, with live widgets.
+
+    import workbench as wb
+    model = wb.load()                       # the embedded SmolLM2-135M-Instruct, offline
+    res = model.run("The capital of France is", capture=["neurons.10"])
+    res.to_pandas()                          # top next-token predictions
+    model.run("...", [wb.zero_neurons(10, [42])])
+"""
+
+from .arch import SITE_NAMES, ArchMap, Site
+from .directions import mean_difference, neuron_direction
+from .engine import GenerationCancelled, Model
+from .loading import ModelLoadError, load
+from .results import GenerationResult, RunResult, Token, TopK
+from .specs import (
+    AblateHeads,
+    Edit,
+    Patch,
+    Spec,
+    Steer,
+    ablate_heads,
+    mean_ablate_neurons,
+    scale_neurons,
+    set_neurons,
+    spec_from_dict,
+    specs_from_json,
+    specs_to_json,
+    steer,
+    zero_neurons,
+)
+
+__all__ = [
+    "SITE_NAMES", "ArchMap", "Site", "Model", "GenerationCancelled", "ModelLoadError", "load",
+    "GenerationResult", "RunResult", "Token", "TopK", "AblateHeads", "Edit", "Patch", "Spec", "Steer",
+    "ablate_heads", "mean_ablate_neurons", "scale_neurons", "set_neurons", "spec_from_dict",
+    "specs_from_json", "specs_to_json", "steer", "zero_neurons", "mean_difference", "neuron_direction",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,479 @@
+"""The engine: `Model` wraps an nnsight model and compiles intervention specs into one trace.
+
+Everything that edits or reads the model goes through `_TraceProgram`, which runs inside
+an nnsight trace (or at every step of an nnsight generation): it visits the requested
+sites in forward order, applies the specs, and saves reduced results. Because it is
+plain nnsight code, it also runs under ``remote=True`` (NDIF) and ``remote="local"``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nnsight
+import torch
+
+from .arch import WRITABLE, ArchMap, Site
+from .results import GenerationResult, RunResult, Token, TopK
+from .specs import AblateHeads, Edit, Patch, Spec, Steer, spec_from_dict
+
+Reducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class GenerationCancelled(Exception):
+    """Raised by `Model.generate` when its ``cancel`` event was set mid-generation."""
+
+
+def _get(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+@dataclass
+class Batch:
+    """Tokenized prompts, right-padded: main rows first, then patch-source rows."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    tokens: list[list[Token]]
+    n_main: int
+    sources: dict[str, int] = field(default_factory=dict)  # source prompt -> row
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.tokens]
+
+
+@dataclass
+class _StepState:
+    """Where a generation step is: step 0 sees the whole prompt, later steps one token."""
+
+    step: int
+    lengths: list[int]
+
+
+class _TraceProgram:
+    """Specs and captures compiled into an ordered visit of sites (runs inside a trace)."""
+
+    def __init__(self, model: Model, specs: Sequence[Spec], capture: dict[str, Reducer | None], batch: Batch):
+        self.arch = model.arch
+        self.batch = batch
+        self.specs: dict[str, list[Spec]] = {}
+        for s in specs:
+            site = s.parsed_site
+            self.arch.check_layer(site.layer)
+            self._check_spec(s, site)
+            self.specs.setdefault(str(site), []).append(s)
+        self.capture = {str(Site.parse(k)): v for k, v in capture.items()}
+        for k in self.capture:
+            self.arch.check_layer(Site.parse(k).layer)
+        sites = {Site.parse(k) for k in list(self.specs) + list(self.capture)}
+        self.sites = sorted(sites, key=lambda s: s.order)
+
+    def _check_spec(self, s: Spec, site: Site) -> None:
+        width = self.arch.n_heads if site.name == "z" else self.arch.size(site)
+        idx = getattr(s, "heads", None) if isinstance(s, AblateHeads) else getattr(s, "indices", None)
+        if idx:
+            bad = [i for i in idx if not -width <= i < width]
+            if bad:
+                unit = "head" if site.name == "z" else "index"
+                raise IndexError(f"{s.describe()}: {unit} {bad[0]} is out of range for {site} (size {width})")
+        if isinstance(s, Steer) and len(s.direction) != self.arch.size(site):
+            raise ValueError(f"{s.describe()}: direction has {len(s.direction)} values but {site} has width {self.arch.size(site)}")
+        if isinstance(s, Edit) and isinstance(s.value, list) and s.indices is not None and len(s.value) != len(s.indices):
+            raise ValueError(f"{s.describe()}: {len(s.value)} values for {len(s.indices)} indices")
+        for p in getattr(s, "positions", None) or []:
+            for L in self.batch.lengths[: self.batch.n_main]:
+                if not -L <= p < L:
+                    raise IndexError(f"{s.describe()}: position {p} is out of range for a prompt of {L} tokens")
+
+    # -- reading sites ---------------------------------------------------------------
+    def _layer(self, nn: Any, i: int) -> Any:
+        return _get(nn, self.arch.layers)[i]
+
+    def _read(self, nn: Any, site: Site, cache: dict) -> torch.Tensor:
+        a = self.arch
+        name, L = site.name, site.layer
+        if name == "embed":
+            return _get(nn, a.embed).output
+        if name in ("final_norm", "logits"):
+            return _get(nn, a.final_norm if name == "final_norm" else a.unembed).output
+        layer = self._layer(nn, L)
+        if name == "resid_pre":
+            return layer.input
+        if name in ("z", "head_out"):
+            if ("z", L) not in cache:
+                cache[("z", L)] = _get(layer, a.attn_o_proj).input.unflatten(-1, (a.n_heads, a.d_head))
+            z = cache[("z", L)]
+            if name == "z":
+                return z
+            proj = _get(layer, a.attn_o_proj)
+            w = proj.weight
+            w = w if type(proj._module).__name__ != "Conv1D" else w.T  # -> [d_model, H*d_head]
+            return torch.einsum("bshd,mhd->bshm", z, w.reshape(a.d_model, a.n_heads, a.d_head))
+        if name in ("attn_out", "pattern"):
+            if ("attn", L) not in cache:
+                cache[("attn", L)] = _get(layer, a.attn).output
+            out = cache[("attn", L)]
+            if name == "pattern" and out[1] is None:
+                raise RuntimeError("attention probabilities are not materialized: load the model with eager attention")
+            return out[0] if name == "attn_out" else out[1]
+        if name == "neurons":
+            return _get(layer, a.mlp_out_proj).input
+        if name == "mlp_out":
+            out = _get(layer, a.mlp).output
+            return out[0] if isinstance(out, tuple) else out
+        if name == "resid_post":
+            out = layer.output
+            return out[0] if isinstance(out, tuple) else out
+        raise ValueError(f"unknown site {site}")
+
+    # -- positions -----------------------------------------------------------------
+    def _rows_positions(self, positions: list[int] | None, st: _StepState, seq: int) -> list[tuple[int, Any]]:
+        """(row, position index) pairs for the main rows at this step; [] when nothing applies."""
+        n = self.batch.n_main
+        if positions is None:
+            return [(slice(0, n), slice(None))]
+        out = []
+        if st.step == 0:
+            for r in range(n):
+                L = st.lengths[r]
+                ps = [p + L if p < 0 else p for p in positions]
+                out.append((r, ps))
+            if all(o[1] == out[0][1] for o in out):
+                return [(slice(0, n), out[0][1])]
+            return out
+        # later generation steps: one new token at absolute position lengths[r] + step - 1
+        for r in range(n):
+            absolute = st.lengths[r] + st.step - 1
+            if absolute in positions:
+                out.append((r, [seq - 1]))
+        return out
+
+    # -- applying specs ------------------------------------------------------------
+    def _apply(self, x: torch.Tensor, s: Spec, st: _StepState) -> None:
+        seq = x.shape[2] if s.parsed_site.name == "pattern" else x.shape[1]
+        if isinstance(s, Patch):
+            if st.step > 0:
+                return
+            src = self.batch.sources[s.source]
+            src_pos = s.source_positions if s.source_positions is not None else s.positions
+            for rows, pos in self._rows_positions(s.positions, st, seq):
+                spos = slice(None) if src_pos is None else [p + self.batch.lengths[src] if p < 0 else p for p in src_pos]
+                if s.indices is None:
+                    value = x[src:src + 1, spos]
+                    x[rows, pos] = value if isinstance(rows, slice) else value[0]
+                else:
+                    idx = torch.tensor(s.indices, device=x.device)
+                    value = x[src:src + 1, spos][:, :, idx]
+                    self._assign(x, rows, pos, idx, value if isinstance(rows, slice) else value[0])
+            return
+        for rows, pos in self._rows_positions(s.positions, st, seq):
+            if isinstance(s, Steer):
+                d = torch.tensor(s.direction, dtype=x.dtype, device=x.device) * s.strength
+                x[rows, pos] += d
+            elif isinstance(s, AblateHeads):
+                idx = torch.tensor(s.heads, device=x.device)
+                if s.op == "zero":
+                    self._assign(x, rows, pos, idx, 0.0)
+                else:
+                    means = torch.tensor(s.means, dtype=x.dtype, device=x.device)[idx]
+                    self._assign(x, rows, pos, idx, means)
+            elif isinstance(s, Edit):
+                idx = None if s.indices is None else torch.tensor(s.indices, device=x.device)
+                val = None if s.value is None else torch.tensor(s.value, dtype=x.dtype, device=x.device)
+                if s.op == "zero":
+                    self._assign(x, rows, pos, idx, 0.0)
+                elif s.op in ("set", "mean"):
+                    self._assign(x, rows, pos, idx, val)
+                elif s.op == "scale":
+                    self._assign(x, rows, pos, idx, self._take(x, rows, pos, idx) * val)
+                elif s.op == "add":
+                    self._assign(x, rows, pos, idx, self._take(x, rows, pos, idx) + val)
+
+    @staticmethod
+    def _key(x: torch.Tensor, rows: Any, pos: Any, idx: torch.Tensor | None) -> tuple:
+        if idx is None:
+            return (rows, pos)
+        if isinstance(pos, list):
+            p = torch.tensor(pos, device=x.device)
+            return (rows, p[:, None], idx[None, :])
+        return (rows, pos, idx)
+
+    def _take(self, x: torch.Tensor, rows: Any, pos: Any, idx: torch.Tensor | None) -> torch.Tensor:
+        return x[self._key(x, rows, pos, idx)]
+
+    def _assign(self, x: torch.Tensor, rows: Any, pos: Any, idx: torch.Tensor | None, value: Any) -> None:
+        x[self._key(x, rows, pos, idx)] = value
+
+    # -- the body that runs inside the trace ----------------------------------------
+    def visit(self, nn: Any, st: _StepState, saves: dict[str, list] | None = None) -> dict[str, torch.Tensor]:
+        """Visit sites in forward order: apply specs, then capture. Returns saved tensors."""
+        cache: dict = {}
+        out: dict[str, torch.Tensor] = {}
+        for site in self.sites:
+            key = str(site)
+            x = self._read(nn, site, cache)
+            for s in self.specs.get(key, ()):
+                self._apply(x, s, st)
+            if key in self.capture:
+                reducer = self.capture[key]
+                value = x[: self.batch.n_main].detach().clone() if reducer is None else reducer(x[: self.batch.n_main])
+                if saves is None:
+                    out[key] = nnsight.save(value)
+                else:
+                    saves[key].append(value)
+        return out
+
+
+class Model:
+    """A language model in the workbench: an nnsight model, its tokenizer and its architecture map.
+
+    ``model.run(prompt, interventions=[...], capture=[...])`` and
+    ``model.generate(prompt, interventions=[...])`` are the high-level API. For raw
+    nnsight, ``model.nn`` is the `nnsight` model and ``model.site(name)`` returns the live
+    tensor of a standard site inside your own ``with model.nn.trace(...)`` block.
+    """
+
+    def __init__(self, nn: Any, tokenizer: Any, arch: ArchMap, remote: bool | str = False, name: str = ""):
+        self.nn = nn
+        self.tokenizer = tokenizer
+        self.arch = arch
+        self.remote = remote
+        self.name = name
+        self._lock = threading.RLock()
+        if getattr(tokenizer, "pad_token_id", None) is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # -- basic facts ---------------------------------------------------------------
+    @property
+    def hf(self) -> Any:
+        """The underlying Hugging Face model."""
+        return self.nn._module
+
+    @property
+    def n_layers(self) -> int:
+        return self.arch.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.arch.n_heads
+
+    @property
+    def d_model(self) -> int:
+        return self.arch.d_model
+
+    @property
+    def d_mlp(self) -> int:
+        return self.arch.d_mlp
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def __repr__(self) -> str:
+        a = self.arch
+        where = {True: "remote (NDIF)", "local": "remote='local'", False: str(self.device)}[self.remote]
+        return (f"Model({self.name!r}, family={a.family}, layers={a.n_layers}, d_model={a.d_model}, "
+                f"heads={a.n_heads}, d_mlp={a.d_mlp}, vocab={a.vocab}, on {where})")
+
+    # -- tokens --------------------------------------------------------------------
+    def tokenize(self, prompts: str | Sequence[str], sources: Iterable[str] = ()) -> Batch:
+        """Tokenize prompts (right-padded), with exact character spans per token."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompt given")
+        src = [s for s in dict.fromkeys(sources) if s]
+        all_texts = prompts + src
+        tok = self.tokenizer
+        enc = tok(all_texts, return_offsets_mapping=True, add_special_tokens=True)
+        tokens: list[list[Token]] = []
+        for b, text in enumerate(all_texts):
+            ids = enc["input_ids"][b]
+            if not ids or not text:
+                raise ValueError(f"prompt {b} is empty: give at least one token of text")
+            offs = enc["offset_mapping"][b]
+            row = []
+            for tid, (s, e) in zip(ids, offs):
+                piece = text[s:e] if e > s else tok.decode([tid])
+                row.append(Token(int(tid), piece, int(s), int(e)))
+            tokens.append(row)
+        n = max(len(r) for r in tokens)
+        pad = tok.pad_token_id
+        input_ids = torch.full((len(tokens), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(tokens), n), dtype=torch.long)
+        for b, row in enumerate(tokens):
+            input_ids[b, : len(row)] = torch.tensor([t.id for t in row])
+            mask[b, : len(row)] = 1
+        return Batch(input_ids, mask, tokens, len(prompts), {s: len(prompts) + i for i, s in enumerate(src)})
+
+    def to_str_tokens(self, prompt: str) -> list[str]:
+        return [t.text for t in self.tokenize(prompt).tokens[0]]
+
+    # -- compilation ---------------------------------------------------------------
+    @staticmethod
+    def _specs(interventions: Iterable[Spec | dict] | None) -> list[Spec]:
+        out = []
+        for s in interventions or ():
+            out.append(spec_from_dict(s) if isinstance(s, dict) else s)
+            if not isinstance(out[-1], Spec):
+                raise TypeError(f"an intervention is a workbench spec or its dict, not {type(s).__name__}")
+        return out
+
+    @staticmethod
+    def _captures(capture: Iterable[str] | dict[str, Reducer | None] | None) -> dict[str, Reducer | None]:
+        if capture is None:
+            return {}
+        if isinstance(capture, str):
+            capture = [capture]
+        if isinstance(capture, dict):
+            return dict(capture)
+        return {c: None for c in capture}
+
+    def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        dev = self.device if not self.remote else torch.device("cpu")
+        return {"input_ids": batch.input_ids.to(dev), "attention_mask": batch.attention_mask.to(dev)}
+
+    def _remote_kw(self, remote: bool | str | None) -> dict[str, Any]:
+        r = self.remote if remote is None else remote
+        return {"remote": r} if r else {}
+
+    # -- running -------------------------------------------------------------------
+    def run(self, prompts: str | Sequence[str], interventions: Iterable[Spec | dict] | None = None, *,
+            capture: Iterable[str] | dict[str, Reducer | None] | None = None, top_k: int = 10,
+            logits: str | None = "last", remote: bool | str | None = None, grad: bool = False) -> RunResult:
+        """Run prompts once with interventions; return tokens, top-k, logits and captures.
+
+        ``capture``: site names (``"neurons.3"``) or ``{site: reducer}`` where the reducer
+        runs inside the trace (so only its result travels back from a remote model).
+        ``logits``: ``"last"`` (each prompt's last position), ``"all"`` or ``None``.
+        """
+        specs = self._specs(interventions)
+        caps = self._captures(capture)
+        batch = self.tokenize(prompts, [s.source for s in specs if isinstance(s, Patch)])
+        program = _TraceProgram(self, specs, caps, batch)
+        st = _StepState(0, batch.lengths)
+        n = batch.n_main
+        last = torch.tensor([L - 1 for L in batch.lengths[:n]])
+        k = min(top_k, self.arch.vocab)
+        unembed = self.arch.unembed
+        ctx = torch.enable_grad() if grad else torch.inference_mode()
+        nn, inputs, rkw = self.nn, self._inputs(batch), self._remote_kw(remote)
+        with self._lock, ctx:
+            with nn.trace(inputs, **rkw):
+                saved = nnsight.save(program.visit(nn, st))
+                lg = _get(nn, unembed).output[:n]
+                last_logits = lg[torch.arange(n), last.to(lg.device)].float()
+                probs = torch.softmax(last_logits, -1)
+                top = probs.topk(k, dim=-1)
+                top_p = nnsight.save(top.values)
+                top_i = nnsight.save(top.indices)
+                top_l = nnsight.save(last_logits.gather(-1, top.indices))
+                kept = nnsight.save(lg.detach().clone() if logits == "all" else last_logits) if logits else None
+        top_i = top_i.cpu()
+        toks = [[self.tokenizer.decode([int(i)]) for i in row] for row in top_i]
+        return RunResult(
+            prompts=[prompts] if isinstance(prompts, str) else list(prompts),
+            tokens=batch.tokens[:n],
+            top=TopK(top_p.detach().cpu(), top_l.detach().cpu(), top_i, toks),
+            logits=None if kept is None else kept.detach().cpu(),
+            activations={k_: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k_, v in saved.items()},
+            interventions=specs,
+        )
+
+    def generate(self, prompt: str, interventions: Iterable[Spec | dict] | None = None, *, max_new_tokens: int = 32,
+                 do_sample: bool = False, temperature: float = 1.0, seed: int | None = None,
+                 on_token: Callable[[int, str], None] | None = None, cancel: threading.Event | None = None,
+                 remote: bool | str | None = None, **gen_kwargs: Any) -> GenerationResult:
+        """Generate from one prompt with the interventions applied at every step.
+
+        ``on_token(id, text_so_far)`` is called as each token is produced (local runs);
+        setting ``cancel`` stops generation with `GenerationCancelled`.
+        """
+        specs = self._specs(interventions)
+        batch = self.tokenize(prompt, [s.source for s in specs if isinstance(s, Patch)])
+        program = _TraceProgram(self, specs, {}, batch)
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        tok = self.tokenizer
+        produced: list[int] = []
+        is_remote = bool(self.remote if remote is None else remote)
+
+        class _Streamer:
+            first = True
+
+            def put(self, value: torch.Tensor) -> None:
+                if self.first:  # the prompt itself
+                    self.first = False
+                    return
+                if cancel is not None and cancel.is_set():
+                    raise GenerationCancelled()
+                produced.append(int(value.reshape(-1)[0]))
+                if on_token is not None:
+                    on_token(produced[-1], tok.decode(produced, skip_special_tokens=True))
+
+            def end(self) -> None:
+                pass
+
+        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
+        if do_sample:
+            kw["temperature"] = temperature
+        if not is_remote:
+            kw["streamer"] = _Streamer()
+        kw.update(gen_kwargs)
+        if seed is not None:
+            torch.manual_seed(seed)
+        lengths = batch.lengths
+        nn, inputs = self.nn, self._inputs(batch)
+        kw.update(self._remote_kw(remote))
+        with self._lock, torch.inference_mode():
+            with nn.generate(inputs, **kw) as tr:
+                if program.sites:
+                    for step in tr.iter[:max_new_tokens]:
+                        program.visit(nn, _StepState(step, lengths))
+                result = nnsight.save(tr.result)
+        ids = result[0, batch.input_ids.shape[1]:].tolist()
+        if is_remote:
+            produced = ids
+        new = ids[: len(produced)] if produced else ids
+        return GenerationResult(prompt, new, tok.decode(new, skip_special_tokens=True), specs)
+
+    # -- raw nnsight ------------------------------------------------------------------
+    def site(self, name: str | Site) -> torch.Tensor:
+        """Inside your own ``with model.nn.trace(...)``: the live tensor at a standard site."""
+        site = Site.parse(name)
+        self.arch.check_layer(site.layer)
+        return _TraceProgram(self, [], {}, Batch(torch.zeros(1, 1), torch.zeros(1, 1), [[]], 1))._read(self.nn, site, {})
+
+    def trace(self, prompts: str | Sequence[str], **kwargs: Any):
+        """An nnsight trace over prompts tokenized like `run` does (for inline nnsight code)."""
+        batch = self.tokenize(prompts)
+        return self.nn.trace(self._inputs(batch), **{**self._remote_kw(None), **kwargs})
+
+    # -- helpers used by specs and widgets ------------------------------------------
+    def mean_activation(self, site: str, prompts: Sequence[str]) -> torch.Tensor:
+        """Mean of a site over all real tokens of the prompts (for mean ablation)."""
+        key = str(Site.parse(site))
+        res = self.run(list(prompts), capture=[key], top_k=1, logits=None)
+        x = res.activations[key]
+        mask = torch.zeros(x.shape[:2], dtype=torch.bool)
+        for b, L in enumerate(res.lengths):
+            mask[b, :L] = True
+        return x[mask].mean(0)
+
+    def unembed_direction(self, direction: torch.Tensor, k: int = 10) -> list[tuple[str, float]]:
+        """Tokens a residual-space direction promotes most (through the unembedding)."""
+        w = _get(self.hf, self.arch.unembed).weight.detach()
+        scores = w.float() @ direction.float().to(w.device)
+        top = scores.topk(k)
+        return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices)]
+
+
+def writable_sites() -> list[str]:
+    return sorted(WRITABLE)

@@ -1,0 +1,228 @@
+"""Declarative intervention specs: the single way the workbench edits a model.
+
+Each spec is a small dataclass that serializes to JSON (``to_dict`` / ``spec_from_dict``),
+so widgets can build and edit them and notebooks can store them. `engine.Model.run`
+and `engine.Model.generate` compile a list of specs into one nnsight trace; the same
+specs apply to a forward pass and to every step of generation.
+
+Kinds:
+
+- `Edit`: set, zero, scale, mean-ablate or add to given indices (neurons, dimensions)
+  of any writable site, at all or some positions. Helpers: `zero_neurons`,
+  `scale_neurons`, `set_neurons`, `mean_ablate_neurons`.
+- `AblateHeads`: zero or mean-ablate attention heads (on the per-head ``z`` site).
+- `Steer`: add ``strength * direction`` to a site at all or some positions.
+- `Patch`: copy a site's activation from another prompt's run (same trace, batched).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from .arch import WRITABLE, Site
+
+Positions = list[int] | None
+
+
+def _as_list(x: Any) -> Any:
+    if x is None:
+        return None
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, (int, float)):
+        return x
+    return [v.item() if hasattr(v, "item") else v for v in x]
+
+
+@dataclass
+class Spec:
+    """Base class of intervention specs."""
+
+    kind: ClassVar[str] = ""
+    site: str
+
+    def __post_init__(self) -> None:
+        s = Site.parse(self.site)
+        self.site = str(s)
+
+    @property
+    def parsed_site(self) -> Site:
+        return Site.parse(self.site)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: _as_list(v) for k, v in asdict(self).items()}
+        d["kind"] = self.kind
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.site}"
+
+
+@dataclass
+class Edit(Spec):
+    """Set, zero, scale, mean-ablate or add to ``indices`` of a site.
+
+    op: ``"zero"``, ``"set"`` (value: a number or one per index), ``"scale"`` (value:
+    factor), ``"mean"`` (value: the mean per index, see `mean_ablate_neurons`),
+    ``"add"`` (value: a number or one per index). ``indices=None`` means every unit;
+    ``positions=None`` means every position (and every generated token).
+    """
+
+    kind: ClassVar[str] = "edit"
+    indices: list[int] | None = None
+    op: str = "zero"
+    value: Any = None
+    positions: Positions = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.op not in ("zero", "set", "scale", "mean", "add"):
+            raise ValueError(f"unknown op {self.op!r}: use zero, set, scale, mean or add")
+        if self.parsed_site.name not in WRITABLE:
+            raise ValueError(f"site {self.site} is read-only; writable sites: {sorted(WRITABLE)}")
+        if self.op in ("set", "scale", "mean", "add") and self.value is None:
+            raise ValueError(f"op {self.op!r} needs a value")
+        self.indices = None if self.indices is None else [int(i) for i in _as_list(self.indices)]
+        self.value = _as_list(self.value)
+        self.positions = None if self.positions is None else [int(p) for p in _as_list(self.positions)]
+
+    def describe(self) -> str:
+        what = "all" if self.indices is None else ",".join(map(str, self.indices[:6])) + ("…" if len(self.indices) > 6 else "")
+        return f"{self.op} {self.site}[{what}]" + (f" ×{self.value}" if self.op == "scale" else "")
+
+
+@dataclass
+class AblateHeads(Spec):
+    """Zero (or mean-ablate, with ``means`` of shape [heads, d_head]) attention heads at a layer."""
+
+    kind: ClassVar[str] = "ablate_heads"
+    heads: list[int] = field(default_factory=list)
+    op: str = "zero"
+    means: Any = None
+    positions: Positions = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.site, int):
+            self.site = f"z.{self.site}"
+        super().__post_init__()
+        if self.parsed_site.name != "z":
+            raise ValueError("AblateHeads acts on the per-head site 'z.<layer>'")
+        if self.op not in ("zero", "mean"):
+            raise ValueError("AblateHeads op is 'zero' or 'mean'")
+        if self.op == "mean" and self.means is None:
+            raise ValueError("mean ablation of heads needs means [n_heads, d_head]")
+        self.heads = [int(h) for h in _as_list(self.heads)]
+        self.means = _as_list(self.means)
+
+    def describe(self) -> str:
+        return f"ablate heads {self.heads} @ layer {self.parsed_site.layer}"
+
+
+@dataclass
+class Steer(Spec):
+    """Add ``strength * direction`` to a site (a residual stream by default) at positions."""
+
+    kind: ClassVar[str] = "steer"
+    direction: Any = None
+    strength: float = 1.0
+    positions: Positions = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.direction is None:
+            raise ValueError("Steer needs a direction (a vector of the site's width)")
+        if self.parsed_site.name not in WRITABLE:
+            raise ValueError(f"cannot steer read-only site {self.site}")
+        self.direction = [float(v) for v in _as_list(self.direction)]
+        self.strength = float(self.strength)
+        self.positions = None if self.positions is None else [int(p) for p in _as_list(self.positions)]
+
+    def describe(self) -> str:
+        return f"steer {self.name or 'direction'} @ {self.site} ×{self.strength:g}"
+
+
+@dataclass
+class Patch(Spec):
+    """Replace a site's activation by its value on ``source`` (another prompt).
+
+    ``positions`` are target positions; ``source_positions`` default to the same.
+    ``indices`` restricts the patch to some units (for ``z``: heads).
+    """
+
+    kind: ClassVar[str] = "patch"
+    source: str = ""
+    positions: Positions = None
+    source_positions: Positions = None
+    indices: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.source:
+            raise ValueError("Patch needs a source prompt")
+        if self.parsed_site.name not in WRITABLE:
+            raise ValueError(f"cannot patch read-only site {self.site}")
+        self.positions = None if self.positions is None else [int(p) for p in _as_list(self.positions)]
+        self.source_positions = None if self.source_positions is None else [int(p) for p in _as_list(self.source_positions)]
+        if self.source_positions is not None and self.positions is not None and len(self.source_positions) != len(self.positions):
+            raise ValueError("positions and source_positions must have the same length")
+        self.indices = None if self.indices is None else [int(i) for i in _as_list(self.indices)]
+
+    def describe(self) -> str:
+        return f"patch {self.site} from {self.source[:30]!r}"
+
+
+SPEC_KINDS: dict[str, type[Spec]] = {c.kind: c for c in (Edit, AblateHeads, Steer, Patch)}
+
+
+def spec_from_dict(d: dict[str, Any]) -> Spec:
+    """Rebuild a spec from `Spec.to_dict` output."""
+    d = dict(d)
+    kind = d.pop("kind", None)
+    if kind not in SPEC_KINDS:
+        raise ValueError(f"unknown intervention kind {kind!r}; known: {sorted(SPEC_KINDS)}")
+    return SPEC_KINDS[kind](**d)
+
+
+def specs_to_json(specs: list[Spec]) -> str:
+    return json.dumps([s.to_dict() for s in specs])
+
+
+def specs_from_json(text: str) -> list[Spec]:
+    return [spec_from_dict(d) for d in json.loads(text)]
+
+
+# -- helpers that read like the papers -------------------------------------------------
+def zero_neurons(layer: int, indices: list[int], positions: Positions = None) -> Edit:
+    """Zero-ablate MLP neurons."""
+    return Edit(f"neurons.{layer}", indices, "zero", None, positions)
+
+
+def scale_neurons(layer: int, indices: list[int], factor: float, positions: Positions = None) -> Edit:
+    """Multiply MLP neurons by ``factor``."""
+    return Edit(f"neurons.{layer}", indices, "scale", float(factor), positions)
+
+
+def set_neurons(layer: int, indices: list[int], value: float | list[float], positions: Positions = None) -> Edit:
+    """Set MLP neurons to a value (or one value per neuron)."""
+    return Edit(f"neurons.{layer}", indices, "set", value, positions)
+
+
+def mean_ablate_neurons(layer: int, indices: list[int], means: list[float], positions: Positions = None) -> Edit:
+    """Replace MLP neurons by their mean (see `Model.mean_activation`)."""
+    return Edit(f"neurons.{layer}", indices, "mean", means, positions)
+
+
+def ablate_heads(layer: int, heads: list[int], positions: Positions = None) -> AblateHeads:
+    """Zero-ablate attention heads at a layer."""
+    return AblateHeads(f"z.{layer}", heads, "zero", None, positions)
+
+
+def steer(layer: int, direction: Any, strength: float = 1.0, site: str = "resid_post", positions: Positions = None, name: str = "") -> Steer:
+    """Add a steering direction to the residual stream after ``layer``."""
+    return Steer(f"{site}.{layer}", direction, strength, positions, name)
