@@ -100,8 +100,10 @@ class _TraceProgram:
         name, L = site.name, site.layer
         if name == "embed":
             return _get(nn, a.embed).output
-        if name in ("final_norm", "logits"):
-            return _get(nn, a.final_norm if name == "final_norm" else a.unembed).output
+        if name == "final_norm":
+            return _get(nn, a.final_norm).output
+        if name == "logits":
+            return self.logits(nn)
         layer = self._layer(nn, L)
         if name == "resid_pre":
             return layer.input
@@ -131,6 +133,12 @@ class _TraceProgram:
             out = layer.output
             return out[0] if isinstance(out, tuple) else out
         raise ValueError(f"unknown site {site}")
+
+    @staticmethod
+    def logits(nn: Any) -> torch.Tensor:
+        """The logits the model returns (after any final softcapping, as in Gemma 2)."""
+        out = nn.output
+        return out.logits if hasattr(out, "logits") else out[0]
 
     # -- positions -----------------------------------------------------------------
     def _rows_positions(self, positions: list[int] | None, st: _StepState, seq: int) -> list[tuple[int, Any]]:
@@ -362,27 +370,27 @@ class Model:
         n = batch.n_main
         last = torch.tensor([L - 1 for L in batch.lengths[:n]])
         k = min(top_k, self.arch.vocab)
-        unembed = self.arch.unembed
         ctx = torch.enable_grad() if grad else torch.inference_mode()
         nn, inputs, rkw = self.nn, self._inputs(batch), self._remote_kw(remote)
         with self._lock, ctx:
             with nn.trace(inputs, **rkw):
                 saved = nnsight.save(program.visit(nn, st))
-                lg = _get(nn, unembed).output[:n]
+                lg = program.logits(nn)[:n]
                 last_logits = lg[torch.arange(n), last.to(lg.device)].float()
                 probs = torch.softmax(last_logits, -1)
                 top = probs.topk(k, dim=-1)
                 top_p = nnsight.save(top.values)
                 top_i = nnsight.save(top.indices)
                 top_l = nnsight.save(last_logits.gather(-1, top.indices))
-                kept = nnsight.save(lg.detach().clone() if logits == "all" else last_logits) if logits else None
+                # Always saved: nnsight drops unsaved locals (a plain None) when the trace exits.
+                kept = nnsight.save(lg.detach().clone() if logits == "all" else last_logits)
         top_i = top_i.cpu()
         toks = [[self.tokenizer.decode([int(i)]) for i in row] for row in top_i]
         return RunResult(
             prompts=[prompts] if isinstance(prompts, str) else list(prompts),
             tokens=batch.tokens[:n],
             top=TopK(top_p.detach().cpu(), top_l.detach().cpu(), top_i, toks),
-            logits=None if kept is None else kept.detach().cpu(),
+            logits=kept.detach().cpu() if logits else None,
             activations={k_: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k_, v in saved.items()},
             interventions=specs,
         )

