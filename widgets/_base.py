@@ -54,6 +54,11 @@ class Job:
         self._event.set()
 
     @property
+    def event(self) -> threading.Event:
+        """The cancellation flag as an Event (pass it as ``cancel=`` to `Model.generate`)."""
+        return self._event
+
+    @property
     def cancelled(self) -> bool:
         return self._event.is_set()
 

@@ -79,8 +79,8 @@ def _load_embedded(dtype: torch.dtype, device: torch.device, progress: bool) -> 
         try:
             return _from_pretrained(str(cached), gguf_file=None, dtype=dtype, device=device,
                                     trust_remote_code=False, progress=progress)
-        except ModelLoadError:
-            pass  # a corrupt cache: rebuild it from the GGUF file below
+        except Exception:  # a corrupt or partial cache: rebuild it from the GGUF file below
+            pass
     model, tok = _from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32, device=torch.device("cpu"),
                                   trust_remote_code=False, progress=progress)
     _save_converted(model, tok, cached)
@@ -113,8 +113,8 @@ def _stages(progress: bool, total: int, desc: str):
 
 def _ensure_eager(hf_model: Any) -> None:
     """Attention probabilities must be materialized: switch to eager attention."""
-    cfg = hf_model.config
-    if getattr(cfg, "_attn_implementation", "eager") != "eager":
+    cfg = getattr(hf_model, "config", None)  # None: not an HF model, infer_arch says so
+    if cfg is not None and getattr(cfg, "_attn_implementation", "eager") != "eager":
         if hasattr(hf_model, "set_attn_implementation"):
             hf_model.set_attn_implementation("eager")
         else:  # pragma: no cover - older transformers

@@ -31,7 +31,7 @@ def _as_list(x: Any) -> Any:
         return None
     if hasattr(x, "tolist"):
         return x.tolist()
-    if isinstance(x, (int, float)):
+    if isinstance(x, (int, float, str, bool)):
         return x
     return [v.item() if hasattr(v, "item") else v for v in x]
 

@@ -27,7 +27,8 @@ interface Pending {
 }
 
 export class Rpc {
-  private next = 1;
+  // Random start: two views of one widget share the comm, so their ids must not collide.
+  private next = 1 + Math.floor(Math.random() * 1e9);
   private pending = new Map<number, Pending>();
   private handler = (msg: any, buffers: any[]) => this.receive(msg, buffers ?? []);
 
