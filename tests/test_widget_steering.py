@@ -229,13 +229,15 @@ def test_a_newer_request_cancels_the_older(llama: wb.Model, monkeypatch: pytest.
     _wait(lambda: any(m["id"] == 2 and m["done"] for m in sent))
     _wait(lambda: not w._jobs)
     time.sleep(0.2)
-    finals = [m for m in sent if m["done"]]
+    cancelled = [m for m in sent if m["done"] and m.get("error", {}).get("kind") == "Cancelled"]
+    assert [m["id"] for m in cancelled] == [1], sent  # the view learns its request was superseded
+    finals = [m for m in sent if m["done"] and m not in cancelled]
     assert [m["id"] for m in finals] == [2], finals
     assert "error" not in finals[0]
     expected = llama.generate(PROMPT, [wb.steer(1, wb.neuron_direction(llama, 1, 4), -5.0)], max_new_tokens=30)
     assert finals[0]["content"]["text"] == expected.text
     assert w.steered_text == expected.text and w.strengths == {"L1N4": -5.0}
-    partials_1 = [m for m in sent if m["id"] == 1]
+    partials_1 = [m for m in sent if m["id"] == 1 and m not in cancelled]
     assert partials_1 and all(not m["done"] for m in partials_1)
     assert not w.busy
 
@@ -250,7 +252,8 @@ def test_cancel_message_stops_a_request(llama: wb.Model, monkeypatch: pytest.Mon
     _wait(lambda: any(m["id"] == 7 for m in sent))
     w._on_custom(w, {"type": "cancel", "id": 7}, [])
     _wait(lambda: not w._jobs, timeout=5)
-    assert not any(m["done"] for m in sent)
+    finals = [m for m in sent if m["done"]]
+    assert [(m["id"], m["error"]["kind"]) for m in finals] == [(7, "Cancelled")], finals
 
 
 def test_errors_reach_the_browser(llama: wb.Model, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,8 @@ the kernel calls ``self.rpc_<m>(**params)`` and answers with ``{"type": "reply",
 "id": n, "done": true, "content": ...}`` (arrays travel as binary buffers via
 `_transport.pack`). A method may be a generator: each yielded value is sent as a
 partial reply and its return value as the final one. Methods registered with
-``background=True`` run in a worker thread; a newer request to the same method
-cancels the older one (the generator sees ``self.cancelled(job)`` and stops).
+``background=True`` run in a worker thread; a newer request to the same method from
+the same view (each browser view sends its own ``view`` id) cancels the older one (the generator sees ``self.cancelled(job)`` and stops).
 Errors come back as ``{"error": {...}}`` and the widget shows them.
 """
 
@@ -45,9 +45,10 @@ class Cancelled(Exception):
 class Job:
     """One background request: its id and a cancellation flag."""
 
-    def __init__(self, rid: int, method: str) -> None:
+    def __init__(self, rid: int, key: tuple[str, str]) -> None:
         self.id = rid
-        self.method = method
+        self.key = key  # (method, view): a newer request from the same view supersedes this one
+        self.method = key[0]
         self._event = threading.Event()
 
     def cancel(self) -> None:
@@ -86,7 +87,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[tuple[str, str], Job] = {}
         self._lock = threading.Lock()
         self.on_msg(self._on_custom)
         self.last_reply: Any = None
@@ -113,17 +114,18 @@ class WorkbenchWidget(anywidget.AnyWidget):
         if kind != "request":
             return
         rid, method, params = content["id"], content.get("method", ""), content.get("params") or {}
+        view = str(content.get("view", ""))
         fn = getattr(self, f"rpc_{method}", None)
         if fn is None or not hasattr(fn, "_rpc_background"):
             self._send_reply(rid, error={"message": f"unknown method {method!r}", "kind": "KeyError"})
             return
         if fn._rpc_background:
-            job = Job(rid, method)
+            job = Job(rid, (method, view))
             with self._lock:
-                old = self._jobs.get(method)
+                old = self._jobs.get(job.key)
                 if old is not None:
                     old.cancel()
-                self._jobs[method] = job
+                self._jobs[job.key] = job
             threading.Thread(target=self._run, args=(fn, rid, params, job), daemon=True).start()
         else:
             self._run(fn, rid, params, None)
@@ -149,8 +151,8 @@ class WorkbenchWidget(anywidget.AnyWidget):
             self.error = ""
             self.last_reply = result
             self._send_reply(rid, result, done=True)
-        except Cancelled:
-            pass
+        except Cancelled:  # tell the view, in case it did not cancel the request itself
+            self._send_reply(rid, error={"message": "superseded by a newer request", "kind": "Cancelled"})
         except Exception as exc:  # shown in the widget, not lost in the log
             self.error = f"{type(exc).__name__}: {exc}"
             self._send_reply(
@@ -160,8 +162,8 @@ class WorkbenchWidget(anywidget.AnyWidget):
         finally:
             if job is not None:
                 with self._lock:
-                    if self._jobs.get(job.method) is job:
-                        del self._jobs[job.method]
+                    if self._jobs.get(job.key) is job:
+                        del self._jobs[job.key]
             self.busy = bool(self._jobs)
 
     def call(self, method: str, **params: Any) -> Any:

@@ -30,6 +30,8 @@ export class Rpc {
   // Random start: two views of one widget share the comm, so their ids must not collide.
   private next = 1 + Math.floor(Math.random() * 1e9);
   private pending = new Map<number, Pending>();
+  /** Identifies this view: the kernel supersedes older requests per (method, view). */
+  readonly view = Math.random().toString(36).slice(2);
   private handler = (msg: any, buffers: any[]) => this.receive(msg, buffers ?? []);
 
   constructor(private model: AnyModel) {
@@ -42,7 +44,7 @@ export class Rpc {
     const promise = new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, onPartial });
     });
-    this.model.send({ type: "request", id, method, params });
+    this.model.send({ type: "request", id, method, params, view: this.view });
     return { id, promise };
   }
 
@@ -61,6 +63,10 @@ export class Rpc {
     if (!p) return; // stale or cancelled
     if (msg.error) {
       this.pending.delete(msg.id);
+      if (msg.error.kind === "Cancelled") {
+        p.reject(new Cancelled(msg.error.message));
+        return;
+      }
       p.reject(new KernelError(msg.error.message, msg.error.kind, msg.error.traceback ?? ""));
       return;
     }
