@@ -26,5 +26,5 @@ def report(title: str, medians: dict[str, float], baseline: str, target: float |
     print(f"\n{title}")
     for k, v in medians.items():
         ratio = v / base
-        mark = "" if target is None or k == baseline else ("  (target ≤ %.2fx: %s)" % (target, "met" if ratio <= target else "NOT met"))
+        mark = "" if target is None or k == baseline else f"  (target ≤ {target:.2f}x: {'met' if ratio <= target else 'NOT met'})"
         print(f"  {k:<48} {v * 1000:9.2f} ms   {ratio:5.3f}x{mark}")

@@ -74,10 +74,10 @@ class Site:
             m = re.fullmatch(r"blocks\.(\d+)\.(?:mlp\.|attn\.)?(hook_\w+)", spec)
             if m:
                 site = cls(ALIASES.get(m.group(2), m.group(2)), int(m.group(1)))
-            elif spec in ALIASES or spec in GLOBAL_SITES:
+            elif spec in ALIASES or spec in SITE_NAMES:  # a bare layer site gets "needs a layer" below
                 site = cls(ALIASES.get(spec, spec), None)
             else:
-                m = re.fullmatch(r"([a-z_]+)\.(\d+)", spec)
+                m = re.fullmatch(r"([a-z_]+)\.(-?\d+)", spec)  # negative: parsed, then out of range
                 if not m:
                     raise ValueError(f"cannot parse site {spec!r}; use e.g. 'resid_post.3' or 'logits'")
                 site = cls(ALIASES.get(m.group(1), m.group(1)), int(m.group(2)))
@@ -164,7 +164,12 @@ def _get(root: Any, path: str) -> Any:
 
 def infer_arch(hf_model: Any) -> ArchMap:
     """Build the ArchMap of a Hugging Face causal LM, or say what is missing."""
-    cfg = hf_model.config
+    cfg = getattr(hf_model, "config", None)
+    if cfg is None:
+        raise NotImplementedError(
+            f"{type(hf_model).__name__} is not a Hugging Face causal LM: it has no `config` (model_type, sizes). "
+            "Load a transformers *ForCausalLM model, or one with a config and arch=workbench.ArchMap(...)."
+        )
     if getattr(cfg, "text_config", None) is not None and cfg.model_type in ("gemma3",):
         cfg = cfg.text_config
     mtype = getattr(cfg, "model_type", "?")
@@ -206,8 +211,8 @@ def fill_dims(arch: ArchMap, hf_model: Any) -> None:
     cfg = getattr(cfg, "text_config", None) or cfg
     layers = _get(hf_model, arch.layers)
     arch.n_layers = len(layers)
-    arch.n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
-    arch.d_model = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
+    arch.n_heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    arch.d_model = getattr(cfg, "hidden_size", None) or cfg.n_embd
     arch.d_head = getattr(cfg, "head_dim", None) or arch.d_model // arch.n_heads
     down = _get(layers[0], arch.mlp_out_proj)
     w = down.weight

@@ -9,6 +9,7 @@ plain nnsight code, it also runs under ``remote=True`` (NDIF) and ``remote="loca
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,9 +60,12 @@ class _StepState:
 class _TraceProgram:
     """Specs and captures compiled into an ordered visit of sites (runs inside a trace)."""
 
-    def __init__(self, model: Model, specs: Sequence[Spec], capture: dict[str, Reducer | None], batch: Batch):
+    def __init__(self, model: Model, specs: Sequence[Spec], capture: dict[str, Reducer | None], batch: Batch,
+                 new_tokens: int = 0):
         self.arch = model.arch
         self.batch = batch
+        self.new_tokens = new_tokens  # generation: positions may also name generated tokens
+        self.patch_values: dict[str, dict[str, torch.Tensor]] = {}  # source -> site -> [1, s, ...]
         self.specs: dict[str, list[Spec]] = {}
         for s in specs:
             site = s.parsed_site
@@ -84,12 +88,34 @@ class _TraceProgram:
                 raise IndexError(f"{s.describe()}: {unit} {bad[0]} is out of range for {site} (size {width})")
         if isinstance(s, Steer) and len(s.direction) != self.arch.size(site):
             raise ValueError(f"{s.describe()}: direction has {len(s.direction)} values but {site} has width {self.arch.size(site)}")
-        if isinstance(s, Edit) and isinstance(s.value, list) and s.indices is not None and len(s.value) != len(s.indices):
-            raise ValueError(f"{s.describe()}: {len(s.value)} values for {len(s.indices)} indices")
+        if isinstance(s, Edit) and isinstance(s.value, list):
+            n = len(s.indices) if s.indices is not None else self.arch.size(site)
+            if len(s.value) != n:
+                what = "indices" if s.indices is not None else f"units of {site}"
+                raise ValueError(f"{s.describe()}: {len(s.value)} values for {n} {what}")
+        if isinstance(s, AblateHeads) and s.op == "mean":
+            shape = tuple(torch.as_tensor(s.means).shape)
+            if shape != (self.arch.n_heads, self.arch.d_head):
+                raise ValueError(f"{s.describe()}: means have shape {shape}, expected [n_heads, d_head] = "
+                                 f"{[self.arch.n_heads, self.arch.d_head]}")
+        extra = 0 if isinstance(s, Patch) else self.new_tokens
         for p in getattr(s, "positions", None) or []:
             for L in self.batch.lengths[: self.batch.n_main]:
-                if not -L <= p < L:
-                    raise IndexError(f"{s.describe()}: position {p} is out of range for a prompt of {L} tokens")
+                if not -L <= p < L + extra:
+                    raise IndexError(f"{s.describe()}: position {p} is out of range for a prompt of {L} tokens"
+                                     + (f" and {extra} generated tokens" if extra else ""))
+        if isinstance(s, Patch):
+            n_src = self.batch.lengths[self.batch.sources[s.source]]
+            src_pos = s.source_positions if s.source_positions is not None else s.positions
+            for p in src_pos or []:
+                if not -n_src <= p < n_src:
+                    raise IndexError(f"{s.describe()}: source position {p} is out of range for a source of {n_src} tokens")
+            if src_pos is None and s.positions is None and any(L != n_src for L in self.batch.lengths[: self.batch.n_main]):
+                raise ValueError(f"{s.describe()}: the source has {n_src} tokens but the prompt has "
+                                 f"{self.batch.lengths[0]}: give positions (and source_positions) to patch prompts "
+                                 "of different lengths")
+            if s.positions is None and s.source_positions is not None:
+                raise ValueError(f"{s.describe()}: source_positions need target positions of the same length")
 
     # -- reading sites ---------------------------------------------------------------
     def _layer(self, nn: Any, i: int) -> Any:
@@ -148,11 +174,14 @@ class _TraceProgram:
             return [(slice(0, n), slice(None))]
         out = []
         if st.step == 0:
+            off = max(st.lengths) - seq  # > 0 when only the last positions are there (generate's logits)
             for r in range(n):
                 L = st.lengths[r]
                 ps = [p + L if p < 0 else p for p in positions]
-                out.append((r, ps))
-            if all(o[1] == out[0][1] for o in out):
+                ps = [p - off for p in ps if off <= p < L]  # p >= L: a generated token, for later steps
+                if ps:
+                    out.append((r, ps))
+            if len(out) == n and all(o[1] == out[0][1] for o in out):
                 return [(slice(0, n), out[0][1])]
             return out
         # later generation steps: one new token at absolute position lengths[r] + step - 1
@@ -168,16 +197,21 @@ class _TraceProgram:
         if isinstance(s, Patch):
             if st.step > 0:
                 return
-            src = self.batch.sources[s.source]
+            pre = self.patch_values.get(s.source, {}).get(s.site)
+            if pre is None:  # the source is a row of this batch
+                src = self.batch.sources[s.source]
+                srcx, n_src = x[src:src + 1], self.batch.lengths[src]
+            else:  # recorded beforehand (generation)
+                srcx, n_src = pre.to(device=x.device, dtype=x.dtype), pre.shape[1]
             src_pos = s.source_positions if s.source_positions is not None else s.positions
             for rows, pos in self._rows_positions(s.positions, st, seq):
-                spos = slice(None) if src_pos is None else [p + self.batch.lengths[src] if p < 0 else p for p in src_pos]
+                spos = slice(None) if src_pos is None else [p + n_src if p < 0 else p for p in src_pos]
                 if s.indices is None:
-                    value = x[src:src + 1, spos]
+                    value = srcx[:, spos]
                     x[rows, pos] = value if isinstance(rows, slice) else value[0]
                 else:
                     idx = torch.tensor(s.indices, device=x.device)
-                    value = x[src:src + 1, spos][:, :, idx]
+                    value = srcx[:, spos][:, :, idx]
                     self._assign(x, rows, pos, idx, value if isinstance(rows, slice) else value[0])
             return
         for rows, pos in self._rows_positions(s.positions, st, seq):
@@ -230,7 +264,11 @@ class _TraceProgram:
                 self._apply(x, s, st)
             if key in self.capture:
                 reducer = self.capture[key]
-                value = x[: self.batch.n_main].detach().clone() if reducer is None else reducer(x[: self.batch.n_main])
+                main = x[: self.batch.n_main]
+                if reducer is None and st.step == 0:  # drop padding that only longer patch sources need
+                    T = max(self.batch.lengths[: self.batch.n_main])
+                    main = main[:, :, :T, :T] if site.name == "pattern" else main[:, :T]
+                value = main.detach().clone() if reducer is None else reducer(main)
                 if saves is None:
                     out[key] = nnsight.save(value)
                 else:
@@ -300,7 +338,7 @@ class Model:
         src = [s for s in dict.fromkeys(sources) if s]
         all_texts = prompts + src
         tok = self.tokenizer
-        enc = tok(all_texts, return_offsets_mapping=True, add_special_tokens=True)
+        enc = tok(all_texts, return_offsets_mapping=True, add_special_tokens=True, return_special_tokens_mask=True)
         tokens: list[list[Token]] = []
         for b, text in enumerate(all_texts):
             ids = enc["input_ids"][b]
@@ -308,9 +346,16 @@ class Model:
                 raise ValueError(f"prompt {b} is empty: give at least one token of text")
             offs = enc["offset_mapping"][b]
             row = []
-            for tid, (s, e) in zip(ids, offs):
-                piece = text[s:e] if e > s else tok.decode([tid])
-                row.append(Token(int(tid), piece, int(s), int(e)))
+            prev_end = 0
+            for tid, (s, e), special in zip(ids, offs, enc["special_tokens_mask"][b], strict=True):
+                if special:  # e.g. BOS: no text of the prompt
+                    row.append(Token(int(tid), tok.decode([tid]), int(s), int(s)))
+                    continue
+                # Spans tile the prompt: byte-level tokens that split one character (an emoji, "é")
+                # report the same character span; the first gets it, the others an empty span.
+                s, e = prev_end, max(int(e), prev_end)
+                row.append(Token(int(tid), text[s:e], s, e))
+                prev_end = e
             tokens.append(row)
         n = max(len(r) for r in tokens)
         pad = tok.pad_token_id
@@ -383,7 +428,7 @@ class Model:
                 top_i = nnsight.save(top.indices)
                 top_l = nnsight.save(last_logits.gather(-1, top.indices))
                 # Always saved: nnsight drops unsaved locals (a plain None) when the trace exits.
-                kept = nnsight.save(lg.detach().clone() if logits == "all" else last_logits)
+                kept = nnsight.save(lg[:, : max(batch.lengths[:n])].detach().clone() if logits == "all" else last_logits)
         top_i = top_i.cpu()
         toks = [[self.tokenizer.decode([int(i)]) for i in row] for row in top_i]
         return RunResult(
@@ -406,9 +451,9 @@ class Model:
         """
         specs = self._specs(interventions)
         batch = self.tokenize(prompt, [s.source for s in specs if isinstance(s, Patch)])
-        program = _TraceProgram(self, specs, {}, batch)
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        program = _TraceProgram(self, specs, {}, batch, new_tokens=max_new_tokens)
         tok = self.tokenizer
         produced: list[int] = []
         is_remote = bool(self.remote if remote is None else remote)
@@ -435,17 +480,30 @@ class Model:
         if not is_remote:
             kw["streamer"] = _Streamer()
         kw.update(gen_kwargs)
+        if batch.sources:
+            # Patch sources run first, on their own: right-padded into the prompt's batch they would
+            # put padding between the prompt and the generated tokens.
+            for src in batch.sources:
+                sites = sorted({s.site for s in specs if isinstance(s, Patch) and s.source == src})
+                res = self.run(src, capture=sites, top_k=1, logits=None, remote=remote)
+                program.patch_values[src] = res.activations
+            L = batch.lengths[0]
+            batch = Batch(batch.input_ids[:1, :L], batch.attention_mask[:1, :L], batch.tokens[:1], 1)
         if seed is not None:
             torch.manual_seed(seed)
         lengths = batch.lengths
         nn, inputs = self.nn, self._inputs(batch)
         kw.update(self._remote_kw(remote))
-        with self._lock, torch.inference_mode():
-            with nn.generate(inputs, **kw) as tr:
-                if program.sites:
-                    for step in tr.iter[:max_new_tokens]:
-                        program.visit(nn, _StepState(step, lengths))
-                result = nnsight.save(tr.result)
+        with self._lock, torch.inference_mode(), warnings.catch_warnings():
+            # A step loop cut short by an end-of-sequence token is normal, not worth a warning.
+            warnings.filterwarnings("ignore", message=".*was never reached: the loop asked for a step")
+            with nn.generate(**kw) as tr:
+                with tr.invoke(inputs):
+                    if program.sites:
+                        for step in tr.iter[:max_new_tokens]:
+                            program.visit(nn, _StepState(step, lengths))
+                with tr.invoke():  # separate, so it runs even when the loop above is cut short
+                    result = nnsight.save(tr.result)
         ids = result[0, batch.input_ids.shape[1]:].tolist()
         if is_remote:
             produced = ids
@@ -480,7 +538,7 @@ class Model:
         w = _get(self.hf, self.arch.unembed).weight.detach()
         scores = w.float() @ direction.float().to(w.device)
         top = scores.topk(k)
-        return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices)]
+        return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices, strict=True)]
 
 
 def writable_sites() -> list[str]:

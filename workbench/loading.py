@@ -125,6 +125,9 @@ def _from_pretrained(name: str, *, gguf_file: str | None, dtype: torch.dtype, de
                      trust_remote_code: bool, progress: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not gguf_file and Path(name).is_dir() and not (Path(name) / "config.json").exists():
+        raise ModelLoadError(f"could not load {name!r}: the folder exists but lacks config/weights files "
+                             "(no config.json)")
     bar = _stages(progress, 3, f"loading {Path(name).name if gguf_file else name}")
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:

@@ -82,7 +82,7 @@ class RunResult:
 
     def _repr_html_(self) -> str:
         parts = []
-        for b, p in enumerate(self.prompts):
+        for b in range(len(self.prompts)):
             toks = "".join(f"<span style='border:1px solid #ddd;margin:1px;padding:0 2px'>{html.escape(t.text)}</span>"
                            for t in self.tokens[b])
             rows = "".join(f"<tr><td>{r + 1}</td><td><code>{html.escape(repr(t))}</code></td><td>{float(self.top.probs[b, r]):.3f}</td></tr>"

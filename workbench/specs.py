@@ -89,6 +89,9 @@ class Edit(Spec):
             raise ValueError(f"op {self.op!r} needs a value")
         self.indices = None if self.indices is None else [int(i) for i in _as_list(self.indices)]
         self.value = _as_list(self.value)
+        vals = self.value if isinstance(self.value, list) else [self.value]
+        if self.value is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            raise ValueError(f"op {self.op!r} takes a number or one number per index as value, not {self.value!r}")
         self.positions = None if self.positions is None else [int(p) for p in _as_list(self.positions)]
 
     def describe(self) -> str:

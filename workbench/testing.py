@@ -17,6 +17,7 @@ import torch
 def tiny_tokenizer(vocab_size: int = 512) -> Any:
     """A byte-level BPE tokenizer trained on `pydoc_data.topics` (no network)."""
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
