@@ -287,3 +287,19 @@ def test_site_inside_a_raw_trace(model, family):
     close(resid, plain["resid_post.1"])
     with pytest.raises(IndexError, match="out of range"):
         model.site("neurons.9")
+
+
+def test_apply_specs_inside_a_raw_trace(model, family):
+    specs = [wb.zero_neurons(0, [1, 4]), wb.steer(1, torch.linspace(-1, 1, model.d_model), 3.0, positions=[-1])]
+    with model.trace([PROMPT, "Hi"]):
+        model.apply(specs)
+        logits = nnsight.save(model.site("logits").clone())
+    ref = model.run([PROMPT, "Hi"], specs, logits="all")
+    n = ref.lengths
+    for b in range(2):  # compare real positions only (run() trims to the prompts' padding)
+        close(logits[b, : n[b]], ref.logits[b, : n[b]])
+    plain = model.run([PROMPT, "Hi"], logits="all")
+    assert not torch.allclose(plain.logits[0, : n[0]], ref.logits[0, : n[0]])
+    with pytest.raises(ValueError, match="source prompt"):
+        with model.trace(PROMPT):
+            model.apply([wb.Patch("resid_post.0", source=PROMPT)])

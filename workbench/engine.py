@@ -518,9 +518,29 @@ class Model:
         return _TraceProgram(self, [], {}, Batch(torch.zeros(1, 1), torch.zeros(1, 1), [[]], 1))._read(self.nn, site, {})
 
     def trace(self, prompts: str | Sequence[str], **kwargs: Any):
-        """An nnsight trace over prompts tokenized like `run` does (for inline nnsight code)."""
+        """An nnsight trace over prompts tokenized like `run` does (for inline nnsight code).
+
+        Inside it, ``model.site(name)`` reads or writes a standard site and
+        ``model.apply(specs)`` applies intervention specs at that point of the forward pass.
+        """
         batch = self.tokenize(prompts)
+        self._trace_batch = batch
         return self.nn.trace(self._inputs(batch), **{**self._remote_kw(None), **kwargs})
+
+    def apply(self, interventions: Iterable[Spec | dict]) -> None:
+        """Inside ``with model.trace(...)``: apply specs next to your own nnsight code.
+
+        The specs' sites are visited in forward order, so code after this call may only
+        touch later modules. Patches need their source in the batch: use `run` for those.
+        """
+        specs = self._specs(interventions)
+        batch = getattr(self, "_trace_batch", None)
+        if batch is None:
+            raise RuntimeError("model.apply(...) works inside `with model.trace(prompts):`")
+        if any(isinstance(s, Patch) for s in specs):
+            raise ValueError("Patch specs need the source prompt in the batch: use model.run(prompt, [patch])")
+        program = _TraceProgram(self, specs, {}, batch)
+        program.visit(self.nn, _StepState(0, batch.lengths))
 
     # -- helpers used by specs and widgets ------------------------------------------
     def mean_activation(self, site: str, prompts: Sequence[str]) -> torch.Tensor:
