@@ -12,7 +12,7 @@ import torch
 torch.set_num_threads(1)
 
 #: Families the engine tests run on (Gemma2 adds softcapping and extra norms, still cheap).
-FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma2")
+FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma2", "qwen2")
 
 _CACHE: dict[tuple, object] = {}
 

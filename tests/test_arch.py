@@ -23,7 +23,7 @@ PATHS = {
     "gpt_neox": dict(layers="gpt_neox.layers", embed="gpt_neox.embed_in", attn="attention",
                      o_proj="attention.dense", mlp="mlp", down="mlp.dense_4h_to_h", norm="gpt_neox.final_layer_norm"),
 }
-PATHS["gemma2"] = PATHS["llama"]
+PATHS["gemma2"] = PATHS["qwen2"] = PATHS["llama"]
 
 
 def mod(root: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -100,10 +100,10 @@ def head_out_by_hand(o_proj: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 def neurons_by_hand(family: str, mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The MLP hidden activation from its weights and the named activation function."""
-    if family in ("llama", "gemma2"):
+    if family in ("llama", "gemma2", "qwen2"):
         gate = x @ mlp.gate_proj.weight.T
         up = x @ mlp.up_proj.weight.T
-        act = F.silu(gate) if family == "llama" else F.gelu(gate, approximate="tanh")
+        act = F.silu(gate) if family in ("llama", "qwen2") else F.gelu(gate, approximate="tanh")
         return act * up
     if family == "gpt2":
         return F.gelu(x @ mlp.c_fc.weight + mlp.c_fc.bias, approximate="tanh")  # gelu_new, Conv1D [in, out]
@@ -122,7 +122,7 @@ def close(a: torch.Tensor, b: torch.Tensor, atol: float = 2e-5) -> None:
 # -- every site vs the hook reference ------------------------------------------------
 def test_activation_functions_are_what_the_reference_assumes(model, family):
     cfg = model.hf.config
-    expected = {"llama": ("hidden_act", "silu"), "gemma2": ("hidden_activation", "gelu_pytorch_tanh"),
+    expected = {"llama": ("hidden_act", "silu"), "qwen2": ("hidden_act", "silu"), "gemma2": ("hidden_activation", "gelu_pytorch_tanh"),
                 "gpt2": ("activation_function", "gelu_new"), "gpt_neox": ("hidden_act", "gelu")}[family]
     assert getattr(cfg, expected[0]) == expected[1]
 
@@ -240,7 +240,7 @@ def test_arch_dims(model, family):
     a = model.arch
     assert (a.n_layers, a.n_heads, a.d_model, a.vocab) == (2, 4, 48, 512)
     assert a.d_head == 12
-    assert a.d_mlp == {"llama": 96, "gemma2": 96, "gpt2": 4 * 48, "gpt_neox": 192}[family]
+    assert a.d_mlp == {"llama": 96, "qwen2": 96, "gemma2": 96, "gpt2": 4 * 48, "gpt_neox": 192}[family]
     assert a.size(Site("neurons", 0)) == a.d_mlp
     assert a.size(Site("z", 0)) == a.d_head
     assert a.size(Site("logits")) == 512

@@ -15,8 +15,8 @@ import workbench as wb
 from workbench.testing import tiny_hf_model, tiny_tokenizer
 
 PROMPT = "The cat sat on the mat"
-LAYERS = {"llama": "model.layers", "gemma2": "model.layers", "gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers"}
-DOWN = {"llama": "mlp.down_proj", "gemma2": "mlp.down_proj", "gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h"}
+LAYERS = {"llama": "model.layers", "gemma2": "model.layers", "qwen2": "model.layers", "gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers"}
+DOWN = {"llama": "mlp.down_proj", "gemma2": "mlp.down_proj", "qwen2": "mlp.down_proj", "gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h"}
 
 
 def close(a: torch.Tensor, b: torch.Tensor, atol: float = 2e-5) -> None:

@@ -20,7 +20,7 @@ PATHS = {
     "gpt_neox": dict(layers="gpt_neox.layers", embed="gpt_neox.embed_in", attn="attention",
                      o_proj="attention.dense", mlp="mlp", down="mlp.dense_4h_to_h", norm="gpt_neox.final_layer_norm"),
 }
-PATHS["gemma2"] = PATHS["llama"]
+PATHS["gemma2"] = PATHS["qwen2"] = PATHS["llama"]
 
 TARGET = "The cat sat on the mat"      # 9 tokens
 SAME_LEN = "A dog is on a mat"          # 9 tokens
