@@ -64,6 +64,7 @@ class _TraceProgram:
                  new_tokens: int = 0):
         self.arch = model.arch
         self.batch = batch
+        self._consts: dict[tuple, torch.Tensor] = {}  # spec numbers as tensors, per device/dtype
         self.new_tokens = new_tokens  # generation: positions may also name generated tokens
         self.patch_values: dict[str, dict[str, torch.Tensor]] = {}  # source -> site -> [1, s, ...]
         self.specs: dict[str, list[Spec]] = {}
@@ -210,24 +211,24 @@ class _TraceProgram:
                     value = srcx[:, spos]
                     x[rows, pos] = value if isinstance(rows, slice) else value[0]
                 else:
-                    idx = torch.tensor(s.indices, device=x.device)
+                    idx = self._const(s, "indices", s.indices, x, integer=True)
                     value = srcx[:, spos][:, :, idx]
                     self._assign(x, rows, pos, idx, value if isinstance(rows, slice) else value[0])
             return
         for rows, pos in self._rows_positions(s.positions, st, seq):
             if isinstance(s, Steer):
-                d = torch.tensor(s.direction, dtype=x.dtype, device=x.device) * s.strength
+                d = self._const(s, "steer", s.direction, x, scale=s.strength)
                 x[rows, pos] += d
             elif isinstance(s, AblateHeads):
-                idx = torch.tensor(s.heads, device=x.device)
+                idx = self._const(s, "heads", s.heads, x, integer=True)
                 if s.op == "zero":
                     self._assign(x, rows, pos, idx, 0.0)
                 else:
-                    means = torch.tensor(s.means, dtype=x.dtype, device=x.device)[idx]
+                    means = self._const(s, "means", s.means, x)[idx]
                     self._assign(x, rows, pos, idx, means)
             elif isinstance(s, Edit):
-                idx = None if s.indices is None else torch.tensor(s.indices, device=x.device)
-                val = None if s.value is None else torch.tensor(s.value, dtype=x.dtype, device=x.device)
+                idx = None if s.indices is None else self._const(s, "indices", s.indices, x, integer=True)
+                val = None if s.value is None else self._const(s, "value", s.value, x)
                 if s.op == "zero":
                     self._assign(x, rows, pos, idx, 0.0)
                 elif s.op in ("set", "mean"):
@@ -236,6 +237,18 @@ class _TraceProgram:
                     self._assign(x, rows, pos, idx, self._take(x, rows, pos, idx) * val)
                 elif s.op == "add":
                     self._assign(x, rows, pos, idx, self._take(x, rows, pos, idx) + val)
+
+    def _const(self, s: Spec, what: str, values: Any, x: torch.Tensor, integer: bool = False,
+               scale: float | None = None) -> torch.Tensor:
+        """A spec's numbers as a tensor on x's device and dtype, built once (not at every step)."""
+        key = (id(s), what, x.device, x.dtype)
+        t = self._consts.get(key)
+        if t is None:
+            t = torch.tensor(values, device=x.device, dtype=None if integer else x.dtype)
+            if scale is not None:
+                t = t * scale
+            self._consts[key] = t
+        return t
 
     @staticmethod
     def _key(x: torch.Tensor, rows: Any, pos: Any, idx: torch.Tensor | None) -> tuple:
