@@ -14,16 +14,7 @@ from workbench.arch import GLOBAL_SITES, LAYER_SITES, ArchMap, Site, infer_arch
 
 PROMPTS = ["The quick brown fox jumps over", "Hello, world", "A"]
 
-# Where things live in each HF family, written out independently of workbench.arch.
-PATHS = {
-    "llama": dict(layers="model.layers", embed="model.embed_tokens", attn="self_attn", o_proj="self_attn.o_proj",
-                  mlp="mlp", down="mlp.down_proj", norm="model.norm"),
-    "gpt2": dict(layers="transformer.h", embed="transformer.wte", attn="attn", o_proj="attn.c_proj",
-                 mlp="mlp", down="mlp.c_proj", norm="transformer.ln_f"),
-    "gpt_neox": dict(layers="gpt_neox.layers", embed="gpt_neox.embed_in", attn="attention",
-                     o_proj="attention.dense", mlp="mlp", down="mlp.dense_4h_to_h", norm="gpt_neox.final_layer_norm"),
-}
-PATHS["gemma2"] = PATHS["qwen2"] = PATHS["llama"]
+from hf_paths import PATHS
 
 
 def mod(root: torch.nn.Module, path: str) -> torch.nn.Module:

@@ -10,13 +10,14 @@ from operator import attrgetter
 import nnsight
 import pytest
 import torch
+from hf_paths import PATHS
 
 import workbench as wb
 from workbench.testing import tiny_hf_model, tiny_tokenizer
 
 PROMPT = "The cat sat on the mat"
-LAYERS = {"llama": "model.layers", "gemma2": "model.layers", "qwen2": "model.layers", "gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers"}
-DOWN = {"llama": "mlp.down_proj", "gemma2": "mlp.down_proj", "qwen2": "mlp.down_proj", "gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h"}
+LAYERS = {f: p["layers"] for f, p in PATHS.items()}
+DOWN = {f: p["down"] for f, p in PATHS.items()}
 
 
 def close(a: torch.Tensor, b: torch.Tensor, atol: float = 2e-5) -> None:

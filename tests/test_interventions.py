@@ -9,18 +9,9 @@ from operator import attrgetter
 
 import pytest
 import torch
+from hf_paths import PATHS
 
 import workbench as wb
-
-PATHS = {
-    "llama": dict(layers="model.layers", embed="model.embed_tokens", attn="self_attn", o_proj="self_attn.o_proj",
-                  mlp="mlp", down="mlp.down_proj", norm="model.norm"),
-    "gpt2": dict(layers="transformer.h", embed="transformer.wte", attn="attn", o_proj="attn.c_proj",
-                 mlp="mlp", down="mlp.c_proj", norm="transformer.ln_f"),
-    "gpt_neox": dict(layers="gpt_neox.layers", embed="gpt_neox.embed_in", attn="attention",
-                     o_proj="attention.dense", mlp="mlp", down="mlp.dense_4h_to_h", norm="gpt_neox.final_layer_norm"),
-}
-PATHS["gemma2"] = PATHS["qwen2"] = PATHS["llama"]
 
 TARGET = "The cat sat on the mat"      # 9 tokens
 SAME_LEN = "A dog is on a mat"          # 9 tokens
