@@ -8,13 +8,12 @@ from operator import attrgetter
 import pytest
 import torch
 import torch.nn.functional as F
+from hf_paths import PATHS
 
 import workbench as wb
 from workbench.arch import GLOBAL_SITES, LAYER_SITES, ArchMap, Site, infer_arch
 
 PROMPTS = ["The quick brown fox jumps over", "Hello, world", "A"]
-
-from hf_paths import PATHS
 
 
 def mod(root: torch.nn.Module, path: str) -> torch.nn.Module:
