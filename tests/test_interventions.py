@@ -545,3 +545,31 @@ def test_remote_local_generate_matches_local(tiny):
     local, remote = tiny("llama"), tiny("llama", remote="local")
     specs = [wb.steer(0, direction(local, 8), 3.0, positions=[-1, 13])]
     assert remote.generate(PROMPT, specs, max_new_tokens=5).token_ids == local.generate(PROMPT, specs, max_new_tokens=5).token_ids
+
+
+# -- rows: one batch, a different intervention per prompt ----------------------------------------
+def test_row_specific_specs_equal_separate_runs(model, family):
+    clean, corrupt = "The quick brown fox jumps", "The slow green cat sleeps"
+    n_clean = len(model.tokenize(clean).tokens[0])
+    if len(model.tokenize(corrupt).tokens[0]) != n_clean:
+        corrupt = clean[::-1]
+    cells = [(0, 1), (1, 2), (1, -1), (0, 0)]
+    specs = [wb.Patch(f"resid_post.{L}", source=clean, positions=[p], rows=[r]) for r, (L, p) in enumerate(cells)]
+    specs.append(wb.zero_neurons(0, [3, 5], rows=[2]))
+    specs.append(wb.steer(1, torch.linspace(0, 1, model.d_model), 2.0, rows=[0, 3]))
+    batched = model.run([corrupt] * len(cells), specs, logits="all")
+    for r, (L, p) in enumerate(cells):
+        own = [wb.Patch(f"resid_post.{L}", source=clean, positions=[p])]
+        own += [wb.zero_neurons(0, [3, 5])] if r == 2 else []
+        own += [wb.steer(1, torch.linspace(0, 1, model.d_model), 2.0)] if r in (0, 3) else []
+        single = model.run(corrupt, own, logits="all")
+        torch.testing.assert_close(batched.logits[r], single.logits[0], rtol=1e-4, atol=1e-4)
+
+
+def test_rows_out_of_range_is_a_clear_error(model):
+    with pytest.raises(IndexError, match="row 2 is out of range"):
+        model.run(["a b", "c d"], [wb.zero_neurons(0, [1], rows=[2])])
+    with pytest.raises(ValueError, match="rows"):
+        wb.zero_neurons(0, [1], rows=[])
+    spec = wb.zero_neurons(0, [1], rows=[1])
+    assert wb.spec_from_dict(spec.to_dict()) == spec

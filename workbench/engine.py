@@ -80,6 +80,8 @@ class _TraceProgram:
         self.sites = sorted(sites, key=lambda s: s.order)
 
     def _check_spec(self, s: Spec, site: Site) -> None:
+        if s.rows is not None and max(s.rows) >= self.batch.n_main:
+            raise IndexError(f"{s.describe()}: row {max(s.rows)} is out of range for {self.batch.n_main} prompt(s)")
         width = self.arch.n_heads if site.name == "z" else self.arch.size(site)
         idx = getattr(s, "heads", None) if isinstance(s, AblateHeads) else getattr(s, "indices", None)
         if idx:
@@ -168,25 +170,26 @@ class _TraceProgram:
         return out.logits if hasattr(out, "logits") else out[0]
 
     # -- positions -----------------------------------------------------------------
-    def _rows_positions(self, positions: list[int] | None, st: _StepState, seq: int) -> list[tuple[int, Any]]:
-        """(row, position index) pairs for the main rows at this step; [] when nothing applies."""
+    def _rows_positions(self, positions: list[int] | None, st: _StepState, seq: int,
+                        rows: list[int] | None = None) -> list[tuple[int, Any]]:
+        """(row, position index) pairs for the spec's rows at this step; [] when nothing applies."""
         n = self.batch.n_main
         if positions is None:
-            return [(slice(0, n), slice(None))]
+            return [(slice(0, n), slice(None))] if rows is None else [(r, slice(None)) for r in rows]
         out = []
         if st.step == 0:
             off = max(st.lengths) - seq  # > 0 when only the last positions are there (generate's logits)
-            for r in range(n):
+            for r in range(n) if rows is None else rows:
                 L = st.lengths[r]
                 ps = [p + L if p < 0 else p for p in positions]
                 ps = [p - off for p in ps if off <= p < L]  # p >= L: a generated token, for later steps
                 if ps:
                     out.append((r, ps))
-            if len(out) == n and all(o[1] == out[0][1] for o in out):
+            if rows is None and len(out) == n and all(o[1] == out[0][1] for o in out):
                 return [(slice(0, n), out[0][1])]
             return out
         # later generation steps: one new token at absolute position lengths[r] + step - 1
-        for r in range(n):
+        for r in range(n) if rows is None else rows:
             absolute = st.lengths[r] + st.step - 1
             if absolute in positions:
                 out.append((r, [seq - 1]))
@@ -205,7 +208,7 @@ class _TraceProgram:
             else:  # recorded beforehand (generation)
                 srcx, n_src = pre.to(device=x.device, dtype=x.dtype), pre.shape[1]
             src_pos = s.source_positions if s.source_positions is not None else s.positions
-            for rows, pos in self._rows_positions(s.positions, st, seq):
+            for rows, pos in self._rows_positions(s.positions, st, seq, s.rows):
                 spos = slice(None) if src_pos is None else [p + n_src if p < 0 else p for p in src_pos]
                 if s.indices is None:
                     value = srcx[:, spos]
@@ -215,7 +218,7 @@ class _TraceProgram:
                     value = srcx[:, spos][:, :, idx]
                     self._assign(x, rows, pos, idx, value if isinstance(rows, slice) else value[0])
             return
-        for rows, pos in self._rows_positions(s.positions, st, seq):
+        for rows, pos in self._rows_positions(s.positions, st, seq, s.rows):
             if isinstance(s, Steer):
                 d = self._const(s, "steer", s.direction, x, scale=s.strength)
                 x[rows, pos] += d

@@ -38,14 +38,24 @@ def _as_list(x: Any) -> Any:
 
 @dataclass
 class Spec:
-    """Base class of intervention specs."""
+    """Base class of intervention specs.
+
+    ``rows`` (keyword-only) restricts a spec to some prompts of a batch (indices into the
+    prompts given to `run`); ``None`` means every prompt. Batched sweeps use it to give
+    each row its own intervention in one forward pass.
+    """
 
     kind: ClassVar[str] = ""
     site: str
+    rows: list[int] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         s = Site.parse(self.site)
         self.site = str(s)
+        if self.rows is not None:
+            self.rows = [int(r) for r in _as_list(self.rows)]
+            if not self.rows or min(self.rows) < 0:
+                raise ValueError(f"rows must be a non-empty list of prompt indices, not {self.rows}")
 
     @property
     def parsed_site(self) -> Site:
@@ -201,31 +211,31 @@ def specs_from_json(text: str) -> list[Spec]:
 
 
 # -- helpers that read like the papers -------------------------------------------------
-def zero_neurons(layer: int, indices: list[int], positions: Positions = None) -> Edit:
+def zero_neurons(layer: int, indices: list[int], positions: Positions = None, *, rows: list[int] | None = None) -> Edit:
     """Zero-ablate MLP neurons."""
-    return Edit(f"neurons.{layer}", indices, "zero", None, positions)
+    return Edit(f"neurons.{layer}", indices, "zero", None, positions, rows=rows)
 
 
-def scale_neurons(layer: int, indices: list[int], factor: float, positions: Positions = None) -> Edit:
+def scale_neurons(layer: int, indices: list[int], factor: float, positions: Positions = None, *, rows: list[int] | None = None) -> Edit:
     """Multiply MLP neurons by ``factor``."""
-    return Edit(f"neurons.{layer}", indices, "scale", float(factor), positions)
+    return Edit(f"neurons.{layer}", indices, "scale", float(factor), positions, rows=rows)
 
 
-def set_neurons(layer: int, indices: list[int], value: float | list[float], positions: Positions = None) -> Edit:
+def set_neurons(layer: int, indices: list[int], value: float | list[float], positions: Positions = None, *, rows: list[int] | None = None) -> Edit:
     """Set MLP neurons to a value (or one value per neuron)."""
-    return Edit(f"neurons.{layer}", indices, "set", value, positions)
+    return Edit(f"neurons.{layer}", indices, "set", value, positions, rows=rows)
 
 
-def mean_ablate_neurons(layer: int, indices: list[int], means: list[float], positions: Positions = None) -> Edit:
+def mean_ablate_neurons(layer: int, indices: list[int], means: list[float], positions: Positions = None, *, rows: list[int] | None = None) -> Edit:
     """Replace MLP neurons by their mean (see `Model.mean_activation`)."""
-    return Edit(f"neurons.{layer}", indices, "mean", means, positions)
+    return Edit(f"neurons.{layer}", indices, "mean", means, positions, rows=rows)
 
 
-def ablate_heads(layer: int, heads: list[int], positions: Positions = None) -> AblateHeads:
+def ablate_heads(layer: int, heads: list[int], positions: Positions = None, *, rows: list[int] | None = None) -> AblateHeads:
     """Zero-ablate attention heads at a layer."""
-    return AblateHeads(f"z.{layer}", heads, "zero", None, positions)
+    return AblateHeads(f"z.{layer}", heads, "zero", None, positions, rows=rows)
 
 
-def steer(layer: int, direction: Any, strength: float = 1.0, site: str = "resid_post", positions: Positions = None, name: str = "") -> Steer:
+def steer(layer: int, direction: Any, strength: float = 1.0, site: str = "resid_post", positions: Positions = None, name: str = "", *, rows: list[int] | None = None) -> Steer:
     """Add a steering direction to the residual stream after ``layer``."""
-    return Steer(f"{site}.{layer}", direction, strength, positions, name)
+    return Steer(f"{site}.{layer}", direction, strength, positions, name, rows=rows)
