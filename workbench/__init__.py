@@ -10,7 +10,15 @@
 from .arch import SITE_NAMES, ArchMap, Site
 from .directions import mean_difference, neuron_direction
 from .engine import GenerationCancelled, Model
+from .lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
 from .loading import ModelLoadError, load
+from .patching import (
+    AblationResult,
+    PatchingResult,
+    ablate,
+    activation_patching,
+    attribution_patching,
+)
 from .results import GenerationResult, RunResult, Token, TopK
 from .specs import (
     AblateHeads,
@@ -34,5 +42,7 @@ __all__ = [
     "GenerationResult", "RunResult", "Token", "TopK", "AblateHeads", "Edit", "Patch", "Spec", "Steer",
     "ablate_heads", "mean_ablate_neurons", "scale_neurons", "set_neurons", "spec_from_dict",
     "specs_from_json", "specs_to_json", "steer", "zero_neurons", "mean_difference", "neuron_direction",
+    "LensFileError", "LensResult", "TunedLens", "logit_lens", "tuned_lens",
+    "AblationResult", "PatchingResult", "ablate", "activation_patching", "attribution_patching",
 ]
 __version__ = "0.1.0"
