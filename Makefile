@@ -37,3 +37,5 @@ bench:
 	$(VPY) benchmarks/bench_trace.py
 	$(VPY) benchmarks/bench_generate.py
 	$(VPY) benchmarks/bench_attention.py
+	$(VPY) benchmarks/bench_lens.py
+	$(VPY) benchmarks/bench_patching.py

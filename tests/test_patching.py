@@ -557,3 +557,15 @@ def test_causal_tracing_embedded(smol):
 
 EARLY_SUBJECT_MIN = 0.3
 LATE_LAST_MIN = 0.5
+
+
+def test_top_cells_are_the_largest_values():
+    from workbench.testing import tiny_model
+
+    model = tiny_model("llama")
+    res = activation_patching(model, "The value of the", "The value of a", answer=" the", metric="prob", progress=False)
+    cells = res.top_cells(4)
+    flat = sorted(res.values.flatten().tolist(), reverse=True)[:4]
+    assert [round(v, 6) for _, _, v in cells] == [round(v, 6) for v in flat]
+    for layer, col, v in cells:
+        assert res.values[res.layers.index(layer), res.columns.index(col)].item() == pytest.approx(v)

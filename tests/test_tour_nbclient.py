@@ -1,4 +1,4 @@
-"""The tour notebook executes top to bottom headlessly (nbclient), with no errors."""
+"""The example notebooks execute top to bottom headlessly (nbclient), with no errors."""
 
 from __future__ import annotations
 
@@ -43,3 +43,13 @@ def test_tour_executes_without_errors(tmp_path: Path) -> None:
     assert "Paris" in text  # the first predictions table
     assert "same as the specs: True" in text  # raw nnsight + model.apply agree with the specs
     print(f"tour executed in {took:.1f}s")
+
+
+def test_causal_example_executes_without_errors(tmp_path: Path) -> None:
+    run_notebook = _runner()
+    nb = run_notebook.execute(REPO / "examples" / "02_causal.ipynb", timeout=900, cwd=tmp_path)
+    assert run_notebook.error_outputs(nb) == []
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count for c in code), "a code cell did not run"
+    text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for c in code for o in c.outputs)
+    assert "Paris" in text and "AblationResult" in text

@@ -97,6 +97,14 @@ class PatchingResult(Showable):
                           columns=pd.Index(self.column_labels, name=self.column_kind))
         return df
 
+    def top_cells(self, k: int = 5) -> list[tuple[int, int, float]]:
+        """The ``k`` cells with the largest normalized effect, as (layer, column, value)."""
+        v = self.values.float()
+        flat = torch.nan_to_num(v, nan=float("-inf")).flatten()
+        idx = flat.topk(min(k, flat.numel())).indices.tolist()
+        w = v.shape[1]
+        return [(self.layers[i // w], self.columns[i % w], float(flat[i])) for i in idx]
+
     def plot(self, ax: Any = None) -> Any:
         """A matplotlib heatmap (diverging colours centred on 0, layers on y)."""
         import matplotlib.pyplot as plt
