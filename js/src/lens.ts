@@ -7,9 +7,9 @@
 // (data-pinned="true" on the pinned one); [data-testid=lens-tooltip]; [data-testid=pin-panel]
 // with rows [data-testid=pin-row]; [data-testid=token-label] column headers.
 import type { NDArray } from "./lib/arrays";
-import { el, errorBox, fmt, tokenSpan, withStyle } from "./lib/dom";
+import { el, fmt, runCounter, showRpcError, tokenSpan, withStyle } from "./lib/dom";
 import * as L from "./lib/lens-logic";
-import { AnyModel, Cancelled, KernelError, Rpc } from "./lib/rpc";
+import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
 
 interface RunReply {
   state: { prompt: string; targets: string[]; top_k: number };
@@ -57,7 +57,6 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   withStyle(root, CSS);
   host.append(root);
 
-  let runCount = 0;
   let pending: number | null = null;
   let last: RunReply | null = null;
   let grid: L.LensGrid | null = null;
@@ -79,18 +78,8 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const tooltip = el("div", { class: "ll-tooltip", "data-testid": "lens-tooltip" });
   root.append(controls, help, errors, el("div", { class: "ll-main" }, gridWrap, panel), tooltip);
 
-  function bump(): void {
-    runCount += 1;
-    root.dataset.runCount = String(runCount);
-  }
-
-  function showError(err: unknown): void {
-    if (err instanceof Cancelled) return;
-    const msg = err instanceof Error ? err.message : String(err);
-    const tb = err instanceof KernelError ? err.traceback : "";
-    errors.replaceChildren(errorBox(msg, tb));
-    status.textContent = "error";
-  }
+  const bump = runCounter(root);
+  const showError = (err: unknown): void => showRpcError(errors, err, status);
 
   function currentColorBy(): string {
     return L.normalizeColorBy(String(model.get("color_by") ?? "top"), grid?.targets ?? []);

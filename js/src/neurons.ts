@@ -8,9 +8,9 @@
 // cells td[data-testid=cell][data-neuron=N][data-token=T]; [data-testid=tinted-text]
 // spans; table[data-testid=predictions] tr[data-testid=prediction-row].
 import type { NDArray } from "./lib/arrays";
-import { debounce, el, errorBox, fmt, tokenSpan, withStyle } from "./lib/dom";
+import { debounce, el, fmt, runCounter, showRpcError, tokenSpan, withStyle } from "./lib/dom";
 import * as L from "./lib/neurons-logic";
-import { AnyModel, Cancelled, KernelError, Rpc } from "./lib/rpc";
+import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
 
 interface TopRow { token: string; id: number; prob: number; logit: number }
 
@@ -79,7 +79,6 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   host.append(root);
 
   let state: L.ViewState = L.readState((k) => model.get(k));
-  let runCount = 0;
   let pendingRun: number | null = null;
   let pendingTint: number | null = null;
   let last: RunReply | null = null;
@@ -144,18 +143,8 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     }
   }
 
-  function bump(): void {
-    runCount += 1;
-    root.dataset.runCount = String(runCount);
-  }
-
-  function showError(err: unknown): void {
-    if (err instanceof Cancelled) return;
-    const msg = err instanceof Error ? err.message : String(err);
-    const tb = err instanceof KernelError ? err.traceback : "";
-    errors.replaceChildren(errorBox(msg, tb));
-    status.textContent = "error";
-  }
+  const bump = runCounter(root);
+  const showError = (err: unknown): void => showRpcError(errors, err, status);
 
   // -- rendering -----------------------------------------------------------------
   function markColumns(): void {

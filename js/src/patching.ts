@@ -9,9 +9,9 @@
 // td[data-testid=patch-cell][data-layer][data-col][data-value]; [data-testid=cell-readout];
 // table[data-testid=predictions] tr[data-testid=prediction-row] (cells [data-testid=pred-clean|
 // pred-corrupted|pred-patched]); [data-testid=patched-metric]; [data-testid=errors].
-import { el, errorBox, tokenSpan, withStyle } from "./lib/dom";
+import { el, runCounter, showRpcError, tokenSpan, withStyle } from "./lib/dom";
 import * as L from "./lib/patching-logic";
-import { AnyModel, Cancelled, KernelError, Rpc } from "./lib/rpc";
+import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
 
 interface HeatmapReply {
   grids: (L.Grid & { clean_metric: number; corrupted_metric: number })[];
@@ -73,7 +73,6 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   withStyle(root, CSS);
   host.append(root);
 
-  let runCount = 0;
   let data: HeatmapReply | null = null;
   let method = String(model.get("method") ?? "exact");
   let selected: number[] = [...(model.get("selected") ?? [])];
@@ -98,18 +97,8 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const side = el("div", { class: "ph-side" }, predLabel, predTable, metricBox, specBox);
   root.append(title, controls, help, errors, el("div", { class: "ph-main" }, el("div", {}, heatWrap, readoutBox), side));
 
-  function bump(): void {
-    runCount += 1;
-    root.dataset.runCount = String(runCount);
-  }
-
-  function showError(err: unknown): void {
-    if (err instanceof Cancelled) return;
-    const msg = err instanceof Error ? err.message : String(err);
-    const tb = err instanceof KernelError ? err.traceback : "";
-    errors.replaceChildren(errorBox(msg, tb));
-    status.textContent = "error";
-  }
+  const bump = runCounter(root);
+  const showError = (err: unknown): void => showRpcError(errors, err, status);
 
   // -- rendering -----------------------------------------------------------------
   function renderToggle(): void {

@@ -1,3 +1,5 @@
+import { Cancelled, KernelError } from "./rpc";
+
 // Small DOM helpers shared by the widgets. Token text is always set through
 // textContent, never innerHTML, so a prompt cannot inject markup or script.
 
@@ -94,4 +96,23 @@ export function withStyle(root: HTMLElement, css = ""): void {
   const style = document.createElement("style");
   style.textContent = BASE_CSS + css;
   root.append(style);
+}
+
+/** Show a failed kernel request in `slot` (cancellations are not errors) and mark `status`. */
+export function showRpcError(slot: HTMLElement, err: unknown, status?: HTMLElement): void {
+  if (err instanceof Cancelled) return;
+  const msg = err instanceof Error ? err.message : String(err);
+  const tb = err instanceof KernelError ? err.traceback : "";
+  slot.replaceChildren(errorBox(msg, tb));
+  if (status) status.textContent = "error";
+}
+
+/** A counter kept in the root's `data-run-count` (browser tests wait on it); returns `bump`. */
+export function runCounter(root: HTMLElement): () => void {
+  let n = Number(root.dataset.runCount ?? 0);
+  root.dataset.runCount = String(n);
+  return () => {
+    n += 1;
+    root.dataset.runCount = String(n);
+  };
 }
