@@ -569,3 +569,24 @@ def test_top_cells_are_the_largest_values():
     assert [round(v, 6) for _, _, v in cells] == [round(v, 6) for v in flat]
     for layer, col, v in cells:
         assert res.values[res.layers.index(layer), res.columns.index(col)].item() == pytest.approx(v)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("site, extra", [("resid_pre", {}), ("mlp_out", {}), ("z", {}), ("neurons", {"neurons": [2, 7]})])
+@pytest.mark.parametrize("how", ["prompt-denoising", "noise-noising"])
+def test_forked_sweep_equals_replaying_every_cell(family, site, extra, how):
+    """The sweep forks rows at their layer; each row must equal its cell_specs run through run()."""
+    from workbench.testing import tiny_model
+
+    model = tiny_model(family)
+    kw = dict(answer=" the", metric="prob", site=site, progress=False, **extra)
+    if how == "prompt-denoising":
+        res = activation_patching(model, "The value of the", "The value of a", **kw)
+    else:
+        res = activation_patching(model, "The value of the", noise=3.0, subject="The value", direction="noising", **kw)
+    ans = model.tokenizer.encode(" the")[0]
+    for i, L in enumerate(res.layers):
+        for j, c in enumerate(res.columns):
+            run = model.run(res.base_prompt, res.base_specs + res.cell_specs(L, c), top_k=1)
+            p = torch.softmax(run.logits[0].float(), -1)[ans]
+            assert res.raw[i, j].item() == pytest.approx(p.item(), abs=1e-5), (L, c)

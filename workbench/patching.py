@@ -18,10 +18,12 @@ specs on ``embed`` so the same corruption is reproducible through ``base_specs``
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import nnsight
 import torch
 
 from .specs import AblateHeads, Edit, Patch, Spec, Steer
@@ -393,6 +395,54 @@ def _progress(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, disable=not progress, leave=False)
 
 
+# -- the forked sweep ----------------------------------------------------------------------------
+def _forked_sweep(model: Model, s: _Setup, cells: list[tuple[int, int]], src: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Last-position logits of the base run with each cell's patch, one batch row per cell.
+
+    The trace starts with the base prompt alone (its specs applied); at the input of each
+    swept layer the batch grows by one copy of the base row per cell of that layer, and the
+    cell's source value is written into its row at the site. A row therefore costs only the
+    layers from its own onward (about half a forward on average), and everything before is
+    computed once. Each row equals replaying ``cell_specs`` through `Model.run` (tested).
+    """
+    from .engine import _get, _TraceProgram
+
+    nn = model.nn
+    layers = _get(nn, model.arch.layers)
+    groups: dict[int, list[int]] = {}
+    for L, c in cells:
+        groups.setdefault(L, []).append(c)
+    kw: dict[str, Any] = {"use_cache": False}
+    if "logits_to_keep" in inspect.signature(model.hf.forward).parameters:
+        kw["logits_to_keep"] = 1
+    site, kind, positions = s.site, s.kind, s.positions
+    with torch.inference_mode(), model.trace(s.base_prompt, **kw):
+        if s.base_specs:
+            model.apply(s.base_specs)
+        n = 1
+        for L, cols in groups.items():
+            layer = layers[L]
+            x = layer.input
+            grown = torch.cat([x, x[:1].expand(len(cols), *x.shape[1:])], 0)
+            if site != "resid_pre":
+                layer.input = grown
+                y = model.site(f"{site}.{L}")
+            else:
+                y = grown
+            v = src[L].to(device=y.device, dtype=y.dtype)
+            for k, c in enumerate(cols):
+                if kind == "position":
+                    y[n + k, c] = v[c]
+                else:  # a head (z) or a neuron, at the chosen positions or all
+                    ps = slice(None) if positions is None else positions
+                    y[n + k, ps, c] = v[ps, c]
+            if site == "resid_pre":
+                layer.input = grown
+            n += len(cols)
+        out = nnsight.save(_TraceProgram.logits(nn)[1:, -1].float())
+    return out
+
+
 # -- activation patching -------------------------------------------------------------------------
 def activation_patching(model: Model, clean: str, corrupted: str | None = None, *, answer: str, wrong: str | None = None,
                         site: str = "resid_post", metric: str = "logit_diff", direction: str = "denoising",
@@ -405,28 +455,27 @@ def activation_patching(model: Model, clean: str, corrupted: str | None = None, 
     ``denoising`` patches clean activations into the corrupted run; ``noising`` patches
     corrupted activations into the clean run. Corruption: ``corrupted`` (a prompt with the
     same number of tokens) or ``noise`` × std(embeddings) Gaussian noise on ``subject``'s
-    token embeddings (seeded). Cells run as rows of batches of ``batch_size`` prompts.
+    token embeddings (seeded). Cells run as rows of batches of at most ``batch_size`` cells,
+    forked from the base run at their own layer (see `_forked_sweep`).
     """
     s = _setup(model, clean, corrupted, answer, wrong, site, metric, direction, noise, subject, seed, layers,
                positions, heads, neurons)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     m_clean, m_corr, clean_logp = _reference_metrics(model, s, clean, metric)
-    values_src = None
-    if s.source is None:  # the source is a noised run: record its activations, cells set them
-        caps = [f"{site}.{L}" for L in s.layers]
-        rec = model.run(s.corrupt_prompt, s.source_specs, capture=caps, top_k=1, logits=None)
-        values_src = {L: rec.activations[f"{site}.{L}"][0] for L in s.layers}
+    # The source's activations at every swept layer, recorded once.
+    caps = [f"{site}.{L}" for L in s.layers]
+    rec = model.run(s.corrupt_prompt if s.source is None else s.source,
+                    s.source_specs if s.source is None else [], capture=caps, top_k=1, logits=None)
+    recorded = {L: rec.activations[f"{site}.{L}"][0] for L in s.layers}
+    values_src = recorded if s.source is None else None  # a noised source: cells set these values
     cells = [(i, j, L, c) for i, L in enumerate(s.layers) for j, c in enumerate(s.columns)]
     raw = torch.empty(len(s.layers), len(s.columns))
     with _progress(len(cells), f"patching {site}", progress) as bar:
         for start in range(0, len(cells), batch_size):
             chunk = cells[start:start + batch_size]
-            specs = list(s.base_specs)
-            for r, (_, _, L, c) in enumerate(chunk):
-                specs += _cell_specs(site, s.kind, L, c, s.positions, s.source, values_src, rows=[r])
-            res = model.run([s.base_prompt] * len(chunk), specs, top_k=1, logits="last")
-            m = _metric(res.logits, metric, s.ans, s.wrong, clean_logp)
+            logits = _forked_sweep(model, s, [(L, c) for _, _, L, c in chunk], recorded)
+            m = _metric(logits, metric, s.ans, s.wrong, clean_logp)
             for r, (i, j, _, _) in enumerate(chunk):
                 raw[i, j] = m[r]
             bar.update(len(chunk))
