@@ -373,3 +373,14 @@ def close_notebook(nb: NotebookPage) -> None:
         nb.page.context.close()
     finally:
         nb.lab.shutdown_kernels()
+
+
+def write_notebook(path: Path, cells: list) -> Path:
+    """Write a notebook for the venv's python3 kernel; strings become code cells."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c) if isinstance(c, str) else c for c in cells]
+    nbformat.write(nb, path)
+    return path

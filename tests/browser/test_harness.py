@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import nbformat
 import pytest
 
-from .lab import REPO, NotebookPage, close_notebook, open_and_run
+from .lab import REPO, NotebookPage, close_notebook, open_and_run, write_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -27,15 +27,12 @@ Probe()
 
 @pytest.fixture
 def trivial(browser, lab) -> Iterator[NotebookPage]:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
+    write_notebook(lab.root / "harness.ipynb", [
         nbformat.v4.new_markdown_cell("# harness"),
-        nbformat.v4.new_code_cell("import sys, workbench\nprint(sys.executable)\nprint(workbench.__file__)"),
-        nbformat.v4.new_code_cell("from IPython.display import HTML\nHTML('<div id=\"harness-ok\">ok</div>')"),
-        nbformat.v4.new_code_cell(ANYWIDGET),
-    ]
-    nbformat.write(nb, lab.root / "harness.ipynb")
+        "import sys, workbench\nprint(sys.executable)\nprint(workbench.__file__)",
+        "from IPython.display import HTML\nHTML('<div id=\"harness-ok\">ok</div>')",
+        ANYWIDGET,
+    ])
     page = open_and_run(lab, browser, "harness.ipynb", timeout=120)
     try:
         yield page
@@ -59,10 +56,7 @@ def test_trivial_notebook_runs(trivial: NotebookPage) -> None:
 
 def test_failing_cell_is_detected(browser, lab) -> None:
     """Run All reports a raising cell, and its traceback counts as an error output."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("1 / 0"), nbformat.v4.new_code_cell("print('not reached')")]
-    nbformat.write(nb, lab.root / "failing.ipynb")
+    write_notebook(lab.root / "failing.ipynb", ["1 / 0", "print('not reached')"])
     page = open_and_run(lab, browser, "failing.ipynb", timeout=120)
     try:
         assert page.all_ran is False

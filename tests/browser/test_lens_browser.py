@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import nbformat
 import pytest
 
-from .lab import REPO, NotebookPage, close_notebook, open_and_run, run_count
+from .lab import NotebookPage, close_notebook, open_and_run, run_count, write_notebook
 
 pytestmark = pytest.mark.browser
 TIMEOUT = 120
@@ -23,12 +22,7 @@ CELLS = [
 
 @pytest.fixture(scope="module")
 def nb(browser, bundles, lab) -> Iterator[NotebookPage]:
-    if not (REPO / "widgets" / "static" / "lens.js").exists():
-        pytest.fail("widgets/static/lens.js is missing: run `cd js && node build.mjs`")
-    book = nbformat.v4.new_notebook()
-    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    book.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
-    nbformat.write(book, lab.root / "lens.ipynb")
+    write_notebook(lab.root / "lens.ipynb", CELLS)
     page = open_and_run(lab, browser, "lens.ipynb", timeout=300)
     try:
         yield page

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import nbformat
 import pytest
 
-from .lab import REPO, NotebookPage, close_notebook, open_and_run
+from .lab import NotebookPage, close_notebook, open_and_run, write_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -36,18 +35,9 @@ CELLS = [
 ]
 
 
-def make_notebook(path) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
-    nbformat.write(nb, path)
-
-
 @pytest.fixture(scope="module")
 def nb(browser, bundles, lab) -> Iterator[NotebookPage]:
-    if not (REPO / "widgets" / "static" / "patching.js").exists():
-        pytest.fail("widgets/static/patching.js is missing: run `cd js && node build.mjs`")
-    make_notebook(lab.root / "patching.ipynb")
+    write_notebook(lab.root / "patching.ipynb", CELLS)
     page = open_and_run(lab, browser, "patching.ipynb", timeout=300)
     try:
         yield page

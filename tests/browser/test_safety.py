@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import nbformat
 import pytest
 
-from .lab import NotebookPage, close_notebook, open_and_run, run_count
+from .lab import NotebookPage, close_notebook, open_and_run, run_count, write_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -37,16 +36,9 @@ CELLS = [
 ]
 
 
-def make_notebook(path) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
-    nbformat.write(nb, path)
-
-
 @pytest.fixture(scope="module")
 def tiny(browser, bundles, lab) -> Iterator[NotebookPage]:
-    make_notebook(lab.root / "safety.ipynb")
+    write_notebook(lab.root / "safety.ipynb", CELLS)
     nb = open_and_run(lab, browser, "safety.ipynb", timeout=300)
     try:
         yield nb
