@@ -286,7 +286,7 @@ def test_site_parse_errors(bad, exc, words):
 
 def test_site_names_are_complete():
     assert set(wb.SITE_NAMES) == set(LAYER_SITES) | set(GLOBAL_SITES)
-    assert len(wb.SITE_NAMES) == 11
+    assert len(wb.SITE_NAMES) == 12
 
 
 @pytest.mark.parametrize("site", ["resid_post.2", "neurons.7", ("z", -1), "resid_post.-1", "blocks.9.hook_resid_pre"])

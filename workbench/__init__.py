@@ -19,7 +19,9 @@ from .patching import (
     activation_patching,
     attribution_patching,
 )
+from .corpus import default_corpus, iter_texts
 from .results import GenerationResult, RunResult, Token, TopK
+from .scan import scan
 from .specs import (
     AblateHeads,
     Edit,
@@ -36,6 +38,7 @@ from .specs import (
     steer,
     zero_neurons,
 )
+from .store import Exemplar, QuantileGroup, ScanStore, StoreError
 
 __all__ = [
     "SITE_NAMES", "ArchMap", "Site", "Model", "GenerationCancelled", "ModelLoadError", "load",
@@ -44,5 +47,6 @@ __all__ = [
     "specs_from_json", "specs_to_json", "steer", "zero_neurons", "mean_difference", "neuron_direction",
     "LensFileError", "LensResult", "TunedLens", "logit_lens", "tuned_lens",
     "AblationResult", "PatchingResult", "ablate", "activation_patching", "attribution_patching",
+    "default_corpus", "iter_texts", "scan", "ScanStore", "StoreError", "Exemplar", "QuantileGroup",
 ]
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ name             what it is                                             shape
 ``z``            per-head outputs before the output projection          [b, s, H, d_head]
 ``head_out``     per-head contributions after the output projection     [b, s, H, d_model]
 ``pattern``      attention probabilities (eager attention, exact)       [b, H, s, s]
+``mlp_in``       MLP input (after the pre-MLP norm; transcoders read it)  [b, s, d_model]
 ``mlp_out``      MLP output of layer L                                  [b, s, d_model]
 ``neurons``      MLP neurons: input to the MLP output projection        [b, s, d_mlp]
 ``resid_post``   residual stream leaving layer L                        [b, s, d_model]
@@ -29,11 +30,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-LAYER_SITES = ("resid_pre", "z", "head_out", "attn_out", "pattern", "neurons", "mlp_out", "resid_post")
+LAYER_SITES = ("resid_pre", "z", "head_out", "attn_out", "pattern", "mlp_in", "neurons", "mlp_out", "resid_post")
 GLOBAL_SITES = ("embed", "final_norm", "logits")
 SITE_NAMES = ("embed",) + LAYER_SITES + ("final_norm", "logits")
 #: Sites whose values can be written (interventions); the others are derived or read-only.
-WRITABLE = frozenset({"embed", "resid_pre", "z", "attn_out", "neurons", "mlp_out", "resid_post", "final_norm", "logits"})
+WRITABLE = frozenset({"embed", "resid_pre", "z", "attn_out", "mlp_in", "neurons", "mlp_out", "resid_post", "final_norm", "logits"})
 
 ALIASES = {
     "mlp_post": "neurons",
@@ -47,6 +48,8 @@ ALIASES = {
     "hook_resid_post": "resid_post",
     "hook_attn_out": "attn_out",
     "hook_mlp_out": "mlp_out",
+    "hook_mlp_in": "mlp_in",
+    "ln2.hook_normalized": "mlp_in",
     "hook_embed": "embed",
     "ln_final.hook_normalized": "final_norm",
 }
@@ -71,7 +74,7 @@ class Site:
         elif isinstance(spec, tuple):
             site = cls(ALIASES.get(spec[0], spec[0]), None if len(spec) < 2 else spec[1])
         elif isinstance(spec, str):
-            m = re.fullmatch(r"blocks\.(\d+)\.(?:mlp\.|attn\.)?(hook_\w+)", spec)
+            m = re.fullmatch(r"blocks\.(\d+)\.(?:mlp\.|attn\.)?(hook_\w+|ln2\.hook_normalized)", spec)
             if m:
                 site = cls(ALIASES.get(m.group(2), m.group(2)), int(m.group(1)))
             elif spec in ALIASES or spec in SITE_NAMES:  # a bare layer site gets "needs a layer" below

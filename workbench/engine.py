@@ -153,6 +153,8 @@ class _TraceProgram:
             if name == "pattern" and out[1] is None:
                 raise RuntimeError("attention probabilities are not materialized: load the model with eager attention")
             return out[0] if name == "attn_out" else out[1]
+        if name == "mlp_in":
+            return _get(layer, a.mlp).input
         if name == "neurons":
             return _get(layer, a.mlp_out_proj).input
         if name == "mlp_out":
@@ -383,6 +385,31 @@ class Model:
             mask[b, : len(row)] = 1
         return Batch(input_ids, mask, tokens, len(prompts), {s: len(prompts) + i for i, s in enumerate(src)})
 
+    def batch_from_ids(self, rows: Sequence[Sequence[int]]) -> Batch:
+        """A right-padded batch of token-id rows (each token's text is its own decoding)."""
+        rows = [list(map(int, r)) for r in rows]
+        if not rows or any(not r for r in rows):
+            raise ValueError("batch_from_ids needs at least one non-empty row of token ids")
+        vocab = self.arch.vocab
+        bad = [i for r in rows for i in r if not 0 <= i < vocab]
+        if bad:
+            raise IndexError(f"token id {bad[0]} is out of range for a vocabulary of {vocab}")
+        tokens: list[list[Token]] = []
+        for r in rows:
+            row, pos = [], 0
+            for tid in r:
+                text = self.tokenizer.decode([tid])
+                row.append(Token(tid, text, pos, pos + len(text)))
+                pos += len(text)
+            tokens.append(row)
+        n = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), n), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for b, r in enumerate(rows):
+            input_ids[b, : len(r)] = torch.tensor(r)
+            mask[b, : len(r)] = 1
+        return Batch(input_ids, mask, tokens, len(rows))
+
     def to_str_tokens(self, prompt: str) -> list[str]:
         return [t.text for t in self.tokenize(prompt).tokens[0]]
 
@@ -415,26 +442,38 @@ class Model:
         return {"remote": r} if r else {}
 
     # -- running -------------------------------------------------------------------
-    def run(self, prompts: str | Sequence[str], interventions: Iterable[Spec | dict] | None = None, *,
+    def run(self, prompts: str | Sequence[str] | Batch, interventions: Iterable[Spec | dict] | None = None, *,
             capture: Iterable[str] | dict[str, Reducer | None] | None = None, top_k: int = 10,
             logits: str | None = "last", remote: bool | str | None = None, grad: bool = False) -> RunResult:
         """Run prompts once with interventions; return tokens, top-k, logits and captures.
 
+        ``prompts``: a text, a list of texts, or a `Batch` of token ids (`Model.batch_from_ids`).
+        ``top_k=0`` skips next-token predictions (the unembedding then runs on one position).
         ``capture``: site names (``"neurons.3"``) or ``{site: reducer}`` where the reducer
         runs inside the trace (so only its result travels back from a remote model).
         ``logits``: ``"last"`` (each prompt's last position), ``"all"`` or ``None``.
         """
         specs = self._specs(interventions)
         caps = self._captures(capture)
-        batch = self.tokenize(prompts, [s.source for s in specs if isinstance(s, Patch)])
+        if isinstance(prompts, Batch):  # pre-tokenized windows (scans, exemplars)
+            if any(isinstance(s, Patch) for s in specs):
+                raise ValueError("Patch specs need their source prompt tokenized with the batch: pass text prompts")
+            batch = prompts
+            prompts = ["".join(t.text for t in row) for row in batch.tokens]
+        else:
+            batch = self.tokenize(prompts, [s.source for s in specs if isinstance(s, Patch)])
         program = _TraceProgram(self, specs, caps, batch)
         st = _StepState(0, batch.lengths)
         n = batch.n_main
         last = torch.tensor([L - 1 for L in batch.lengths[:n]])
         k = min(top_k, self.arch.vocab)
+        if k < 0:
+            raise ValueError(f"top_k must be at least 0, not {top_k}")
+        if k == 0 and logits != "all":
+            logits = None  # no predictions wanted: unembed one position only (see _last_logits_only)
         ctx = torch.enable_grad() if grad else torch.inference_mode()
         nn, inputs, rkw = self.nn, self._inputs(batch), self._remote_kw(remote)
-        if self._last_logits_only(program, batch, logits):
+        if self._last_logits_only(program, batch, logits, k):
             # Every prompt ends at the last padded position: unembed that position only.
             rkw = {**rkw, "logits_to_keep": 1}
             last = torch.zeros_like(last)
@@ -444,13 +483,14 @@ class Model:
                 lg = program.logits(nn)[:n]
                 last_logits = lg[torch.arange(n), last.to(lg.device)].float()
                 probs = torch.softmax(last_logits, -1)
-                top = probs.topk(k, dim=-1)
+                top = probs.topk(max(k, 1), dim=-1)
                 top_p = nnsight.save(top.values)
                 top_i = nnsight.save(top.indices)
                 top_l = nnsight.save(last_logits.gather(-1, top.indices))
                 # Always saved: nnsight drops unsaved locals (a plain None) when the trace exits.
                 kept = nnsight.save(lg[:, : max(batch.lengths[:n])].detach().clone() if logits == "all" else last_logits)
-        top_i = top_i.cpu()
+        top_i = top_i.cpu()[:, :k]
+        top_p, top_l = top_p[:, :k], top_l[:, :k]
         toks = [[self.tokenizer.decode([int(i)]) for i in row] for row in top_i]
         return RunResult(
             prompts=[prompts] if isinstance(prompts, str) else list(prompts),
@@ -461,12 +501,12 @@ class Model:
             interventions=specs,
         )
 
-    def _last_logits_only(self, program: _TraceProgram, batch: Batch, logits: str | None) -> bool:
+    def _last_logits_only(self, program: _TraceProgram, batch: Batch, logits: str | None, top_k: int = 1) -> bool:
         """Whether a run needs the unembedding at the last position alone (a fifth of a forward)."""
         if logits == "all" or any(s.name == "logits" for s in program.sites):
             return False
         width = batch.input_ids.shape[1]
-        if any(L != width for L in batch.lengths[: batch.n_main]):
+        if (logits is not None or top_k > 0) and any(L != width for L in batch.lengths[: batch.n_main]):
             return False
         if self._accepts_logits_to_keep is None:
             import inspect

@@ -1,0 +1,731 @@
+"""Read and write sparse dictionaries: SAELens, EleutherAI sparsify and dictionary_learning files.
+
+``load_dictionary(path)`` recognises:
+
+- **SAELens** folders: ``cfg.json`` + ``sae_weights.safetensors`` (+ ``sparsity.safetensors``),
+  v6 configs (``architecture``, ``metadata.hook_name``) and pre-6 flat ones (``hook_point``/
+  ``hook_name``, ``activation_fn_str``); architectures standard, topk, jumprelu, gated,
+  transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder; Dunefsky-style
+  transcoders (``out_hook_point`` and a ``b_dec_out`` tensor).
+- **sparsify** folders: ``cfg.json`` + ``sae.safetensors``, named after the module they hook
+  (``layers.15``, ``layers.15.mlp``); a parent of several loads with ``hookpoint="layers.15"``.
+- **dictionary_learning** checkpoints: ``ae.pt`` (read with ``torch.load(weights_only=True)``
+  only) + ``config.json``: AutoEncoder, GatedAutoEncoder, JumpReluAutoEncoder, AutoEncoderTopK,
+  BatchTopKSAE, MatryoshkaBatchTopKSAE, AutoEncoderNew.
+
+Hook names become workbench sites with `hook_to_site` (TransformerLens names, Hugging Face
+module paths, dictionary_learning submodule names). ``save_saelens`` writes the SAELens v6 layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .arch import Site
+from .dictionary import Dictionary, DictionaryError, DictionaryWarning
+
+SAELENS_CFG = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SAELENS_SPARSITY = "sparsity.safetensors"
+SAELENS_SCALER = "activation_scaler.json"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+DL_WEIGHTS = "ae.pt"
+DL_CFG = "config.json"
+#: The SAELens config layout `save_saelens` follows (SAELens reads configs older than 6.0 differently).
+SAELENS_LAYOUT_VERSION = "6.0.0"
+
+# SAELens architecture -> (workbench architecture, transcoder?, skip connection?)
+_SAELENS_ARCHS = {
+    "standard": ("relu", False, False),
+    "topk": ("topk", False, False),
+    "jumprelu": ("jumprelu", False, False),
+    "jump_relu": ("jumprelu", False, False),
+    "gated": ("gated", False, False),
+    "transcoder": ("relu", True, False),
+    "skip_transcoder": ("relu", True, True),
+    "jumprelu_transcoder": ("jumprelu", True, False),
+    "jumprelu_skip_transcoder": ("jumprelu", True, True),
+}
+# SAELens metadata worth carrying through a save (JSON values describing how the SAE was trained).
+_SAELENS_KEEP = ("context_size", "prepend_bos", "dataset_path", "neuronpedia_id", "model_class_name",
+                 "model_from_pretrained_kwargs", "exclude_special_tokens", "seqpos_slice")
+
+
+# -- hook names <-> sites ------------------------------------------------------------------------
+_TL_NAMES = {
+    "resid_pre": "blocks.{L}.hook_resid_pre", "resid_post": "blocks.{L}.hook_resid_post",
+    "attn_out": "blocks.{L}.hook_attn_out", "mlp_out": "blocks.{L}.hook_mlp_out",
+    "neurons": "blocks.{L}.mlp.hook_post", "mlp_in": "blocks.{L}.ln2.hook_normalized",
+    "z": "blocks.{L}.attn.hook_z", "head_out": "blocks.{L}.attn.hook_result",
+    "pattern": "blocks.{L}.attn.hook_pattern", "embed": "hook_embed",
+    "final_norm": "ln_final.hook_normalized", "logits": "logits",
+}
+# Submodule of a layer -> (site of its output, site of its input or None)
+_HF_SUB = {
+    None: ("resid_post", "resid_pre"),
+    "mlp": ("mlp_out", "mlp_in"), "feed_forward": ("mlp_out", "mlp_in"), "ffn": ("mlp_out", "mlp_in"),
+    "mlp.down_proj": ("mlp_out", "neurons"), "mlp.c_proj": ("mlp_out", "neurons"),
+    "mlp.dense_4h_to_h": ("mlp_out", "neurons"), "mlp.fc2": ("mlp_out", "neurons"),
+    "self_attn": ("attn_out", None), "attn": ("attn_out", None), "attention": ("attn_out", None),
+    "self_attn.o_proj": ("attn_out", "z"), "attn.c_proj": ("attn_out", "z"), "attention.dense": ("attn_out", "z"),
+    "attn.out_proj": ("attn_out", "z"), "self_attn.dense": ("attn_out", "z"),
+    "ln_2": ("mlp_in", None), "pre_feedforward_layernorm": ("mlp_in", None),
+}
+_HF_GLOBAL = {"embed_tokens": "embed", "wte": "embed", "embed_in": "embed", "norm": "final_norm",
+              "ln_f": "final_norm", "final_layer_norm": "final_norm", "lm_head": "logits", "embed_out": "logits"}
+_DL_NAMES = {"resid_post": "resid_post", "resid_out": "resid_post", "resid_pre": "resid_pre", "resid_in": "resid_pre",
+             "mlp_out": "mlp_out", "attn_out": "attn_out", "mlp_in": "mlp_in", "neurons": "neurons"}
+_NO_SITE = {"hook_resid_mid": "the residual stream between attention and MLP (resid_mid)",
+            "mlp.hook_pre": "MLP pre-activations (before the nonlinearity)",
+            "mlp.hook_pre_linear": "the MLP's linear (up) branch", "attn.hook_q": "queries",
+            "attn.hook_k": "keys", "attn.hook_v": "values", "attn.hook_attn_scores": "attention scores",
+            "ln1.hook_normalized": "the attention input (after the first norm)"}
+
+
+def site_to_hook(site: str | Site) -> str:
+    """The TransformerLens hook name of a workbench site (``"resid_post.3"`` -> ``"blocks.3.hook_resid_post"``)."""
+    s = Site.parse(site)
+    return _TL_NAMES[s.name].format(L=s.layer)
+
+
+def hook_to_site(name: str, io: str = "output") -> str:
+    """The workbench site a hook name refers to.
+
+    Accepts standard site names, TransformerLens hook names (``blocks.3.hook_resid_post``,
+    ``blocks.3.mlp.hook_post``, ``blocks.3.ln2.hook_normalized`` ...), Hugging Face module paths
+    (``model.layers.3`` -> its output ``resid_post.3``, or its input ``resid_pre.3`` with
+    ``io="input"``; ``model.layers.3.mlp`` -> ``mlp_out.3`` / ``mlp_in.3``; a ``.input``/``.output``
+    suffix overrides ``io``) and dictionary_learning names (``resid_post_layer_3``).
+    """
+    if io not in ("input", "output"):
+        raise ValueError(f"io is 'input' or 'output', not {io!r}")
+    s = str(name).strip()
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", s)
+    if m and m.group(2) in _NO_SITE:
+        raise DictionaryError(f"hook {name!r} reads {_NO_SITE[m.group(2)]}, which is not a workbench site; "
+                              "pass site=... if you know an equivalent one")
+    if m and m.group(2) in ("mlp.hook_in", "mlp.hook_out"):  # TransformerBridge-style MLP hooks
+        return f"{'mlp_in' if m.group(2).endswith('in') else 'mlp_out'}.{m.group(1)}"
+    try:
+        return str(Site.parse(s))
+    except ValueError:
+        pass
+    m = re.fullmatch(r"(.+)\.(input|output)", s)
+    if m:
+        s, io = m.group(1), m.group(2)
+    m = re.fullmatch(r"(?:.*?\.)?(?:layers|h|blocks|layer)\.(\d+)(?:\.(.+))?", s)
+    if m:
+        layer, sub = int(m.group(1)), m.group(2)
+        if sub in _HF_SUB:
+            out, inp = _HF_SUB[sub]
+            target = out if io == "output" else inp
+            if target is None:
+                raise DictionaryError(f"the input of module {name!r} is not a workbench site; pass site=...")
+            return f"{target}.{layer}"
+    else:
+        last = s.split(".")[-1]
+        if last in _HF_GLOBAL and io == "output":
+            return _HF_GLOBAL[last]
+        m = re.fullmatch(r"([a-z_]+?)(?:_layer_?(\d+))?", s)
+        if m and m.group(1) in _DL_NAMES and m.group(2) is not None:
+            return f"{_DL_NAMES[m.group(1)]}.{int(m.group(2))}"
+        if s == "embed":
+            return "embed"
+    raise DictionaryError(f"cannot map hook {name!r} to a workbench site; pass site='resid_post.3' (or another of "
+                          "embed, resid_pre.L, attn_out.L, mlp_in.L, neurons.L, mlp_out.L, resid_post.L)")
+
+
+# -- low-level readers -----------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise DictionaryError(f"{path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DictionaryError(f"{path} is not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DictionaryError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DictionaryError(f"{path} should hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise DictionaryError(f"{path} is missing")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ...
+        raise DictionaryError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
+
+
+def _read_pt(path: Path) -> dict[str, Tensor]:
+    """A state dict from a torch checkpoint, never unpickling arbitrary objects."""
+    if not path.exists():
+        raise DictionaryError(f"{path} is missing")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"it references {m.group(1)}" if m else "it holds pickled Python objects"
+        raise DictionaryError(
+            f"{path} is not a plain state dict of tensors: {what}, and the workbench never unpickles "
+            "arbitrary objects (torch.load(weights_only=True) refused it). Where you trust the file, re-save "
+            "just the tensors: torch.save(module.state_dict(), path).") from None
+    except Exception as exc:  # truncated zip, not a torch file at all, ...
+        raise DictionaryError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {exc}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        what = type(obj).__name__ if not isinstance(obj, dict) else "a dict with non-tensor values"
+        raise DictionaryError(f"{path} does not hold a state dict of tensors (found {what})")
+    return obj
+
+
+def _need(sd: dict[str, Tensor], name: str, file: Path, why: str) -> Tensor:
+    if name not in sd:
+        raise DictionaryError(f"{file.name} has no tensor {name!r} (needed {why}); it has: {', '.join(sorted(sd))}")
+    return sd[name]
+
+
+def _check_shape(t: Tensor, name: str, shape: tuple[int, ...], file: Path, says: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise DictionaryError(f"tensor {name} in {file.name} has shape {list(t.shape)} but {says} "
+                              f"(expected {list(shape)})")
+
+
+def _int_key(cfg: dict[str, Any], key: str, file: Path) -> int:
+    if key not in cfg:
+        raise DictionaryError(f"{file} lacks the key {key!r}")
+    v = cfg[key]
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise DictionaryError(f"{file}: {key!r} should be a positive integer, not {v!r}")
+    return v
+
+
+# -- detection -------------------------------------------------------------------------------------
+def detect_format(path: str | Path) -> str | None:
+    """``"saelens"``, ``"sparsify"``, ``"dictionary_learning"`` or None for a folder (or weights file)."""
+    p = Path(path)
+    if p.is_file():
+        if p.name == SAELENS_WEIGHTS:
+            return "saelens"
+        if p.name == SPARSIFY_WEIGHTS:
+            return "sparsify"
+        if p.suffix in (".pt", ".pth"):
+            return "dictionary_learning"
+        return detect_format(p.parent) if p.name in (SAELENS_CFG, DL_CFG) else None
+    if (p / SAELENS_WEIGHTS).exists():
+        return "saelens"
+    if (p / SPARSIFY_WEIGHTS).exists():
+        return "sparsify"
+    if (p / DL_WEIGHTS).exists():
+        return "dictionary_learning"
+    return None
+
+
+def _natural_key(s: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _children(folder: Path) -> list[str]:
+    """Subfolders (one level) that hold a dictionary, in natural order."""
+    try:
+        subs = [c for c in folder.iterdir() if c.is_dir() and detect_format(c)]
+    except OSError:
+        return []
+    return sorted((c.name for c in subs), key=_natural_key)
+
+
+# -- public loader ---------------------------------------------------------------------------------
+def load_dictionary(path: str | Path, model: Any = None, *, device: str | torch.device | None = None,
+                    dtype: torch.dtype | str | None = None, site: str | None = None,
+                    out_site: str | None = None, hookpoint: str | None = None) -> Dictionary:
+    """Load a sparse dictionary, detecting its format (SAELens, sparsify, dictionary_learning).
+
+    ``model``: check the dictionary fits it (`Dictionary.check`) and default ``device`` to its device.
+    ``dtype``: convert (default: as stored). ``site``/``out_site``: override the sites read from the
+    files. ``hookpoint``: the subfolder to load when ``path`` holds several (sparsify layout).
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DictionaryError(f"no dictionary at {str(path)!r}: no such file or folder")
+    if hookpoint is not None:
+        base = p if p.is_dir() else p.parent
+        if not (base / hookpoint).is_dir():
+            choices = _children(base)
+            raise DictionaryError(f"{base} has no hookpoint folder {hookpoint!r}; choices: "
+                                  f"{', '.join(choices) if choices else '(none found)'}")
+        p = base / hookpoint
+    fmt = detect_format(p)
+    if fmt is None:
+        folder = p if p.is_dir() else p.parent
+        choices = _children(folder) if p.is_dir() else []
+        if len(choices) == 1:
+            p, fmt = folder / choices[0], detect_format(folder / choices[0])
+        elif choices:
+            raise DictionaryError(f"{folder} holds {len(choices)} dictionaries; pick one with hookpoint=..., "
+                                  f"one of: {', '.join(choices)}")
+        elif p.is_dir() and (p / SAELENS_CFG).exists():
+            raise DictionaryError(f"{p} has {SAELENS_CFG} but no weights: expected {SAELENS_WEIGHTS} (SAELens) "
+                                  f"or {SPARSIFY_WEIGHTS} (sparsify)")
+        elif p.is_dir() and (p / DL_CFG).exists():
+            raise DictionaryError(f"{p} has {DL_CFG} but no {DL_WEIGHTS} (dictionary_learning)")
+        else:
+            raise DictionaryError(
+                f"no dictionary found at {p}: expected a SAELens folder ({SAELENS_CFG} + {SAELENS_WEIGHTS}), a "
+                f"sparsify folder ({SAELENS_CFG} + {SPARSIFY_WEIGHTS}) or a dictionary_learning checkpoint "
+                f"({DL_WEIGHTS} + {DL_CFG})")
+    loader = {"saelens": _load_saelens, "sparsify": _load_sparsify, "dictionary_learning": _load_dl}[fmt]
+    d = loader(p, site=site, out_site=out_site)
+    if device is None and model is not None:
+        device = _model_device(model)
+    if isinstance(dtype, str):
+        dtype = _DTYPES.get(dtype.replace("torch.", ""))
+        if dtype is None:
+            raise DictionaryError("dtype is one of float32, float16, bfloat16, float64")
+    if device is not None or dtype is not None:
+        d = d.to(device=device, dtype=dtype)
+    if model is not None:
+        d.check(model)
+    return d
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        dev = next(model.hf.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+    return torch.device("cpu") if dev.type == "meta" else dev
+
+
+def _build(file: Path, **kw: Any) -> Dictionary:
+    try:
+        return Dictionary(**kw)
+    except DictionaryError as exc:
+        raise DictionaryError(f"{file}: {exc}") from None
+
+
+def _sites(hook: Any, hook_out: Any, transcoder: bool, site: str | None, out_site: str | None,
+           file: Path, hf_in: Any = None, hf_out: Any = None) -> tuple[str, str | None]:
+    """Workbench sites from hook names (TransformerLens first, then HF module paths)."""
+
+    def one(name: Any, hf: Any, io: str, what: str) -> str:
+        errors = []
+        for cand in (name, hf):
+            if isinstance(cand, str) and cand:
+                try:
+                    return hook_to_site(cand, io=io)
+                except DictionaryError as exc:
+                    errors.append(str(exc))
+        if errors:
+            raise DictionaryError(f"{file}: {errors[0]}")
+        raise DictionaryError(f"{file} names no {what} hook; pass site='resid_post.3' (or the right site)")
+
+    s = site if site is not None else one(hook, hf_in, "input" if transcoder else "output", "input")
+    o = None
+    if transcoder:
+        if out_site is not None:
+            o = out_site
+        elif hook_out or hf_out:
+            o = one(hook_out, hf_out, "output", "output")
+        else:
+            o = s
+    return s, o
+
+
+# -- SAELens ---------------------------------------------------------------------------------------
+def _load_saelens(p: Path, *, site: str | None, out_site: str | None) -> Dictionary:
+    folder = p if p.is_dir() else p.parent
+    cfg_file, w_file = folder / SAELENS_CFG, folder / SAELENS_WEIGHTS
+    cfg = _read_json(cfg_file)
+    md = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+
+    def get(key: str, default: Any = None) -> Any:
+        return cfg[key] if key in cfg else md.get(key, default)
+
+    wb = md.get("workbench") if isinstance(md.get("workbench"), dict) else {}
+    act_fn = cfg.get("activation_fn", cfg.get("activation_fn_str")) or "relu"
+    raw_arch = cfg.get("architecture")
+    if raw_arch is None:
+        raw_arch = "topk" if act_fn == "topk" else "standard"
+    elif raw_arch == "standard" and act_fn == "topk":
+        raw_arch = "topk"
+    if not isinstance(raw_arch, str) or raw_arch not in _SAELENS_ARCHS:
+        raise DictionaryError(f"{cfg_file}: unknown or unsupported SAELens architecture {raw_arch!r}; supported: "
+                              f"{', '.join(sorted(_SAELENS_ARCHS))}")
+    if act_fn not in ("relu", "topk"):
+        raise DictionaryError(f"{cfg_file}: unsupported activation function {act_fn!r} (relu and topk are supported)")
+    arch, transcoder, skip = _SAELENS_ARCHS[raw_arch]
+    d_in = _int_key(cfg, "d_in", cfg_file)
+    d_sae = _int_key(cfg, "d_sae", cfg_file)
+    sd = _read_safetensors(w_file)
+    dunefsky = "b_dec_out" in sd
+    hook_out = get("hook_name_out") or get("hook_point_out") or get("out_hook_point")
+    d_out = _int_key(cfg, "d_out", cfg_file) if "d_out" in cfg else d_in
+    transcoder = transcoder or dunefsky or bool(cfg.get("is_transcoder")) or bool(hook_out) or d_out != d_in
+    says = f"{cfg_file.name} says d_in={d_in}, d_sae={d_sae}" + (f", d_out={d_out}" if transcoder else "")
+
+    W_enc = _need(sd, "W_enc", w_file, "by every SAE")
+    W_dec = _need(sd, "W_dec", w_file, "by every SAE")
+    _check_shape(W_enc, "W_enc", (d_in, d_sae), w_file, says)
+    _check_shape(W_dec, "W_dec", (d_sae, d_out), w_file, says)
+    if dunefsky:
+        b_pre = _need(sd, "b_dec", w_file, "as the input centering of a transcoder with b_dec_out")
+        _check_shape(b_pre, "b_dec", (d_in,), w_file, says)
+        b_dec = sd["b_dec_out"]
+        _check_shape(b_dec, "b_dec_out", (d_out,), w_file, says)
+    else:
+        b_dec = _need(sd, "b_dec", w_file, "by every SAE")
+        _check_shape(b_dec, "b_dec", (d_out,), w_file, says)
+        apply_b = cfg.get("apply_b_dec_to_input", True)
+        b_pre = b_dec if (apply_b and not transcoder) else None
+    kw: dict[str, Any] = {}
+    vec = (d_sae,)
+    if arch == "gated":
+        for name, ours in (("b_gate", "b_gate"), ("b_mag", "b_mag"), ("r_mag", "r_mag")):
+            kw[ours] = _need(sd, name, w_file, "by a gated SAE")
+            _check_shape(kw[ours], name, vec, w_file, says)
+        b_enc = kw["b_gate"]
+    else:
+        b_enc = _need(sd, "b_enc", w_file, f"by a {raw_arch} SAE")
+        _check_shape(b_enc, "b_enc", vec, w_file, says)
+    if arch == "jumprelu":
+        if "threshold" in sd:
+            thr = sd["threshold"]
+        elif "log_threshold" in sd:
+            thr = torch.exp(sd["log_threshold"].float()).to(sd["log_threshold"].dtype)
+        else:
+            thr = _need(sd, "threshold", w_file, "by a jumprelu SAE")
+        _check_shape(thr, "threshold", vec, w_file, says)
+        kw["threshold"] = thr
+    k = None
+    if arch == "topk":
+        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+        if k is None:
+            raise DictionaryError(f"{cfg_file}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
+        if isinstance(k, float) and k.is_integer():
+            k = int(k)
+    W_skip = None
+    if skip or "W_skip" in sd:
+        W_skip = _need(sd, "W_skip", w_file, "by a skip transcoder")
+        _check_shape(W_skip, "W_skip", (d_out, d_in), w_file, says + " (W_skip is stored [d_out, d_in])")
+        W_skip = W_skip.T
+    if "scaling_factor" in sd and not torch.allclose(sd["scaling_factor"].float(), torch.ones(1)):
+        if not cfg.get("finetuning_scaling_factor"):
+            raise DictionaryError(f"{w_file.name} has a scaling_factor tensor that is not all ones but "
+                                  f"{cfg_file.name} has finetuning_scaling_factor false (SAELens refuses this too)")
+        _check_shape(sd["scaling_factor"], "scaling_factor", vec, w_file, says)
+        W_dec = W_dec * sd["scaling_factor"].to(W_dec.dtype)[:, None]  # decode used acts * scaling_factor
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        norms = W_dec.float().norm(dim=-1).clamp_min(1e-8)  # fold as SAELens's fold_W_dec_norm
+        W_enc = (W_enc.float() * norms).to(W_enc.dtype)
+        b_enc = (b_enc.float() * norms).to(b_enc.dtype)
+        W_dec = (W_dec.float() / norms[:, None]).to(W_dec.dtype)
+
+    normalize = cfg.get("normalize_activations")
+    if isinstance(normalize, bool):  # pre-6 boolean
+        normalize = "expected_average_only_in" if normalize else None
+    if normalize in ("none", None):
+        normalize = None
+    if normalize == "covariance_whitening":
+        raise DictionaryError(f"{cfg_file}: normalize_activations 'covariance_whitening' is not supported "
+                              "(fold the whitening into the weights with SAELens first)")
+    if normalize not in (None, "constant_norm_rescale", "layer_norm", "expected_average_only_in"):
+        raise DictionaryError(f"{cfg_file}: unknown normalize_activations {normalize!r}")
+    norm_scale = None
+    if normalize == "expected_average_only_in":
+        norm_scale = cfg.get("norm_scaling_factor")
+        scaler = folder / SAELENS_SCALER
+        if norm_scale is None and scaler.exists():
+            norm_scale = _read_json(scaler).get("scaling_factor")
+
+    hook = get("hook_name") or get("hook_point")
+    if wb.get("site") and site is None:
+        site = wb["site"]
+        if transcoder and out_site is None:
+            out_site = wb.get("out_site")
+    s, o = _sites(hook, hook_out, transcoder, site, out_site, cfg_file, get("hf_hook_name"), get("hf_hook_name_out"))
+    meta: dict[str, Any] = {"format": "saelens", "path": str(folder), "cfg": cfg, "hook_name": hook,
+                            "architecture_name": raw_arch}
+    if hook_out:
+        meta["hook_name_out"] = hook_out
+    if get("model_name"):
+        meta["model_name"] = get("model_name")
+    if get("hook_head_index") is not None:
+        meta["head_index"] = get("hook_head_index")
+    if cfg.get("reshape_activations") == "hook_z":
+        meta["reshape"] = "hook_z"
+    sparsity_file = folder / SAELENS_SPARSITY
+    if sparsity_file.exists():
+        sp = _read_safetensors(sparsity_file).get("sparsity")
+        if sp is not None and tuple(sp.shape) == vec:
+            meta["sparsity"] = sp.float()
+        else:
+            warnings.warn(f"{sparsity_file} has no 'sparsity' tensor of shape [{d_sae}]; ignored",
+                          DictionaryWarning, stacklevel=3)
+    if wb.get("architecture") == "nmf" and arch == "relu":
+        arch = "nmf"
+    labels = wb.get("labels") or {}
+    return _build(cfg_file, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec, architecture=arch, site=s,
+                  out_site=o, k=k, b_pre=b_pre, normalize=normalize, norm_scale=norm_scale, W_skip=W_skip,
+                  labels=labels, meta=meta, **kw)
+
+
+# -- sparsify --------------------------------------------------------------------------------------
+def _load_sparsify(p: Path, *, site: str | None, out_site: str | None) -> Dictionary:
+    folder = p if p.is_dir() else p.parent
+    cfg_file, w_file = folder / SAELENS_CFG, folder / SPARSIFY_WEIGHTS
+    cfg = _read_json(cfg_file)
+    d_in = _int_key(cfg, "d_in", cfg_file)
+    activation = cfg.get("activation", "topk")
+    if activation != "topk":
+        raise DictionaryError(f"{cfg_file}: sparsify activation {activation!r} is not supported (topk is)")
+    k = cfg.get("k", 32)
+    transcode = bool(cfg.get("transcode", False))
+    sd = _read_safetensors(w_file)
+    enc_w = _need(sd, "encoder.weight", w_file, "as the encoder")
+    n = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 32))
+    says = f"{cfg_file.name} says d_in={d_in}, num_latents={n}"
+    _check_shape(enc_w, "encoder.weight", (n, d_in), w_file, says)
+    enc_b = _need(sd, "encoder.bias", w_file, "as the encoder bias")
+    _check_shape(enc_b, "encoder.bias", (n,), w_file, says)
+    W_dec = _need(sd, "W_dec", w_file, "as the decoder")
+    _check_shape(W_dec, "W_dec", (n, d_in), w_file, says)
+    b_dec = _need(sd, "b_dec", w_file, "as the decoder bias")
+    _check_shape(b_dec, "b_dec", (d_in,), w_file, says)
+    W_skip = None
+    if cfg.get("skip_connection") or "W_skip" in sd:
+        W_skip = _need(sd, "W_skip", w_file, "by skip_connection")
+        _check_shape(W_skip, "W_skip", (d_in, d_in), w_file, says)
+        W_skip = W_skip.T  # sparsify adds x @ W_skip.mT
+    normalize, norm_scale = None, None
+    if cfg.get("normalize_io"):
+        in_norm = float(_need(sd, "in_norm", w_file, "by normalize_io"))
+        out_norm = float(_need(sd, "out_norm", w_file, "by normalize_io"))
+        if not math.isclose(in_norm, out_norm, rel_tol=1e-6):
+            raise DictionaryError(f"{cfg_file}: normalize_io with different input and output norms "
+                                  f"({in_norm} vs {out_norm}) is not supported")
+        normalize, norm_scale = "expected_average_only_in", math.sqrt(d_in) / in_norm
+    hookpoint = folder.name
+    s, o = _sites(hookpoint, hookpoint if transcode else None, transcode, site, out_site, folder)
+    meta = {"format": "sparsify", "path": str(folder), "cfg": cfg, "hook_name": hookpoint}
+    return _build(cfg_file, W_enc=enc_w.T, b_enc=enc_b, W_dec=W_dec, b_dec=b_dec, architecture="topk", site=s,
+                  out_site=o, k=k, b_pre=None if transcode else b_dec, normalize=normalize, norm_scale=norm_scale,
+                  W_skip=W_skip, meta=meta)
+
+
+# -- dictionary_learning ---------------------------------------------------------------------------
+_DL_CLASSES = ("AutoEncoder", "AutoEncoderNew", "GatedAutoEncoder", "JumpReluAutoEncoder", "AutoEncoderTopK",
+               "BatchTopKSAE", "MatryoshkaBatchTopKSAE")
+
+
+def _dl_class(sd: dict[str, Tensor], named: Any) -> str:
+    if isinstance(named, str):
+        name = named.rsplit(".", 1)[-1].strip("'>")
+        if name in _DL_CLASSES:
+            return name
+    keys = set(sd)
+    if {"gate_bias", "mag_bias", "r_mag"} <= keys:
+        return "GatedAutoEncoder"
+    if {"W_enc", "k", "group_sizes"} <= keys:
+        return "MatryoshkaBatchTopKSAE"
+    if {"W_enc", "threshold"} <= keys and "k" not in keys:
+        return "JumpReluAutoEncoder"
+    if {"encoder.weight", "k"} <= keys:
+        return "AutoEncoderTopK"
+    if {"encoder.weight", "decoder.bias"} <= keys:
+        return "AutoEncoderNew"
+    if {"encoder.weight", "bias"} <= keys:
+        return "AutoEncoder"
+    raise DictionaryError(f"unrecognised dictionary_learning state dict (keys: {', '.join(sorted(keys))}); "
+                          f"supported classes: {', '.join(_DL_CLASSES)}")
+
+
+def _load_dl(p: Path, *, site: str | None, out_site: str | None) -> Dictionary:
+    pt = p if p.is_file() else p / DL_WEIGHTS
+    cfg_file = pt.parent / DL_CFG
+    cfg = _read_json(cfg_file) if cfg_file.exists() else {}
+    tr = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
+    sd = _read_pt(pt)
+    cls = _dl_class(sd, tr.get("dict_class"))
+    need = lambda name: _need(sd, name, pt, f"by {cls}")  # noqa: E731
+    kw: dict[str, Any] = {}
+    k = None
+    if cls in ("AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE"):
+        enc = need("encoder.weight")
+        W_enc, W_dec = enc.T, need("decoder.weight").T
+        b_enc = need("encoder.bias")
+        if cls == "AutoEncoder":
+            b_dec = need("bias")
+            b_pre = b_dec
+        elif cls == "AutoEncoderNew":
+            b_dec, b_pre = need("decoder.bias"), None
+        else:
+            b_dec = need("b_dec")
+            b_pre = b_dec
+    elif cls == "GatedAutoEncoder":
+        W_enc, W_dec = need("encoder.weight").T, need("decoder.weight").T
+        b_dec = need("decoder_bias")
+        b_pre = b_dec
+        kw = {"b_gate": need("gate_bias"), "b_mag": need("mag_bias"), "r_mag": need("r_mag")}
+        b_enc = kw["b_gate"]
+    else:  # JumpReluAutoEncoder, MatryoshkaBatchTopKSAE: W_enc [d_in, d_sae] parameters
+        W_enc, b_enc, W_dec, b_dec = need("W_enc"), need("b_enc"), need("W_dec"), need("b_dec")
+        b_pre = b_dec if cls == "MatryoshkaBatchTopKSAE" else None
+    d_in, d_sae = W_enc.shape
+    if W_dec.shape != (d_sae, d_in) or b_dec.shape != (d_in,) or b_enc.shape != (d_sae,):
+        raise DictionaryError(f"{pt}: inconsistent {cls} tensors: encoder [d_in={d_in}, d_sae={d_sae}], decoder "
+                              f"{list(W_dec.shape)} (as [d_sae, d_in]), biases {list(b_enc.shape)} and "
+                              f"{list(b_dec.shape)}")
+    for key, val in (("activation_dim", d_in), ("dict_size", d_sae)):
+        if key in tr and tr[key] != val:
+            raise DictionaryError(f"{cfg_file.name} says {key}={tr[key]} but {pt.name} has {key}={val} "
+                                  f"(encoder shape [d_in={d_in}, d_sae={d_sae}])")
+    arch = "relu"
+    meta: dict[str, Any] = {"format": "dictionary_learning", "path": str(pt), "cfg": cfg, "dict_class": cls}
+    if cls == "GatedAutoEncoder":
+        arch = "gated"
+    elif cls == "JumpReluAutoEncoder":
+        arch, kw["threshold"] = "jumprelu", need("threshold")
+    elif cls in ("AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
+        k = int(need("k").item())
+        thr = float(sd["threshold"].item()) if "threshold" in sd and sd["threshold"].numel() == 1 else -1.0
+        meta["threshold"] = thr
+        if cls != "AutoEncoderTopK" and thr >= 0:
+            # BatchTopK-style encode (use_threshold=True): relu(pre) * (relu(pre) > threshold), a jumprelu
+            arch, kw["threshold"] = "jumprelu", torch.full((d_sae,), thr, dtype=W_enc.dtype)
+            k = None
+        else:
+            arch = "topk"  # AutoEncoderTopK.encode; a BatchTopK without a learned threshold falls back to per-token top-k
+    if cls == "AutoEncoder":  # AutoEncoder.from_pretrained normalizes decoder columns by default
+        norms = W_dec.float().norm(dim=-1)
+        if not torch.allclose(norms, torch.ones_like(norms)):
+            W_dec = (W_dec.float() / norms[:, None]).to(W_dec.dtype)
+            W_enc = (W_enc.float() * norms).to(W_enc.dtype)
+            b_enc = (b_enc.float() * norms).to(b_enc.dtype)
+            meta["decoder_normalized"] = True
+    hook = tr.get("submodule_name")
+    if site is None and not hook:
+        raise DictionaryError(f"{pt}: no {DL_CFG} with trainer.submodule_name beside it to say which site the "
+                              "dictionary reads; pass site='resid_post.3' (or the right site)")
+    s, o = _sites(hook, None, out_site is not None, site, out_site, cfg_file if cfg else pt)
+    if tr.get("lm_name"):
+        meta["model_name"] = tr["lm_name"]
+    if hook:
+        meta["hook_name"] = hook
+    return _build(pt, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec, architecture=arch, site=s, out_site=o,
+                  k=k, b_pre=b_pre, meta=meta, **kw)
+
+
+# -- writer ----------------------------------------------------------------------------------------
+def save_saelens(d: Dictionary, path: str | Path) -> Path:
+    """Write ``d`` as a SAELens v6 folder (cfg.json + sae_weights.safetensors [+ sparsity.safetensors]).
+
+    Things SAELens cannot express are folded into the weights with the same outputs: an input
+    centering ``b_pre`` other than ``b_dec`` (into the encoder biases) and a known
+    ``expected_average_only_in`` scale (into W_enc, W_dec, b_dec). Topk and gated transcoders, which
+    SAELens has no class for, are written with the SAE architecture name plus ``d_out`` and
+    ``metadata.hook_name_out``; skip connections are stored as ``W_skip [d_out, d_in]``.
+    """
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise DictionaryError(f"cannot save a dictionary to {folder}: it is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    dt = d.dtype
+    f64 = {n: (None if getattr(d, n) is None else getattr(d, n).detach().to("cpu", torch.float64))
+           for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "b_gate", "b_mag", "r_mag", "b_pre", "W_skip")}
+    normalize = d.normalize
+    same_center = d.b_pre is not None and d.b_pre.shape == d.b_dec.shape and torch.equal(d.b_pre, d.b_dec)
+    if normalize == "expected_average_only_in" and d.norm_scale is not None:
+        s = d.norm_scale
+        f64["W_enc"] = f64["W_enc"] * s
+        f64["W_dec"] = f64["W_dec"] / s
+        f64["b_dec"] = f64["b_dec"] / s
+        if f64["b_pre"] is not None:
+            f64["b_pre"] = f64["b_pre"] / s
+        normalize = None
+    apply_b = bool(same_center and not d.is_transcoder)
+    if f64["b_pre"] is not None and not apply_b:  # fold the centering into the encoder biases
+        shift = f64["b_pre"] @ f64["W_enc"]
+        if d.architecture == "gated":
+            f64["b_gate"] = f64["b_gate"] - shift
+            f64["b_mag"] = f64["b_mag"] - shift * torch.exp(f64["r_mag"])
+        else:
+            f64["b_enc"] = f64["b_enc"] - shift
+    if d.is_transcoder:
+        name = {"relu": "transcoder", "nmf": "transcoder", "jumprelu": "jumprelu_transcoder"}.get(d.architecture)
+        if name and d.W_skip is not None:
+            name = name.replace("transcoder", "skip_transcoder")
+        name = name or d.architecture
+    else:
+        name = {"relu": "standard", "nmf": "standard"}.get(d.architecture, d.architecture)
+    tensors = {"W_enc": f64["W_enc"], "W_dec": f64["W_dec"], "b_dec": f64["b_dec"]}
+    if d.architecture == "gated":
+        tensors.update(b_gate=f64["b_gate"], b_mag=f64["b_mag"], r_mag=f64["r_mag"])
+    else:
+        tensors["b_enc"] = f64["b_enc"]
+    if d.architecture == "jumprelu":
+        tensors["threshold"] = f64["threshold"]
+    if f64["W_skip"] is not None:
+        tensors["W_skip"] = f64["W_skip"].T
+    tensors = {k: v.to(dt).contiguous() for k, v in tensors.items()}
+
+    src_cfg = d.meta.get("cfg") if isinstance(d.meta.get("cfg"), dict) else {}
+    src_md = src_cfg.get("metadata") if isinstance(src_cfg.get("metadata"), dict) else src_cfg
+    metadata: dict[str, Any] = {k: src_md[k] for k in _SAELENS_KEEP if k in src_md and _jsonable(src_md[k])}
+    metadata.update({
+        "sae_lens_version": SAELENS_LAYOUT_VERSION, "sae_lens_training_version": None,
+        "model_name": d.meta.get("model_name"), "hook_name": site_to_hook(d.site),
+        "hook_head_index": d.meta.get("head_index"),
+    })
+    if d.is_transcoder:
+        metadata["hook_name_out"] = site_to_hook(d.out_site)  # type: ignore[arg-type]
+    metadata["workbench"] = {
+        "version": __version__, "site": d.site, "out_site": d.out_site, "architecture": d.architecture,
+        "source_format": d.meta.get("format"), "labels": {str(i): v for i, v in sorted(d.labels.items())},
+    }
+    cfg: dict[str, Any] = {
+        "architecture": name, "d_in": d.d_in, "d_sae": d.d_sae, "dtype": str(dt).replace("torch.", ""),
+        "device": "cpu", "apply_b_dec_to_input": apply_b, "normalize_activations": normalize or "none",
+        "reshape_activations": "hook_z" if d.meta.get("reshape") == "hook_z" else "none",
+    }
+    if d.architecture == "topk":
+        cfg.update(k=d.k, rescale_acts_by_decoder_norm=False)
+    if d.is_transcoder:
+        cfg["d_out"] = d.d_out
+    cfg["metadata"] = metadata
+    save_file(tensors, str(folder / SAELENS_WEIGHTS))
+    sp = d.meta.get("sparsity")
+    if isinstance(sp, Tensor) and tuple(sp.shape) == (d.d_sae,):
+        save_file({"sparsity": sp.detach().to("cpu", torch.float32).contiguous()}, str(folder / SAELENS_SPARSITY))
+    (folder / SAELENS_CFG).write_text(json.dumps(cfg, indent=2))
+    return folder
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,681 @@
+"""The scan store: per-unit exemplars and statistics from one pass over a corpus, on disk.
+
+Format (``format: "interp-workbench/scan"``, version 1), one folder::
+
+    meta.json                 what was scanned and how far (the commit point of every checkpoint)
+    state-<step>.safetensors  the running reductions, per key ``<site>/<field>``:
+        top.values  [k, d] f32   top-k window maxima per unit, best first (ties: lower window first)
+        top.window  [k, d] i64   their window ids (-1: empty slot)
+        top.pos     [k, d] i32   position of the maximum inside the window
+        n           [1]    i64   tokens counted (every unit of a site sees the same tokens)
+        mean, m2, m3, m4 [d] f64 mean and central moment sums (merged with Pébay's formulas)
+        hist        [d, nb] i64  counts in the fixed signed-log bins of ``meta.json["hist"]``
+                                 (`SignedLogBins`; the fraction active, x > 0, is read from it)
+        sample.values/sample.pos [R, d]  each unit's maximum in R sampled windows
+      and, shared by all sites, ``sample.window [R] i64`` / ``sample.priority [R] f64``: the R
+      windows with the smallest hash priority (a deterministic sample, so shards merge exactly).
+    windows/<chunk>.safetensors   token ids of scanned windows: ``ids [n, W] i32`` (-1 = padding),
+                                  ``window [n] i64`` (global id), ``doc [n] i64``, ``start [n] i64``
+
+Statistics exclude each window's first position when ``skip_first`` (an attention sink with
+no context) and padding. Nothing is pickled; a corrupt or truncated store raises `StoreError`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .viewers import Showable
+
+FORMAT = "interp-workbench/scan"
+VERSION = 1
+
+
+class StoreError(Exception):
+    """A scan store that cannot be read or does not fit the request (with the reason)."""
+
+
+class SignedLogBins:
+    """Fixed histogram bins shared by every unit and model, from the float32 bit pattern.
+
+    Bin edges are ``±2^e · (1 + i/per_octave)`` for ``lo_exp <= e < hi_exp`` (quarter-octave
+    steps by default: 2^-10 ≈ 0.001 to 2^10 = 1024). In order, the bins are: ``[-inf, -2^hi]``,
+    the negative bins ``(-e_{j+1}, -e_j]``, ``(-2^lo, 0)``, exact zero ``[0, 0]``,
+    ``(0, 2^lo)``, the positive bins ``[e_j, e_{j+1})``, ``[2^hi, inf]``. The bin of a
+    value is its float32 exponent and top mantissa bits, found with integer operations only
+    (a histogram of every unit costs a few passes over the batch).
+    """
+
+    def __init__(self, lo_exp: int = -10, hi_exp: int = 10, per_octave: int = 4):
+        if per_octave & (per_octave - 1) or not 1 <= per_octave <= 1 << 23 or lo_exp >= hi_exp:
+            raise ValueError("per_octave must be a power of two and lo_exp < hi_exp")
+        self.lo_exp, self.hi_exp, self.per_octave = lo_exp, hi_exp, per_octave
+        self.shift = 23 - (per_octave.bit_length() - 1)
+        self.base = (127 + lo_exp) * per_octave
+        self.M = (hi_exp - lo_exp) * per_octave
+        self.center = self.M + 2
+        self.n_bins = 2 * self.M + 5
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "signed-log-f32", "lo_exp": self.lo_exp, "hi_exp": self.hi_exp, "per_octave": self.per_octave}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> SignedLogBins:
+        if not isinstance(spec, dict) or spec.get("kind") != "signed-log-f32":
+            raise StoreError(f"unknown histogram bins {spec!r}")
+        return cls(int(spec["lo_exp"]), int(spec["hi_exp"]), int(spec["per_octave"]))
+
+    def positive_edges(self) -> np.ndarray:
+        """``e_0 = 2^lo … e_M = 2^hi`` (float64, exactly float32 values)."""
+        j = np.arange(self.M + 1)
+        return 2.0 ** (self.lo_exp + j // self.per_octave) * (1 + (j % self.per_octave) / self.per_octave)
+
+    def edges(self) -> np.ndarray:
+        """All ``n_bins + 1`` edges in increasing order (the zero bin is ``[0, 0]``)."""
+        pe = self.positive_edges()
+        return np.concatenate([[-np.inf], -pe[::-1], [0.0, 0.0], pe, [np.inf]])
+
+    def counts(self, flat: torch.Tensor) -> torch.Tensor:
+        """Histogram of each column of a float32 ``[n, d]`` tensor -> ``[d, n_bins]`` int64."""
+        flat = flat.float().contiguous()
+        d = flat.shape[1]
+        bits = flat.view(torch.int32)
+        s = bits >> 31  # -1 for negative (and -0.0), else 0
+        u = bits & 0x7FFFFFFF
+        z = (u - 1) >> 31  # -1 for ±0
+        q = (u >> self.shift).sub_(self.base).clamp_(-1, self.M).add_(2).add_(z)
+        q = (q ^ s).sub_(s)  # negate for negative values
+        q += torch.arange(d, dtype=torch.int32, device=flat.device) * self.n_bins + self.center
+        return torch.bincount(q.flatten(), minlength=d * self.n_bins).view(d, self.n_bins)
+
+
+HIST = SignedLogBins()
+
+
+def window_priority(windows: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A deterministic pseudo-random priority in [0, 1) per window id (splitmix64)."""
+    x = np.asarray(windows, dtype=np.uint64).copy()
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return torch.from_numpy((x >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+
+
+# -- the running state of one key and the merge math ------------------------------------
+@dataclass
+class KeyState:
+    """Running reductions for the units of one site (see the module docstring for fields)."""
+
+    top_values: torch.Tensor
+    top_window: torch.Tensor
+    top_pos: torch.Tensor
+    n: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+    m3: torch.Tensor
+    m4: torch.Tensor
+    hist: torch.Tensor
+    sample_values: torch.Tensor
+    sample_pos: torch.Tensor
+
+    @classmethod
+    def empty(cls, width: int, k: int, n_bins: int, n_sample: int) -> KeyState:
+        f64 = dict(dtype=torch.float64)
+        return cls(
+            torch.full((k, width), -torch.inf), torch.full((k, width), -1, dtype=torch.long),
+            torch.zeros((k, width), dtype=torch.int32), 0, torch.zeros(width, **f64), torch.zeros(width, **f64),
+            torch.zeros(width, **f64), torch.zeros(width, **f64), torch.zeros((width, n_bins), dtype=torch.long),
+            torch.full((n_sample, width), -torch.inf), torch.zeros((n_sample, width), dtype=torch.int32))
+
+    @property
+    def width(self) -> int:
+        return self.mean.shape[0]
+
+    def merge_top(self, values: torch.Tensor, windows: torch.Tensor, pos: torch.Tensor) -> None:
+        """Merge candidates [c, d] into the top-k: value descending, then window ascending."""
+        k = self.top_values.shape[0]
+        v = torch.cat([self.top_values, values.float()])
+        w = torch.cat([self.top_window, windows.long()])
+        p = torch.cat([self.top_pos, pos.int()])
+        wkey = torch.where(w < 0, torch.iinfo(torch.long).max, w)
+        o1 = torch.sort(wkey, dim=0, stable=True).indices
+        v, w, p = v.gather(0, o1), w.gather(0, o1), p.gather(0, o1)
+        o2 = torch.sort(v, dim=0, descending=True, stable=True).indices[:k]
+        self.top_values, self.top_window, self.top_pos = v.gather(0, o2), w.gather(0, o2), p.gather(0, o2)
+
+    def merge_moments(self, n_b: int, mean: torch.Tensor, m2: torch.Tensor, m3: torch.Tensor,
+                      m4: torch.Tensor) -> None:
+        """Combine central moments of another set of tokens (Pébay 2008; exact in exact arithmetic)."""
+        if n_b == 0:
+            return
+        mean, m2, m3, m4 = (t.double() for t in (mean, m2, m3, m4))
+        na, nb = float(self.n), float(n_b)
+        if na == 0:
+            self.n, self.mean, self.m2, self.m3, self.m4 = n_b, mean, m2, m3, m4
+            return
+        n = na + nb
+        d = mean - self.mean
+        self.m4 = (self.m4 + m4 + d**4 * na * nb * (na * na - na * nb + nb * nb) / n**3
+                   + 6 * d**2 * (na * na * m2 + nb * nb * self.m2) / n**2 + 4 * d * (na * m3 - nb * self.m3) / n)
+        self.m3 = self.m3 + m3 + d**3 * na * nb * (na - nb) / n**2 + 3 * d * (na * m2 - nb * self.m2) / n
+        self.m2 = self.m2 + m2 + d**2 * na * nb / n
+        self.mean = self.mean + d * nb / n
+        self.n = int(na + nb)
+
+    def merge_power_sums(self, n_b: int, shift: torch.Tensor | None, s1: torch.Tensor, s2: torch.Tensor,
+                         s3: torch.Tensor, s4: torch.Tensor) -> None:
+        """Fold in a batch given as power sums of ``x - shift`` (float32 sums, float64 here)."""
+        if n_b == 0:
+            return
+        s1, s2, s3, s4 = (t.double() for t in (s1, s2, s3, s4))
+        dl = s1 / n_b
+        mean = dl + (shift.double() if shift is not None else 0.0)
+        m2 = s2 - n_b * dl**2
+        m3 = s3 - 3 * dl * s2 + 2 * n_b * dl**3
+        m4 = s4 - 4 * dl * s3 + 6 * dl**2 * s2 - 3 * n_b * dl**4
+        self.merge_moments(n_b, mean, m2.clamp_min(0), m3, m4.clamp_min(0))
+
+    def merge_hist(self, hist: torch.Tensor) -> None:
+        self.hist += hist.long()
+
+    def merge(self, other: KeyState) -> None:
+        """Fold in the state of a disjoint set of windows (sample merged by the caller)."""
+        self.merge_top(other.top_values, other.top_window, other.top_pos)
+        self.merge_moments(other.n, other.mean, other.m2, other.m3, other.m4)
+        self.merge_hist(other.hist)
+
+    def tensors(self, key: str) -> dict[str, torch.Tensor]:
+        return {f"{key}/top.values": self.top_values, f"{key}/top.window": self.top_window,
+                f"{key}/top.pos": self.top_pos, f"{key}/n": torch.tensor([self.n]), f"{key}/mean": self.mean,
+                f"{key}/m2": self.m2, f"{key}/m3": self.m3, f"{key}/m4": self.m4, f"{key}/hist": self.hist, f"{key}/sample.values": self.sample_values,
+                f"{key}/sample.pos": self.sample_pos}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], key: str, width: int, k: int, n_bins: int,
+                     n_sample: int) -> KeyState:
+        shapes = {"top.values": (k, width), "top.window": (k, width), "top.pos": (k, width), "n": (1,),
+                  "mean": (width,), "m2": (width,), "m3": (width,), "m4": (width,), "hist": (width, n_bins), "sample.values": (n_sample, width),
+                  "sample.pos": (n_sample, width)}
+        got = {}
+        for f, shape in shapes.items():
+            name = f"{key}/{f}"
+            if name not in t:
+                raise StoreError(f"the store's state has no tensor {name!r}: the file is incomplete or not a scan state")
+            if tuple(t[name].shape) != shape:
+                raise StoreError(f"tensor {name!r} has shape {tuple(t[name].shape)}, expected {shape} "
+                                 "(from meta.json): the store is corrupt")
+            got[f] = t[name]
+        return cls(got["top.values"], got["top.window"], got["top.pos"], int(got["n"][0]), got["mean"], got["m2"],
+                   got["m3"], got["m4"], got["hist"], got["sample.values"], got["sample.pos"])
+
+
+@dataclass
+class Sample:
+    """The shared window sample: the R windows with the smallest priority seen so far."""
+
+    windows: torch.Tensor  # [R] i64, -1 for empty
+    priority: torch.Tensor  # [R] f64, inf for empty
+
+    @classmethod
+    def empty(cls, n: int) -> Sample:
+        return cls(torch.full((n,), -1, dtype=torch.long), torch.full((n,), torch.inf, dtype=torch.float64))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.priority.max()) if len(self.priority) else -1.0
+
+    def merge(self, windows: torch.Tensor, priority: torch.Tensor, states: Sequence[KeyState],
+              values: Sequence[torch.Tensor], pos: Sequence[torch.Tensor]) -> None:
+        """Offer candidate windows (and each state's values for them); keep the R smallest priorities."""
+        R = len(self.windows)
+        if R == 0 or len(windows) == 0:
+            return
+        w = torch.cat([self.windows, windows.long()])
+        pr = torch.cat([self.priority, priority.double()])
+        order = torch.argsort(pr, stable=True)[:R]
+        self.windows, self.priority = w[order], pr[order]
+        for st, v, p in zip(states, values, pos, strict=True):
+            st.sample_values = torch.cat([st.sample_values, v.float()])[order]
+            st.sample_pos = torch.cat([st.sample_pos, p.int()])[order]
+
+
+# -- reading helpers ---------------------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise StoreError(f"{path.parent} is not a scan store: {path.name} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} is corrupt (not valid JSON: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise StoreError(f"{path} is not a scan store's metadata (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") != VERSION:
+        raise StoreError(f"{path}: store version {meta.get('version')!r} is not supported (this workbench reads {VERSION})")
+    required = ("sites", "k", "window", "n_sample", "hist", "state", "chunks", "n_tokens", "n_windows", "cursor")
+    missing = [r for r in required if r not in meta]
+    if missing:
+        raise StoreError(f"{path} is missing {', '.join(missing)}: the store is corrupt")
+    return meta
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise StoreError(f"{path} is missing: the store is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise StoreError(f"{path} cannot be read ({e}): the file is truncated or corrupt") from None
+
+
+def atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+# -- results -------------------------------------------------------------------------------
+@dataclass
+class Exemplar:
+    """One window of text and a unit's activation on each of its tokens."""
+
+    window: int
+    position: int
+    value: float
+    tokens: list[str]
+    acts: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "position": self.position, "value": self.value, "tokens": self.tokens,
+                "acts": [float(a) for a in self.acts]}
+
+    def _repr_html_(self) -> str:
+        top = max(float(np.nanmax(np.abs(self.acts))) if len(self.acts) else 0.0, 1e-9)
+        spans = "".join(
+            f"<span title='{a:.3f}' style='background:rgba(255,120,0,{max(0.0, a) / top:.2f})'>{html.escape(t)}</span>"
+            for t, a in zip(self.tokens, self.acts.tolist(), strict=True))
+        return f"<div style='font-family:monospace;white-space:pre-wrap'><b>{self.value:.3f}</b> {spans}</div>"
+
+
+@dataclass
+class QuantileGroup:
+    """Exemplars whose window maximum lies in one quantile range of a unit's sampled windows."""
+
+    label: str
+    lo: float
+    hi: float
+    exemplars: list[Exemplar]
+
+
+class ScanStore(Showable):
+    """A scan on disk: top-k exemplars, moments, histograms and a window sample per unit.
+
+    ``ScanStore.open(path, model)``; ``store.stats()`` is a table of every unit;
+    ``store.exemplars(site, unit)`` reruns the top windows through the model to tint each
+    token; ``store.show(layer=, unit=)`` opens the neuron dashboard.
+    """
+
+    def __init__(self, path: Path, meta: dict, states: dict[str, KeyState], sample: Sample, model: Any = None):
+        self.path = Path(path)
+        self.meta = meta
+        self.states = states
+        self.sample = sample
+        self.model = model
+        self.bins = SignedLogBins.from_spec(meta["hist"])
+        self._windows: dict[int, tuple[str, int]] | None = None
+        self._chunk_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._acts_cache: dict[tuple, np.ndarray] = {}
+        self.transforms: dict[str, Any] = {}  # feature key -> encoder, to rerun exemplars of scanned features
+
+    # -- opening -----------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, model: Any = None) -> ScanStore:
+        """Open a store folder (model: to rerun exemplar windows; optional)."""
+        path = Path(path)
+        meta = _read_json(path / "meta.json")
+        t = _load_tensors(path / meta["state"])
+        k, R, nb = int(meta["k"]), int(meta["n_sample"]), SignedLogBins.from_spec(meta["hist"]).n_bins
+        states = {key: KeyState.from_tensors(t, key, int(info["width"]), k, nb, R)
+                  for key, info in meta["sites"].items() if info.get("width") is not None}
+        for name in ("sample.window", "sample.priority"):
+            if name not in t or tuple(t[name].shape) != (R,):
+                raise StoreError(f"{path / meta['state']}: tensor {name!r} is missing or has the wrong shape")
+        store = cls(path, meta, states, Sample(t["sample.window"], t["sample.priority"]), model)
+        if model is not None:
+            store.check_model(model)
+        return store
+
+    def check_model(self, model: Any) -> None:
+        """Raise `StoreError` when a model does not fit this store (widths, vocabulary)."""
+        want = self.meta.get("model", {})
+        a = model.arch
+        for key, info in self.meta["sites"].items():
+            from .arch import Site
+
+            site = Site.parse(info.get("site", key))
+            if site.layer is not None and site.layer >= a.n_layers:
+                raise StoreError(f"the store has {key} but the model has {a.n_layers} layers")
+            if info.get("transform") is None and a.size(site) != int(info["width"]):
+                raise StoreError(f"the store's {key} has {info['width']} units but the model's has {a.size(site)}: "
+                                 f"the store was made with another model ({want.get('name', '?')})")
+        if want.get("vocab") not in (None, a.vocab):
+            raise StoreError(f"the store's tokens come from a {want['vocab']}-token vocabulary, the model has {a.vocab}")
+
+    # -- facts -----------------------------------------------------------------------------
+    @property
+    def sites(self) -> list[str]:
+        return list(self.meta["sites"])
+
+    def width(self, site: str) -> int:
+        return int(self.meta["sites"][self._key(site)]["width"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["n_tokens"])
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.meta["n_windows"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    @property
+    def k(self) -> int:
+        return int(self.meta["k"])
+
+    def _key(self, site: str | int) -> str:
+        if isinstance(site, int):  # a layer: the MLP neurons there
+            site = f"neurons.{site}"
+        if site in self.meta["sites"]:
+            return site
+        from .arch import Site
+
+        try:
+            key = str(Site.parse(site))
+        except (ValueError, TypeError):
+            key = site
+        if key not in self.meta["sites"]:
+            raise KeyError(f"the store has no {site!r}; it has {', '.join(self.sites[:6])}{'…' if len(self.sites) > 6 else ''}")
+        return key
+
+    def _unit(self, key: str, unit: int) -> int:
+        w = self.width(key)
+        if not isinstance(unit, int | np.integer) or not 0 <= unit < w:
+            raise IndexError(f"unit {unit!r} is out of range for {key} (0..{w - 1})")
+        return int(unit)
+
+    # -- statistics --------------------------------------------------------------------------
+    def _moments(self, key: str) -> dict[str, torch.Tensor]:
+        st = self.states[key]
+        n = max(st.n, 1)
+        var = st.m2 / n
+        std = var.sqrt()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            skew = torch.where(st.m2 > 0, (n**0.5) * st.m3 / st.m2.clamp_min(1e-300) ** 1.5, torch.nan)
+            kurt = torch.where(st.m2 > 0, n * st.m4 / st.m2.clamp_min(1e-300) ** 2 - 3.0, torch.nan)
+        return {"count": torch.full_like(st.mean, st.n), "mean": st.mean, "std": std, "skew": skew,
+                "kurtosis": kurt, "frac_active": st.hist[:, self.bins.center + 1 :].sum(1).double() / n,
+                "max": st.top_values[0].double()}
+
+    def stats(self, site: str | int | None = None):
+        """Per-unit statistics (excess kurtosis) as a pandas DataFrame."""
+        import pandas as pd
+
+        from .arch import Site
+
+        keys = [self._key(site)] if site is not None else self.sites
+        frames = []
+        for key in keys:
+            m = self._moments(key)
+            info = self.meta["sites"][key]
+            try:
+                layer = Site.parse(info.get("site", key)).layer
+            except (ValueError, TypeError):
+                layer = None
+            df = pd.DataFrame({name: v.numpy() for name, v in m.items()})
+            df.insert(0, "unit", np.arange(self.width(key)))
+            df.insert(0, "layer", layer)
+            df.insert(0, "site", key)
+            df["count"] = df["count"].astype(np.int64)
+            frames.append(df)
+        return pd.concat(frames, ignore_index=True)
+
+    def unit_stats(self, site: str | int, unit: int) -> dict[str, float]:
+        key = self._key(site)
+        u = self._unit(key, unit)
+        return {name: float(v[u]) for name, v in self._moments(key).items()}
+
+    def histogram(self, site: str | int, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        key = self._key(site)
+        return self.bins.edges(), self.states[key].hist[self._unit(key, unit)].numpy().copy()
+
+    def top(self, site: str | int, unit: int) -> list[tuple[float, int, int]]:
+        """The top windows of a unit: (value, window id, position), best first."""
+        key = self._key(site)
+        u = self._unit(key, unit)
+        st = self.states[key]
+        return [(float(v), int(w), int(p)) for v, w, p in
+                zip(st.top_values[:, u], st.top_window[:, u], st.top_pos[:, u], strict=True) if w >= 0]
+
+    # -- windows and exemplars -----------------------------------------------------------------
+    def _index(self) -> dict[int, tuple[str, int]]:
+        if self._windows is None:
+            idx: dict[int, tuple[str, int]] = {}
+            for chunk in self.meta["chunks"]:
+                t = self._chunk(chunk)
+                for row, w in enumerate(t["window"].tolist()):
+                    idx[int(w)] = (chunk, row)
+            self._windows = idx
+        return self._windows
+
+    def _chunk(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self._chunk_cache:
+            t = _load_tensors(self.path / "windows" / name)
+            for f in ("ids", "window", "doc", "start"):
+                if f not in t:
+                    raise StoreError(f"{self.path / 'windows' / name} has no tensor {f!r}: the store is corrupt")
+            if len(self._chunk_cache) > 64:
+                self._chunk_cache.clear()
+            self._chunk_cache[name] = t
+        return self._chunk_cache[name]
+
+    def window_tokens(self, window: int) -> list[int]:
+        """Token ids of a scanned window."""
+        try:
+            chunk, row = self._index()[int(window)]
+        except KeyError:
+            raise KeyError(f"window {window} is not in this store") from None
+        ids = self._chunk(chunk)["ids"][row]
+        return [int(i) for i in ids[ids >= 0]]
+
+    def window_info(self, window: int) -> dict[str, int]:
+        chunk, row = self._index()[int(window)]
+        t = self._chunk(chunk)
+        return {"window": int(window), "doc": int(t["doc"][row]), "start": int(t["start"][row])}
+
+    def _need_model(self) -> Any:
+        if self.model is None:
+            raise RuntimeError("exemplar activations rerun the windows through the model: "
+                               "ScanStore.open(path, model=model) or store.model = model")
+        return self.model
+
+    def _unit_acts(self, key: str, unit: int, windows: Sequence[int]) -> list[np.ndarray]:
+        """A unit's activation on every token of some windows (rerun through the model, cached)."""
+        todo = [w for w in dict.fromkeys(windows) if (key, unit, w) not in self._acts_cache]
+        if todo:
+            model = self._need_model()
+            site = self.meta["sites"][key].get("site", key)
+            transform = self._transform(key)
+            rows = [self.window_tokens(w) for w in todo]
+
+            def pick(x: torch.Tensor, transform=transform, unit=unit) -> torch.Tensor:
+                if transform is not None:
+                    x = transform(x)
+                return x[..., unit].float()
+
+            for i in range(0, len(rows), 16):
+                batch = model.batch_from_ids(rows[i : i + 16])
+                res = model.run(batch, self.meta.get("interventions") or None, capture={site: pick}, top_k=0,
+                                logits=None)
+                acts = res.activations[site]
+                for j, w in enumerate(todo[i : i + 16]):
+                    self._acts_cache[(key, unit, w)] = acts[j, : len(rows[i + j])].numpy()
+        return [self._acts_cache[(key, unit, w)] for w in windows]
+
+    def _transform(self, key: str) -> Any:
+        if self.meta["sites"][key].get("transform") is None:
+            return None
+        fn = self.transforms.get(key)
+        if fn is None:
+            raise RuntimeError(f"{key} was scanned through a transform ({self.meta['sites'][key]['transform']}): "
+                               f"set store.transforms[{key!r}] to it to rerun exemplars")
+        return fn
+
+    def _exemplars(self, key: str, unit: int, picks: list[tuple[float, int, int]]) -> list[Exemplar]:
+        acts = self._unit_acts(key, unit, [w for _, w, _ in picks])
+        tok = self._need_model().tokenizer
+        out = []
+        for (v, w, p), a in zip(picks, acts, strict=True):
+            out.append(Exemplar(w, p, v, [tok.decode([i]) for i in self.window_tokens(w)], a))
+        return out
+
+    def exemplars(self, site: str | int, unit: int, n: int = 10) -> list[Exemplar]:
+        """The top-n windows of a unit with its activation on every token (needs the model)."""
+        key = self._key(site)
+        u = self._unit(key, unit)
+        return self._exemplars(key, u, self.top(key, u)[:n])
+
+    def quantile_exemplars(self, site: str | int, unit: int, groups: int = 4, per_group: int = 2) -> list[QuantileGroup]:
+        """Exemplars across the quantiles of a unit's window maxima in the random window sample.
+
+        The sample's maxima are sorted and cut into ``groups`` equal-count ranges (highest
+        first); ``per_group`` windows are taken evenly from each range.
+        """
+        key = self._key(site)
+        u = self._unit(key, unit)
+        st = self.states[key]
+        ok = self.sample.windows >= 0
+        vals, wins, pos = st.sample_values[ok, u], self.sample.windows[ok], st.sample_pos[ok, u]
+        if len(vals) == 0:
+            return []
+        order = torch.argsort(vals, descending=True, stable=True)
+        vals, wins, pos = vals[order], wins[order], pos[order]
+        out = []
+        n = len(vals)
+        for g in range(groups):
+            a, b = (g * n) // groups, ((g + 1) * n) // groups
+            if b <= a:
+                continue
+            idx = sorted({a + (i * (b - a)) // per_group for i in range(per_group)})
+            picks = [(float(vals[i]), int(wins[i]), int(pos[i])) for i in idx]
+            hi_q, lo_q = 1 - g / groups, 1 - (g + 1) / groups
+            out.append(QuantileGroup(f"q{lo_q:.2f}–{hi_q:.2f}", float(vals[b - 1]), float(vals[a]),
+                                     self._exemplars(key, u, picks)))
+        return out
+
+    # -- merging --------------------------------------------------------------------------------
+    @classmethod
+    def merge(cls, stores: Sequence[ScanStore | str | Path], path: str | Path, overwrite: bool = False) -> ScanStore:
+        """Merge stores of disjoint shards of one corpus into a new store at ``path``."""
+        from .scan import write_store
+
+        stores = [s if isinstance(s, ScanStore) else cls.open(s) for s in stores]
+        if len(stores) < 2:
+            raise ValueError("merge needs at least two stores")
+        first = stores[0]
+        for s in stores[1:]:
+            for f in ("k", "window", "n_sample", "hist", "skip_first", "sites", "model", "interventions"):
+                if s.meta.get(f) != first.meta.get(f):
+                    raise StoreError(f"cannot merge {s.path} into {first.path}: they differ in {f!r}")
+        seen: dict[int, Path] = {}
+        for s in stores:
+            for w in s._index():
+                if w in seen:
+                    raise StoreError(f"window {w} is in both {seen[w]} and {s.path}: merge needs disjoint shards")
+                seen[w] = s.path
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+            shutil.rmtree(path)
+        (path / "windows").mkdir(parents=True)
+        states = {key: KeyState(**{f: (v.clone() if isinstance(v, torch.Tensor) else v) for f, v in st.__dict__.items()})
+                  for key, st in first.states.items()}
+        sample = Sample(first.sample.windows.clone(), first.sample.priority.clone())
+        chunks: list[str] = []
+        for i, s in enumerate(stores):
+            if i > 0:
+                for key, st in states.items():
+                    st.merge(s.states[key])
+                ok = s.sample.windows >= 0
+                keys = list(states)
+                sample.merge(s.sample.windows[ok], s.sample.priority[ok], [states[k] for k in keys],
+                             [s.states[k].sample_values[ok] for k in keys], [s.states[k].sample_pos[ok] for k in keys])
+            for chunk in s.meta["chunks"]:
+                name = f"s{i}-{chunk}"
+                shutil.copyfile(s.path / "windows" / chunk, path / "windows" / name)
+                chunks.append(name)
+        meta = dict(first.meta)
+        meta.update(chunks=chunks, n_tokens=sum(s.n_tokens for s in stores), n_windows=sum(s.n_windows for s in stores),
+                    complete=all(s.complete for s in stores), shard=None, merged_from=[str(s.path) for s in stores],
+                    cursor=None, fingerprint=None)
+        write_store(path, meta, states, sample, step=0)
+        return cls.open(path, first.model)
+
+    # -- display --------------------------------------------------------------------------------
+    def plot(self, site: str | int, unit: int, ax: Any = None):
+        """The unit's activation histogram (signed-log bins) with its top activation marked."""
+        import matplotlib.pyplot as plt
+
+        edges, counts = self.histogram(site, unit)
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 2.5))
+        nz = np.nonzero(counts)[0]
+        lo, hi = (nz[0], nz[-1] + 1) if len(nz) else (0, len(counts))
+        labels = [f"{edges[i]:.2g}" for i in range(lo, hi)]
+        ax.bar(range(hi - lo), counts[lo:hi], width=1.0, color="#e67e22")
+        ax.set_yscale("log")
+        step = max(1, (hi - lo) // 8)
+        ax.set_xticks(range(0, hi - lo, step), labels[::step], rotation=45)
+        ax.set_xlabel("activation (bin lower edge, signed log bins)")
+        ax.set_ylabel("tokens")
+        ax.set_title(f"{self._key(site)} unit {unit}")
+        return ax.figure
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "partial"
+        return (f"ScanStore({str(self.path)!r}, {len(self.sites)} sites, {self.n_windows} windows, "
+                f"{self.n_tokens} tokens, k={self.k}, {state})")
+
+    def _repr_html_(self) -> str:
+        m = self.meta
+        return (f"<div><b>ScanStore</b> {html.escape(str(self.path))}: {len(self.sites)} sites "
+                f"({html.escape(', '.join(self.sites[:3]))}{'…' if len(self.sites) > 3 else ''}), "
+                f"{self.n_windows} windows of ≤{m['window']} tokens, {self.n_tokens} tokens counted, top-{self.k}, "
+                f"{'complete' if self.complete else 'partial (resumable)'}; corpus: {html.escape(str(m.get('corpus', '')))}"
+                "</div>")
