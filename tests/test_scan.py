@@ -346,3 +346,41 @@ def test_scan_other_families_equal_brute_force(tiny, family, tmp_path):
     body = np.concatenate([a[1:] for a in all_acts(m, rows, "neurons.1")])
     np.testing.assert_allclose(st.stats(1)["mean"], body.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(st.stats(1)["max"], body.max(0), rtol=1e-6)
+
+
+def test_terminal_scan_survives_a_real_ctrl_c(tiny, tmp_path):
+    """`python -m workbench scan` in a subprocess: SIGINT mid-scan, then the same command resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    m = tiny("llama")
+    m.hf.save_pretrained(tmp_path / "model")
+    m.tokenizer.save_pretrained(tmp_path / "model")
+    texts = default_corpus(max_passages=40)
+    (tmp_path / "corpus.txt").write_text("\n\n".join(texts))
+    cmd = [sys.executable, "-m", "workbench", "scan", "--out", str(tmp_path / "s"), "--model", str(tmp_path / "model"),
+           "--corpus", str(tmp_path / "corpus.txt"), "--k", "4", "--window", "12", "--batch-size", "2",
+           "--checkpoint-every", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        meta = tmp_path / "s" / "meta.json"
+        if meta.exists() and json.loads(meta.read_text())["n_windows"] >= 20:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "run the same call again to resume" in out, out[-2000:]
+    part = ScanStore.open(tmp_path / "s")
+    assert not part.complete and part.n_windows >= 20
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    resumed = ScanStore.open(tmp_path / "s")
+    ref = do_scan(m, tmp_path / "ref", corpus=tmp_path / "corpus.txt", batch_size=2, sample=64)  # CLI defaults
+    assert resumed.complete and resumed.n_windows == ref.n_windows
+    for name, t in state_tensors(ref).items():
+        assert torch.equal(state_tensors(resumed)[name], t), name

@@ -12,10 +12,10 @@ client merges those into the store's O(units × k) state, and checkpoints it: st
 any time (Ctrl-C, ``cancel``) and the same call resumes it. Shards of a corpus
 (``shard=(i, n)``) scan on different machines and `ScanStore.merge` combines them.
 
-From a terminal::
+From a terminal (progress bar with tokens/s and time left; Ctrl-C checkpoints)::
 
-    python -m workbench.scan --out scans/smol [--model PATH] [--corpus FILES] [--shard 0/4]
-    python -m workbench.scan merge scans/all scans/shard0 scans/shard1
+    python -m workbench scan --out scans/smol [--model PATH] [--corpus FILES] [--shard 0/4]
+    python -m workbench merge scans/all scans/shard0 scans/shard1
 """
 
 from __future__ import annotations
@@ -467,19 +467,19 @@ def _count_tokens(model: Any, corpus: Any, window: int, skip_first: bool, shard:
 
 # -- command line -----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m workbench.scan``: scan a corpus into a store, or merge shard stores."""
+    """``python -m workbench scan|merge``: scan a corpus into a store, or merge shard stores."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["merge"]:
-        p = argparse.ArgumentParser(prog="python -m workbench.scan merge", description="merge shard stores")
+        p = argparse.ArgumentParser(prog="python -m workbench merge", description="merge shard stores")
         p.add_argument("out")
         p.add_argument("stores", nargs="+")
         p.add_argument("--overwrite", action="store_true")
         a = p.parse_args(argv[1:])
         print(ScanStore.merge(a.stores, a.out, overwrite=a.overwrite))
         return
-    p = argparse.ArgumentParser(prog="python -m workbench.scan", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m workbench scan", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="store folder (an existing partial scan resumes)")
     p.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2)")
     p.add_argument("--corpus", nargs="*", default=None, help=".txt files or folders (default: pydoc_data.topics)")
@@ -489,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--shard", default=None, help="i/n: this job's shard")
+    p.add_argument("--checkpoint-every", type=int, default=256, help="windows between checkpoints")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None)
     a = p.parse_args(argv)
@@ -498,9 +499,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     shard = tuple(int(x) for x in a.shard.split("/")) if a.shard else None
     corpus = [Path(c) for c in a.corpus] if a.corpus else None
     store = scan(model, corpus, a.out, sites=a.sites, k=a.k, window=a.window, batch_size=a.batch_size,
-                 max_tokens=a.max_tokens, shard=shard)  # type: ignore[arg-type]
+                 max_tokens=a.max_tokens, shard=shard, checkpoint_every=a.checkpoint_every)  # type: ignore[arg-type]
     print(store)
-
-
-if __name__ == "__main__":
-    main()
