@@ -8,8 +8,23 @@
 """
 
 from .arch import SITE_NAMES, ArchMap, Site
+from .contrastive import ContrastiveResult, contrastive_neurons
+from .corpus import default_corpus, iter_texts
+from .dict_formats import load_dictionary, save_saelens
+from .dictionary import Dictionary, DictionaryError
 from .directions import mean_difference, neuron_direction
 from .engine import GenerationCancelled, Model
+from .features import (
+    FeatureEdit,
+    Splice,
+    add_features,
+    feature_direction,
+    register_dictionary,
+    scale_features,
+    set_features,
+    steer_feature,
+    zero_features,
+)
 from .lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
 from .loading import ModelLoadError, load
 from .patching import (
@@ -19,8 +34,9 @@ from .patching import (
     activation_patching,
     attribution_patching,
 )
-from .corpus import default_corpus, iter_texts
+from .probing import ProbeResult, sparse_probe
 from .results import GenerationResult, RunResult, Token, TopK
+from .sae_eval import DictionaryEval, evaluate_dictionary
 from .scan import scan
 from .specs import (
     AblateHeads,
@@ -48,5 +64,9 @@ __all__ = [
     "LensFileError", "LensResult", "TunedLens", "logit_lens", "tuned_lens",
     "AblationResult", "PatchingResult", "ablate", "activation_patching", "attribution_patching",
     "default_corpus", "iter_texts", "scan", "ScanStore", "StoreError", "Exemplar", "QuantileGroup",
+    "ContrastiveResult", "contrastive_neurons", "ProbeResult", "sparse_probe",
+    "Dictionary", "DictionaryError", "load_dictionary", "save_saelens", "FeatureEdit", "Splice", "add_features",
+    "feature_direction", "register_dictionary", "scale_features", "set_features", "steer_feature", "zero_features",
+    "DictionaryEval", "evaluate_dictionary",
 ]
 __version__ = "0.1.0"

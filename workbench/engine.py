@@ -72,6 +72,13 @@ class _TraceProgram:
             site = s.parsed_site
             self.arch.check_layer(site.layer)
             self._check_spec(s, site)
+            compile_for = getattr(s, "compile_for", None)
+            if compile_for is not None:
+                # Specs defined elsewhere (workbench.features) compile into trace-time ops, one or
+                # more per site ([] when they change nothing: the site is then not even visited).
+                for where, op in compile_for(model):
+                    self.specs.setdefault(str(Site.parse(where)), []).append(op)
+                continue
             self.specs.setdefault(str(site), []).append(s)
         self.capture = {str(Site.parse(k)): v for k, v in capture.items()}
         for k in self.capture:
@@ -199,6 +206,10 @@ class _TraceProgram:
 
     # -- applying specs ------------------------------------------------------------
     def _apply(self, x: torch.Tensor, s: Spec, st: _StepState) -> None:
+        run_in_trace = getattr(s, "run_in_trace", None)
+        if run_in_trace is not None:  # an op compiled by a spec's compile_for (see __init__)
+            run_in_trace(self, x, st)
+            return
         seq = x.shape[2] if s.parsed_site.name == "pattern" else x.shape[1]
         if isinstance(s, Patch):
             if st.step > 0:

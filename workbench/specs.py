@@ -191,15 +191,36 @@ class Patch(Spec):
 
 
 SPEC_KINDS: dict[str, type[Spec]] = {c.kind: c for c in (Edit, AblateHeads, Steer, Patch)}
+#: Spec kinds defined in other modules (`workbench.features`: feature_edit, splice), by kind.
+EXTRA_SPEC_KINDS: dict[str, type[Spec]] = {}
+
+
+def register_spec_kind(cls: type[Spec]) -> type[Spec]:
+    """Class decorator: make a spec kind defined elsewhere known to `spec_from_dict`."""
+    if not cls.kind or cls.kind in SPEC_KINDS:
+        raise ValueError(f"spec kind {cls.kind!r} is empty or already taken")
+    EXTRA_SPEC_KINDS[cls.kind] = cls
+    return cls
+
+
+def spec_kinds() -> dict[str, type[Spec]]:
+    """Every spec kind `spec_from_dict` knows: kind -> class."""
+    from . import features  # noqa: F401  (registers the dictionary-feature kinds)
+
+    return {**SPEC_KINDS, **EXTRA_SPEC_KINDS}
 
 
 def spec_from_dict(d: dict[str, Any]) -> Spec:
     """Rebuild a spec from `Spec.to_dict` output."""
     d = dict(d)
     kind = d.pop("kind", None)
-    if kind not in SPEC_KINDS:
-        raise ValueError(f"unknown intervention kind {kind!r}; known: {sorted(SPEC_KINDS)}")
-    return SPEC_KINDS[kind](**d)
+    cls = SPEC_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        kinds = spec_kinds() if isinstance(kind, str) else {**SPEC_KINDS, **EXTRA_SPEC_KINDS}
+        cls = kinds.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise ValueError(f"unknown intervention kind {kind!r}; known: {sorted(kinds)}")
+    return cls(**d)
 
 
 def specs_to_json(specs: list[Spec]) -> str:
