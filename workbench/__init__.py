@@ -7,6 +7,7 @@
     model.run("...", [wb.zero_neurons(10, [42])])
 """
 
+from .activations import ActivationBuffer, collect_activations
 from .arch import SITE_NAMES, ArchMap, Site
 from .contrastive import ContrastiveResult, contrastive_neurons
 from .corpus import default_corpus, iter_texts
@@ -27,6 +28,7 @@ from .features import (
 )
 from .lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
 from .loading import ModelLoadError, load
+from .nmf import NMFResult, semi_nmf
 from .patching import (
     AblationResult,
     PatchingResult,
@@ -37,6 +39,7 @@ from .patching import (
 from .probing import ProbeResult, sparse_probe
 from .results import GenerationResult, RunResult, Token, TopK
 from .sae_eval import DictionaryEval, evaluate_dictionary
+from .sae_train import TrainerConfig, TrainingCancelled, train_sae
 from .scan import scan
 from .specs import (
     AblateHeads,
@@ -67,6 +70,7 @@ __all__ = [
     "ContrastiveResult", "contrastive_neurons", "ProbeResult", "sparse_probe",
     "Dictionary", "DictionaryError", "load_dictionary", "save_saelens", "FeatureEdit", "Splice", "add_features",
     "feature_direction", "register_dictionary", "scale_features", "set_features", "steer_feature", "zero_features",
-    "DictionaryEval", "evaluate_dictionary",
+    "DictionaryEval", "evaluate_dictionary", "ActivationBuffer", "collect_activations", "NMFResult", "semi_nmf",
+    "TrainerConfig", "TrainingCancelled", "train_sae",
 ]
 __version__ = "0.1.0"
