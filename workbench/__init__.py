@@ -27,6 +27,7 @@ from .features import (
     zero_features,
 )
 from .lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
+from .llm import ChatClient, ChatResponse, LLMError, LocalChatClient, OpenAIClient, llm_client
 from .loading import ModelLoadError, load
 from .nmf import NMFResult, semi_nmf
 from .patching import (
@@ -58,6 +59,7 @@ from .specs import (
     zero_neurons,
 )
 from .store import Exemplar, QuantileGroup, ScanStore, StoreError
+from .weights import NeuronWeights, NeuronWeightsFileError, neuron_weights
 
 __all__ = [
     "SITE_NAMES", "ArchMap", "Site", "Model", "GenerationCancelled", "ModelLoadError", "load",
@@ -71,6 +73,7 @@ __all__ = [
     "Dictionary", "DictionaryError", "load_dictionary", "save_saelens", "FeatureEdit", "Splice", "add_features",
     "feature_direction", "register_dictionary", "scale_features", "set_features", "steer_feature", "zero_features",
     "DictionaryEval", "evaluate_dictionary", "ActivationBuffer", "collect_activations", "NMFResult", "semi_nmf",
-    "TrainerConfig", "TrainingCancelled", "train_sae",
+    "TrainerConfig", "TrainingCancelled", "train_sae", "NeuronWeights", "NeuronWeightsFileError", "neuron_weights",
+    "ChatClient", "ChatResponse", "LLMError", "LocalChatClient", "OpenAIClient", "llm_client",
 ]
 __version__ = "0.1.0"
