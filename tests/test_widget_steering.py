@@ -274,3 +274,82 @@ def test_constructor_checks(llama: wb.Model) -> None:
         SteeringPanel(llama, PROMPT, layer=9)
     with pytest.raises(ValueError):
         SteeringPanel(llama, PROMPT, max_new_tokens=0)
+
+
+# -- dictionary features and semi-NMF components as directions --------------------------------------
+def _sae(model: wb.Model, site: str = "resid_post.1", out_site: str | None = None, d_sae: int = 32) -> Any:
+    from workbench.dictionary import Dictionary
+
+    g = torch.Generator().manual_seed(0)
+    d_in = model.arch.size(wb.Site.parse(site))
+    d_out = model.arch.size(wb.Site.parse(out_site)) if out_site else d_in
+    return Dictionary(W_enc=torch.randn(d_in, d_sae, generator=g) * 0.2, b_enc=torch.zeros(d_sae),
+                      W_dec=torch.randn(d_sae, d_out, generator=g), b_dec=torch.zeros(d_out), architecture="relu",
+                      site=site, out_site=out_site)
+
+
+def test_add_feature_steers_the_unit_decoder_row(llama: wb.Model) -> None:
+    from workbench.features import feature_direction, register_dictionary, steer_feature
+
+    d = _sae(llama)
+    name = register_dictionary(d)
+    w = panel(llama).add_feature(d, 5)
+    (entry,) = w.directions
+    assert entry["name"] == f"{name}[5]" and entry["kind"] == "feature" and entry["layer"] == 1
+    assert "site" not in entry, "resid_post.<layer> needs no site"
+    assert torch.equal(w.vector(entry["name"]), feature_direction(d, 5))
+    assert entry["max"] == nice_ceil(RANGE_FACTOR * w.resid_norm(1))
+    w.set_strength(entry["name"], 6.0)
+    assert w.interventions == [steer_feature(d, 5, 6.0)]
+    out = w.call("generate")
+    assert out["text"] == llama.generate(PROMPT, [steer_feature(d, 5, 6.0)], max_new_tokens=N).text
+    assert out["text"] != out["baseline"]
+    # (dictionary, latent) given as a direction goes the same way
+    w.add_direction("pair", (d, 7), strength=2.0)
+    assert w.directions[1]["kind"] == "feature"
+    assert w.interventions[1] == wb.Steer("resid_post.1", feature_direction(d, 7), 2.0, name="pair")
+
+
+def test_nmf_components_and_transcoders_steer_their_write_site(llama: wb.Model) -> None:
+    from workbench.features import feature_direction, steer_feature
+    from workbench.nmf import semi_nmf
+
+    res = llama.run([PROMPT, "Hello world, this is", "A dog is on a mat"], capture=["neurons.1"])
+    A = torch.cat([res["neurons.1"][b, :L] for b, L in enumerate(res.lengths)]).T
+    nmf = semi_nmf(A, 6, iters=10, progress=False)
+    nd = nmf.to_dictionary(site="neurons.1")
+    w = panel(llama).add_feature(nd, 2, name="comp2")
+    (entry,) = w.directions
+    assert entry["site"] == "neurons.1" and entry["kind"] == "nmf" and entry["layer"] == 1
+    x = llama.run(PROMPT, capture=["neurons.1"], top_k=1)["neurons.1"][0, 1:].float()
+    assert w.site_norm("neurons.1") == pytest.approx(float(x.norm(dim=-1).median()), rel=1e-5)
+    assert entry["max"] == nice_ceil(RANGE_FACTOR * w.site_norm("neurons.1"))
+    w.set_strength("comp2", 20.0)
+    (spec,) = w.interventions
+    assert spec == wb.Steer("neurons.1", feature_direction(nd, 2), 20.0, name="comp2")
+    assert spec.direction == steer_feature(nd, 2, 20.0).direction
+    out = w.call("generate")
+    assert out["text"] == llama.generate(PROMPT, [spec], max_new_tokens=N).text
+    assert out["text"] != out["baseline"]
+    # a transcoder writes mlp_out.L; an NMFResult made from a site can be passed as is
+    tc = _sae(llama, "mlp_in.1", "mlp_out.1")
+    w.add_feature(tc, 0, name="tc0", strength=1.0)
+    assert w.directions[-1]["site"] == "mlp_out.1"
+    assert w.interventions[-1] == wb.Steer("mlp_out.1", feature_direction(tc, 0), 1.0, name="tc0")
+    nmf.site = "neurons.1"
+    w.add_feature(nmf, 1, name="raw")
+    assert w.directions[-1]["site"] == "neurons.1"
+
+
+def test_add_feature_errors(llama: wb.Model, tiny: Callable[..., Any]) -> None:
+    w = panel(llama)
+    with pytest.raises(IndexError, match="out of range"):
+        w.add_feature(_sae(llama), 32)
+    with pytest.raises(TypeError, match="Dictionary"):
+        w.add_feature(torch.randn(48), 0)
+    far = _sae(tiny("llama", n_layers=6), "resid_post.4")
+    with pytest.raises(ValueError, match="layers 0..1"):
+        w.add_feature(far, 0)
+    with pytest.raises(ValueError, match="neurons.1 has width=96"):
+        w.add_direction("wide", torch.randn(48), site="neurons.1")
+    assert w.directions == []

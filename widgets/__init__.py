@@ -1,25 +1,55 @@
 """Live anywidget controls for the workbench: each one calls the engine and reruns the model.
 
     from widgets import AttentionHeads, NeuronHeatmap, SteeringPanel, LogitLens, PatchingHeatmap
+    from widgets import NeuronDashboard, FeatureList, FeatureDashboard
 """
 
 from .attention import AttentionHeads
+from .features import FeatureDashboard, FeatureList
 from .lens import LogitLens
+from .neuron_dashboard import NeuronDashboard
 from .neurons import NeuronHeatmap
 from .patching import PatchingHeatmap
 from .steering import SteeringPanel
 
-__all__ = ["AttentionHeads", "LogitLens", "NeuronHeatmap", "PatchingHeatmap", "SteeringPanel", "register_viewers"]
+__all__ = ["AttentionHeads", "FeatureDashboard", "FeatureList", "LogitLens", "NeuronDashboard", "NeuronHeatmap",
+           "PatchingHeatmap", "SteeringPanel", "register_viewers"]
 
 
 def register_viewers() -> None:
     """Register each widget as the ``.show()`` viewer of the engine result it displays."""
+    from workbench.contrastive import ContrastiveResult
     from workbench.lens import LensResult
     from workbench.patching import PatchingResult
+    from workbench.probing import ProbeResult
+    from workbench.store import ScanStore
     from workbench.viewers import register_viewer
+    from workbench.weights import NeuronWeights
 
     register_viewer(PatchingResult, lambda res, **kw: PatchingHeatmap.from_result(res, **kw))
     register_viewer(LensResult, lambda res, **kw: LogitLens.from_result(res.model, res, **kw))
+    register_viewer(ScanStore, lambda store, **kw: NeuronDashboard(store, **kw))
+    register_viewer(NeuronWeights, _weights_dashboard)
+    register_viewer(ContrastiveResult, _contrastive_dashboard)
+    register_viewer(ProbeResult, _probe_dashboard)
+
+
+def _weights_dashboard(w, store, layer: int = 0, unit: int = 0, **kw):
+    """``weights.show(store, layer, unit)``: the neuron dashboard with these weight classes."""
+    return NeuronDashboard(store, weights=w, layer=layer, unit=unit, **kw)
+
+
+def _contrastive_dashboard(res, store, set: str | None = None, rank: int = 0, by: str = "auroc", **kw):
+    """``result.show(store, set=, rank=)``: the dashboard on the rank-th most contrastive neuron."""
+    row = res.top(rank + 1, set=set, by=by).iloc[rank]
+    return NeuronDashboard(store, layer=int(row["layer"]), unit=int(row["unit"]), **kw)
+
+
+def _probe_dashboard(res, store, k: int | None = None, rank: int = 0, **kw):
+    """``probe.show(store, k=, rank=)``: the dashboard on a neuron the k-sparse probe selected."""
+    k = min(res.selected) if k is None else k
+    layer, unit = res.selected[k][rank]
+    return NeuronDashboard(store, layer=int(layer), unit=int(unit), **kw)
 
 
 register_viewers()

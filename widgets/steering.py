@@ -4,12 +4,16 @@
     panel.add_neuron(10, 1234)                                   # a neuron's output direction
     panel.add_mean_difference("love-hate", ["I love"], ["I hate"])
     panel.add_direction("mine", my_tensor, layer=12)              # any d_model vector
+    panel.add_feature(sae, 123)                                   # a dictionary latent's decoder row
+    panel.add_feature(nmf.to_dictionary(), 4)                     # a semi-NMF component (neurons.L)
     panel                                                         # move sliders; text streams
     panel.strengths, panel.interventions                          # read back as `wb.steer` specs
 
 Direction vectors stay in Python; only names, layers, slider ranges and strengths are
-synced. Generation runs in a worker thread through `Model.generate` with `wb.steer`
-specs, streaming the steered text; a newer request cancels the older one.
+synced. Dictionary features steer along their unit decoder row at the dictionary's write
+site (`workbench.features.feature_direction`; entries then carry that ``site``). Generation
+runs in a worker thread through `Model.generate` with `wb.steer` specs, streaming the
+steered text; a newer request cancels the older one.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import workbench as wb
 
 from ._base import Cancelled, Job, WorkbenchWidget, bundle, rpc
 
+#: Sites a direction can be added to (one vector per token).
+WRITABLE_SITES = frozenset({"embed", "resid_pre", "attn_out", "mlp_in", "neurons", "mlp_out", "resid_post", "final_norm"})
 #: Default slider half-range, in multiples of the typical residual norm at the layer.
 RANGE_FACTOR = 4.0
 #: At most this many partial replies per second while streaming.
@@ -54,7 +60,8 @@ class SteeringPanel(WorkbenchWidget):
 
     prompt = traitlets.Unicode("").tag(sync=True)
     max_new_tokens = traitlets.Int(32).tag(sync=True)
-    #: One dict per direction: name, layer, kind, min, max, strength (no vectors).
+    #: One dict per direction: name, layer, kind, min, max, strength (no vectors); plus site when
+    #: it is not resid_post.<layer> (dictionary features).
     directions = traitlets.List(traitlets.Dict()).tag(sync=True)
     baseline_text = traitlets.Unicode("").tag(sync=True)
     steered_text = traitlets.Unicode("").tag(sync=True)
@@ -74,21 +81,22 @@ class SteeringPanel(WorkbenchWidget):
         self._vectors: dict[str, torch.Tensor] = {}
         self._norms: dict[str, torch.Tensor] = {}  # prompt -> typical residual norm per layer
         self._baseline: dict[tuple[str, int], str] = {}
+        self._site_norms: dict[tuple[str, str], float] = {}  # (prompt, site) -> typical norm there
         self._state_lock = threading.RLock()
 
     # -- directions ------------------------------------------------------------------
-    def _vector(self, name: str, vector: Any) -> torch.Tensor:
+    def _vector(self, name: str, vector: Any, site: str | None = None) -> torch.Tensor:
         if isinstance(vector, torch.Tensor):
             v = vector.detach().to("cpu", torch.float32)
         else:
             v = torch.as_tensor(np.asarray(vector, dtype=np.float32))
-        d = self.model.arch.d_model
+        d = self.model.arch.d_model if site is None else self.model.arch.size(wb.Site.parse(site))
         if v.dim() == 2 and 1 in v.shape:
             v = v.reshape(-1)
         if v.dim() != 1 or v.shape[0] != d:
+            where = "the residual stream of this model has width d_model" if site is None else f"{site} has width"
             raise ValueError(
-                f"direction {name!r} has shape {tuple(v.shape)}, but the residual stream of this model "
-                f"has width d_model={d}: give a vector of {d} values"
+                f"direction {name!r} has shape {tuple(v.shape)}, but {where}={d}: give a vector of {d} values"
             )
         if not torch.isfinite(v).all():
             raise ValueError(f"direction {name!r} contains NaN or infinite values")
@@ -115,26 +123,60 @@ class SteeringPanel(WorkbenchWidget):
                 self._norms = {key: norms}
         return float(norms[layer])
 
+    def site_norm(self, site: str) -> float:
+        """Typical (median over positions, first token excluded) activation norm at any site."""
+        s = wb.Site.parse(site)
+        if s.name == "resid_post":
+            return self.resid_norm(s.layer)
+        key = (self.prompt, str(s))
+        with self._state_lock:
+            hit = self._site_norms.get(key)
+        if hit is None:
+            x = self.model.run(self.prompt, capture=[str(s)], top_k=1).activations[str(s)][0].float()
+            x = x.flatten(1) if x.dim() > 2 else x
+            x = x[1:] if x.shape[0] > 1 else x
+            hit = float(x.norm(dim=-1).median())
+            with self._state_lock:
+                self._site_norms = {k: v for k, v in self._site_norms.items() if k[0] == self.prompt}
+                self._site_norms[key] = hit
+        return hit
+
     def add_direction(self, name: str, vector: Any, layer: int | None = None, max_strength: float | None = None,
-                      strength: float = 0.0, kind: str = "vector") -> SteeringPanel:
+                      strength: float = 0.0, kind: str = "vector", site: str | None = None) -> SteeringPanel:
         """Add (or replace) a named direction: a tensor of width ``d_model``, steered after ``layer``.
 
         The slider spans ``±max_strength``; by default a few times the typical residual
         norm at that layer divided by the vector's norm (so a unit vector can reach
-        ``RANGE_FACTOR`` residual norms).
+        ``RANGE_FACTOR`` residual norms). ``vector`` may also be ``(dictionary, latent)``
+        (see `add_feature`). ``site`` steers another site than ``resid_post.<layer>``
+        (a vector of that site's width; its layer is the site's).
         """
+        if isinstance(vector, tuple) and len(vector) == 2 and not isinstance(vector[0], int | float):
+            return self.add_feature(vector[0], vector[1], name=name, max_strength=max_strength, strength=strength)
         if not name:
             raise ValueError("a direction needs a name")
+        if site is not None:
+            s = wb.Site.parse(site)
+            if s.name not in WRITABLE_SITES:
+                raise ValueError(f"cannot steer {s}: steering adds one vector per token at "
+                                 f"{', '.join(sorted(WRITABLE_SITES))}")
+            site = str(s)
+            layer = s.layer if s.layer is not None else (self.default_layer if layer is None else int(layer))
+            if site == f"resid_post.{layer}":
+                site = None
         layer = self.default_layer if layer is None else int(layer)
         self.model.arch.check_layer(layer)
-        v = self._vector(name, vector)
+        v = self._vector(name, vector, site)
         if max_strength is None:
-            max_strength = nice_ceil(RANGE_FACTOR * self.resid_norm(layer) / float(v.norm()))
+            norm = self.resid_norm(layer) if site is None else self.site_norm(site)
+            max_strength = nice_ceil(RANGE_FACTOR * norm / float(v.norm()))
         max_strength = float(max_strength)
         if not max_strength > 0:
             raise ValueError("max_strength must be positive")
         entry = {"name": name, "layer": layer, "kind": kind, "min": -max_strength, "max": max_strength,
                  "strength": float(strength)}
+        if site is not None:
+            entry["site"] = site
         with self._state_lock:
             self._vectors[name] = v
             dirs = [dict(d) for d in self.directions]
@@ -159,6 +201,36 @@ class SteeringPanel(WorkbenchWidget):
         layer = self.default_layer if layer is None else int(layer)
         v = wb.mean_difference(self.model, list(positive_prompts), list(negative_prompts), layer)
         return self.add_direction(name, v, layer, max_strength, strength, kind="mean_difference")
+
+    def add_feature(self, dictionary: Any, index: int, name: str | None = None, max_strength: float | None = None,
+                    strength: float = 0.0) -> SteeringPanel:
+        """Add a dictionary latent (SAE / transcoder feature, semi-NMF component): its unit decoder row
+        (`workbench.features.feature_direction`) steered at the dictionary's write site.
+
+        ``dictionary``: a `workbench.Dictionary`, the name of a registered one, or a semi-NMF
+        result (`workbench.nmf.NMFResult`, made from a model site). The default name is
+        ``"<dictionary name>[index]"``, as `workbench.features.steer_feature` names its spec.
+        """
+        from workbench.dictionary import Dictionary
+        from workbench.features import feature_direction, get_dictionary, register_dictionary
+        from workbench.nmf import NMFResult
+
+        if isinstance(dictionary, NMFResult):
+            dictionary = dictionary.to_dictionary()
+        if isinstance(dictionary, str):
+            dictionary = get_dictionary(dictionary)
+        if not isinstance(dictionary, Dictionary):
+            raise TypeError(f"add_feature takes a workbench Dictionary (or its registered name), "
+                            f"not {type(dictionary).__name__}")
+        dictionary.check(self.model)
+        if isinstance(index, bool) or not isinstance(index, int | np.integer):
+            raise TypeError(f"a latent index is an integer, not {index!r}")
+        index = int(index)
+        v = feature_direction(dictionary, index)
+        dname = register_dictionary(dictionary)
+        site = dictionary.out_site or dictionary.site
+        kind = "nmf" if dictionary.architecture == "nmf" else "feature"
+        return self.add_direction(name or f"{dname}[{index}]", v, None, max_strength, strength, kind=kind, site=site)
 
     def remove_direction(self, name: str) -> None:
         with self._state_lock:
@@ -220,7 +292,8 @@ class SteeringPanel(WorkbenchWidget):
         """`wb.steer` specs for the directions with a non-zero strength."""
         with self._state_lock:
             return [
-                wb.steer(d["layer"], self._vectors[d["name"]], d["strength"], name=d["name"])
+                wb.Steer(d["site"], self._vectors[d["name"]], d["strength"], name=d["name"]) if d.get("site")
+                else wb.steer(d["layer"], self._vectors[d["name"]], d["strength"], name=d["name"])
                 for d in self.directions if d["strength"] != 0
             ]
 

@@ -139,6 +139,22 @@ class ArchMap:
         if not isinstance(layer, int) or not (0 <= layer < self.n_layers):
             raise IndexError(f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}")
 
+    def layer_list(self, layers: Any = None) -> list[int]:
+        """Validated, sorted, unique layer indices (``None``: every layer; one int is a list of one)."""
+        if layers is None:
+            return list(range(self.n_layers))
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            layers = [layers]
+        out = []
+        for L in layers:
+            if isinstance(L, bool) or not isinstance(L, int):
+                raise TypeError(f"layers are integers, not {L!r}")
+            self.check_layer(L)
+            out.append(L)
+        if not out:
+            raise ValueError("no layers given")
+        return sorted(set(out))
+
     def size(self, site: Site) -> int:
         """Length of the last axis at a site (what neuron/direction indices refer to)."""
         return {"neurons": self.d_mlp, "z": self.d_head, "logits": self.vocab}.get(site.name, self.d_model)

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from .viewers import Showable
+
 __all__ = ["ContrastiveResult", "contrastive_neurons"]
 
 REDUCES = ("mean", "max")
@@ -45,23 +47,6 @@ RANK_BY = ("auroc", "diff", "p_value", "lape_entropy")
 
 
 # -- shared helpers (also used by probing.py) --------------------------------------------------
-def _check_layers(arch: Any, layers: Iterable[int] | int | None) -> list[int]:
-    """Sorted unique layer indices; IndexError for one out of range."""
-    if layers is None:
-        return list(range(arch.n_layers))
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    out = []
-    for L in layers:
-        if isinstance(L, bool) or not isinstance(L, int):
-            raise TypeError(f"layers are integers, not {L!r}")
-        arch.check_layer(L)
-        out.append(L)
-    if not out:
-        raise ValueError("no layers given")
-    return sorted(set(out))
-
-
 def _token_lengths(model: Any, texts: Sequence[str]) -> list[int]:
     """Number of tokens of each text as `Model.tokenize` makes them (special tokens included)."""
     if not texts:
@@ -184,8 +169,8 @@ def lape_entropy(p_act: torch.Tensor) -> torch.Tensor:
 
 
 # -- results -----------------------------------------------------------------------------------
-@dataclass
-class ContrastiveResult:
+@dataclass(eq=False)
+class ContrastiveResult(Showable):
     """Per set and MLP neuron: activation probabilities, AUROC, permutation p-values, LAPE entropy.
 
     Arrays are indexed ``[set, layer index, unit]`` following ``sets`` and ``layers``
@@ -355,7 +340,7 @@ def contrastive_neurons(model: Any, sets: Mapping[str, Sequence[str]], layers: I
     threshold = float(threshold)
     if math.isnan(threshold):
         raise ValueError("threshold is NaN")
-    Ls = _check_layers(model.arch, layers)
+    Ls = model.arch.layer_list(layers)
     lengths = _token_lengths(model, texts)
     counted = [L - int(skip_first) for L in lengths]
     for t, c in enumerate(counted):

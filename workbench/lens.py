@@ -171,20 +171,6 @@ def target_ids(model: Any, targets: Iterable[str | int] | None) -> tuple[list[st
     return names, ids
 
 
-def _norm_layers(arch: ArchMap, layers: Iterable[int] | None) -> list[int]:
-    if layers is None:
-        return list(range(arch.n_layers))
-    out = []
-    for L in layers:
-        if isinstance(L, bool) or not isinstance(L, int):
-            raise TypeError(f"layers are integers, not {L!r}")
-        arch.check_layer(L)
-        out.append(L)
-    if not out:
-        raise ValueError("no layers given")
-    return sorted(set(out))
-
-
 def _norm_positions(n: int, positions: Iterable[int] | None) -> list[int]:
     if positions is None:
         return list(range(n))
@@ -276,7 +262,7 @@ def _lens(model: Any, prompt: str, kind: str, *, targets: Sequence[str | int] | 
     if not 1 <= top_k <= arch.vocab:
         raise ValueError(f"top_k must be between 1 and the vocabulary size {arch.vocab}, not {top_k}")
     names, tids = target_ids(model, targets)
-    Ls = _norm_layers(arch, layers)
+    Ls = arch.layer_list(layers)
     batch = model.tokenize(prompt)
     tokens = [t.text for t in batch.tokens[0]]
     Ps = _norm_positions(len(tokens), positions)

@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from .contrastive import _batches, _check_layers, _progress, _run_reduced, _valid_mask
+from .contrastive import _batches, _progress, _run_reduced, _valid_mask
+from .viewers import Showable
 
 __all__ = ["ProbeResult", "fit_logistic", "sparse_probe"]
 
@@ -93,8 +94,8 @@ def _scores(pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 
 
 # -- results ----------------------------------------------------------------------------------
-@dataclass
-class ProbeResult:
+@dataclass(eq=False)
+class ProbeResult(Showable):
     """Sparse probes on the top-``k`` neurons for each ``k`` in ``ks``.
 
     ``selected[k]``: the ``(layer, unit)`` pairs of the probe, best-ranked first.
@@ -278,7 +279,7 @@ def sparse_probe(model: Any, texts: Sequence[str], labels: Any, ks: Iterable[int
         if not t:
             raise ValueError(f"text {i} is empty")
     ks = _check_ks(ks)
-    Ls = _check_layers(model.arch, layers)
+    Ls = model.arch.layer_list(layers)
     nL, d = len(Ls), model.arch.d_mlp
     K = max(ks)
     if K > nL * d:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -72,6 +71,7 @@ from .activations import ActivationBuffer, ActivationStream, _prefix_ids, parse_
 from .arch import Site
 from .corpus import Fingerprint
 from .dictionary import Dictionary
+from .fileio import atomic_json, atomic_tensors
 
 FORMAT = "workbench-sae-train"
 VERSION = 1
@@ -416,23 +416,6 @@ class TopKTrainer:
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
 def _load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     from safetensors import safe_open
 
@@ -479,8 +462,8 @@ class _Checkpoint:
     def write(self, info: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         name = f"state-{int(info['step']):08d}.safetensors"
-        _atomic_tensors(self.path / name, tensors, {"step": str(info["step"]), "format": FORMAT})
-        _atomic_json(self.path / STATE_JSON, {**info, "format": FORMAT, "version": VERSION, "state": name})
+        atomic_tensors(self.path / name, tensors, {"step": str(info["step"]), "format": FORMAT})
+        atomic_json(self.path / STATE_JSON, {**info, "format": FORMAT, "version": VERSION, "state": name})
         for old in self.path.glob("state-*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -586,7 +569,7 @@ def _collect_cached(model: Any, sites: list[str], corpus: Any, ck: _Checkpoint |
         cols = tuple(torch.cat([h[i] for h in have]) for i in range(len(sites)))
         if path is not None:
             ck.path.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            _atomic_tensors(path, {f"x{i}": c for i, c in enumerate(cols)},
+            atomic_tensors(path, {f"x{i}": c for i, c in enumerate(cols)},
                             {"signature": sig_json, "complete": "1" if complete else "0",
                              "windows": str(stream.windows), "fingerprint": stream.fingerprint.hexdigest()})
         return cols

@@ -35,6 +35,7 @@ import torch
 
 from .arch import Site
 from .corpus import Fingerprint, corpus_name, iter_texts
+from .fileio import atomic_json, atomic_tensors
 from .store import (
     FORMAT,
     HIST,
@@ -43,8 +44,6 @@ from .store import (
     Sample,
     ScanStore,
     StoreError,
-    atomic_json,
-    atomic_tensors,
     window_priority,
 )
 

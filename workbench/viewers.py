@@ -16,7 +16,7 @@ _LOADED = False
 
 
 def register_viewer(result_type: type, viewer: Callable[..., Any]) -> None:
-    """Make ``result.show(**kw)`` call ``viewer(result, **kw)`` for results of this type."""
+    """Make ``result.show(*a, **kw)`` call ``viewer(result, *a, **kw)`` for results of this type."""
     _VIEWERS[result_type] = viewer
 
 
@@ -44,5 +44,5 @@ def viewer_for(result: Any) -> Callable[..., Any]:
 class Showable:
     """Mixin: ``.show()`` opens the widget registered for this result type."""
 
-    def show(self, **kwargs: Any) -> Any:
-        return viewer_for(self)(self, **kwargs)
+    def show(self, *args: Any, **kwargs: Any) -> Any:
+        return viewer_for(self)(self, *args, **kwargs)

@@ -36,6 +36,12 @@ interface Row {
   step: number;
 }
 
+/** The site of a direction steered elsewhere than resid_post.<layer> (dictionary features). */
+function siteOf(d: Direction): string | undefined {
+  const site = (d as Direction & { site?: unknown }).site;
+  return typeof site === "string" && site ? site : undefined;
+}
+
 function directionsOf(model: AnyModel): Direction[] {
   return ((model.get("directions") ?? []) as Direction[]).map((d) => ({ ...d }));
 }
@@ -103,7 +109,7 @@ export default {
           formatStrength(local[d.name] ?? d.strength, step));
         const row = el("div", { class: "iw-steer-row", "data-testid": "direction-row", "data-direction": String(i) },
           el("span", { class: "iw-steer-name", "data-testid": "direction-name", title: d.name }, d.name),
-          el("span", { class: "iw-steer-layer", "data-testid": "direction-layer" }, `L${d.layer} · ${d.kind}`),
+          el("span", { class: "iw-steer-layer", "data-testid": "direction-layer" }, `${siteOf(d) ?? `L${d.layer}`} · ${d.kind}`),
           slider, readout);
         const r: Row = { dir: d, slider, readout, step };
         slider.addEventListener("input", () => {
@@ -210,7 +216,9 @@ export default {
     // -- kernel-side changes ----------------------------------------------------------
     const onDirections = () => {
       const incoming = directionsOf(model);
-      const { rebuild, changed } = diffDirections(shown, incoming, local);
+      const diff = diffDirections(shown, incoming, local);
+      const changed = diff.changed;
+      const rebuild = diff.rebuild || shown.map(siteOf).join("|") !== incoming.map(siteOf).join("|");
       for (const d of incoming) if (changed.includes(d.name) || !(d.name in local)) local[d.name] = d.strength;
       for (const name of Object.keys(local)) if (!incoming.some((d) => d.name === name)) delete local[name];
       if (rebuild) buildRows(incoming);
