@@ -39,3 +39,10 @@ bench:
 	$(VPY) benchmarks/bench_attention.py
 	$(VPY) benchmarks/bench_lens.py
 	$(VPY) benchmarks/bench_patching.py
+	$(VPY) benchmarks/bench_scan.py
+	$(VPY) benchmarks/bench_weights.py
+	$(VPY) benchmarks/bench_contrastive.py
+	$(VPY) benchmarks/bench_sae_train.py
+	$(VPY) benchmarks/bench_sae_splice.py
+	$(VPY) benchmarks/bench_sae_quality.py
+	$(VPY) benchmarks/bench_llm.py

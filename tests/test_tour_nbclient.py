@@ -53,3 +53,14 @@ def test_causal_example_executes_without_errors(tmp_path: Path) -> None:
     assert code and all(c.execution_count for c in code), "a code cell did not run"
     text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for c in code for o in c.outputs)
     assert "Paris" in text and "AblationResult" in text
+
+
+def test_neurons_example_executes_without_errors(tmp_path: Path) -> None:
+    run_notebook = _runner()
+    nb = run_notebook.execute(REPO / "examples" / "03_neurons.ipynb", timeout=1200, cwd=tmp_path)
+    assert run_notebook.error_outputs(nb) == []
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count for c in code), "a code cell did not run"
+    text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for c in code for o in c.outputs)
+    assert "ScanStore" in text and "complete" in text
+    assert (tmp_path / "scans" / "03-smol-pydoc" / "meta.json").exists()
