@@ -4,6 +4,7 @@
     from widgets import NeuronDashboard, FeatureList, FeatureDashboard
 """
 
+from .agent import AgentTranscript
 from .attention import AttentionHeads
 from .features import FeatureDashboard, FeatureList
 from .lens import LogitLens
@@ -12,7 +13,7 @@ from .neurons import NeuronHeatmap
 from .patching import PatchingHeatmap
 from .steering import SteeringPanel
 
-__all__ = ["AttentionHeads", "FeatureDashboard", "FeatureList", "LogitLens", "NeuronDashboard", "NeuronHeatmap",
+__all__ = ["AgentTranscript", "AttentionHeads", "FeatureDashboard", "FeatureList", "LogitLens", "NeuronDashboard", "NeuronHeatmap",
            "PatchingHeatmap", "SteeringPanel", "register_viewers"]
 
 

@@ -8,7 +8,9 @@
 """
 
 from .activations import ActivationBuffer, collect_activations
+from .agent import Agent, AgentResult
 from .arch import SITE_NAMES, ArchMap, Site
+from .autointerp import Explanation, ExplanationStore, Score, explain, explain_units, score
 from .contrastive import ContrastiveResult, contrastive_neurons
 from .corpus import default_corpus, iter_texts
 from .dict_formats import load_dictionary, save_saelens
@@ -26,6 +28,7 @@ from .features import (
     steer_feature,
     zero_features,
 )
+from .hypotheses import Hypothesis, HypothesisResult, test_hypothesis
 from .lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
 from .llm import ChatClient, ChatResponse, LLMError, LocalChatClient, OpenAIClient, llm_client
 from .loading import ModelLoadError, load
@@ -75,5 +78,7 @@ __all__ = [
     "DictionaryEval", "evaluate_dictionary", "ActivationBuffer", "collect_activations", "NMFResult", "semi_nmf",
     "TrainerConfig", "TrainingCancelled", "train_sae", "NeuronWeights", "NeuronWeightsFileError", "neuron_weights",
     "ChatClient", "ChatResponse", "LLMError", "LocalChatClient", "OpenAIClient", "llm_client",
+    "Agent", "AgentResult", "Explanation", "ExplanationStore", "Score", "explain", "explain_units", "score",
+    "Hypothesis", "HypothesisResult", "test_hypothesis",
 ]
 __version__ = "0.1.0"
