@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - the browser fixture skips
     sync_api = None
 
 EXAMPLES = REPO / "examples"
-BUNDLES = ("attention", "neurons", "steering", "lens", "patching", "neuron-dashboard", "feature-list", "feature-dashboard")
+BUNDLES = ("attention", "neurons", "steering", "lens", "patching", "neuron-dashboard", "feature-list", "feature-dashboard", "agent")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
