@@ -331,3 +331,23 @@ def test_features_and_residual_keys(llama: wb.Model, tmp_path: Any) -> None:
     r = NeuronDashboard(ScanStore.open(st.path, llama), site="toy", unit=1).call("neuron")
     assert "transform" in r["exemplar_error"] and r["exemplars"] == []
     assert r["stats"]["count"] == st.unit_stats("toy", 1)["count"]
+
+
+def test_explanations_from_the_store_are_shown_best_first(llama: wb.Model, tmp_path: Any) -> None:
+    from workbench.autointerp import Explanation, ExplanationStore, Score
+
+    st = wb.scan(llama, CORPUS, tmp_path / "s", **SCAN)
+    d = NeuronDashboard(st, layer=1, unit=3)
+    assert d.summary("neurons.1", 1, 3)["explanations"] == []
+    ex = ExplanationStore.for_store(st)
+    ex.add(Explanation(("neurons.1", 3), "weak <img src=x onerror=alert(1)>", "openai",
+                       {"detection": Score("detection", 0.55, 0.4, 0.7, 20)}), save=False)
+    ex.add(Explanation(("neurons.1", 3), "strong", "delphi", {"detection": Score("detection", 0.9, 0.8, 0.97, 20)}),
+           save=False)
+    ex.add(Explanation(("neurons.1", 4), "another unit", "openai"), save=False)
+    ex.save()
+    got = d.summary("neurons.1", 1, 3)["explanations"]
+    assert [e["text"] for e in got] == ["strong", "weak <img src=x onerror=alert(1)>"]
+    assert got[0]["scores"]["detection"] == {"value": 0.9, "lo": 0.8, "hi": 0.97}
+    (tmp_path / "s" / "explanations.json").write_text("{broken")
+    assert "cannot be read" in d.summary("neurons.1", 1, 3)["explanations"][0]["text"]

@@ -370,7 +370,25 @@ class NeuronDashboard(WorkbenchWidget):
             "hist": {"edges": np.asarray(edges, dtype=np.float64), "counts": np.asarray(counts, dtype=np.float64),
                      "center": self.store.bins.center},
             "info": info,
+            "explanations": self.explanations(key, unit),
         }
+
+    def explanations(self, key: str, unit: int) -> list[dict[str, Any]]:
+        """Explanations of this unit in the store's ``explanations.json`` (`workbench.explain`), best first."""
+        path = self.store.path / "explanations.json"
+        if not path.exists():
+            return []
+        from workbench.autointerp import ExplanationStore
+
+        try:
+            found = ExplanationStore(path).get(key, unit)
+        except Exception as exc:  # a corrupt file: say so in the panel, keep the rest working
+            return [{"text": f"(explanations.json cannot be read: {exc})", "method": "error", "scores": {}}]
+        out = [{"text": e.text, "method": e.method, "client": e.client,
+                "scores": {k: {"value": _num(sc.value), "lo": _num(sc.lo), "hi": _num(sc.hi)} for k, sc in e.score.items()}}
+               for e in found]
+        best = [max((v["value"] for v in o["scores"].values() if v["value"] is not None), default=-1.0) for o in out]
+        return [o for _, o in sorted(zip(best, out, strict=True), key=lambda t: -t[0])]
 
     @rpc(background=True)
     def rpc_neuron(self, layer: Any = None, unit: Any = None, site: str | None = None,

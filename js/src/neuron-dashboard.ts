@@ -27,6 +27,8 @@ interface NeuronReply {
   hist: { edges: NDArray; counts: NDArray; center: number };
   info: null | { error?: string; io_class?: string; vocab_class?: string; io_cos?: number | null;
     vocab_skew?: number | null; vocab_kurtosis?: number | null; promoted?: TokenScore[]; suppressed?: TokenScore[] };
+  explanations?: { text: string; method: string; client?: string;
+    scores: Record<string, { value: number | null; lo: number | null; hi: number | null }> }[];
   exemplars?: ExemplarReply[];
   quantiles?: GroupReply[];
   exemplar_error?: string;
@@ -110,7 +112,9 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const classBox = el("div", { class: "nd-class", "data-role": "class" });
   const promotedBox = el("div", { "data-role": "promoted" });
   const suppressedBox = el("div", { "data-role": "suppressed" });
+  const explBox = el("div", { "data-role": "explanations" });
   const right = el("div", { class: "nd-right" },
+    el("h4", {}, "Explanations"), explBox,
     el("h4", {}, "Activation histogram (log counts, signed log bins)"), histBox,
     el("h4", {}, "Statistics"), statsBox, el("h4", {}, "Weights"), classBox,
     el("div", { class: "nd-tokens" }, promotedBox, suppressedBox));
@@ -257,6 +261,20 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       el("thead", {}, el("tr", {}, el("th", {}, heading), el("th", {}, "score"))), el("tbody", {}, ...trs));
   }
 
+  function renderExplanations(r: NeuronReply): void {
+    const list = r.explanations ?? [];
+    if (list.length === 0) {
+      explBox.replaceChildren(el("div", { class: "iw-status" }, "none yet: wb.explain(store, site, unit) adds them"));
+      return;
+    }
+    explBox.replaceChildren(...list.map((e) => {
+      const scores = Object.entries(e.scores).map(([k, v]) =>
+        `${k} ${v.value == null ? "–" : fmt(v.value, 2)}` + (v.lo == null || v.hi == null ? "" : ` [${fmt(v.lo, 2)}, ${fmt(v.hi, 2)}]`));
+      return el("div", { class: "nd-expl", "data-role": "explanation" }, el("b", {}, e.text),
+        el("span", { class: "iw-status" }, ` (${e.method}${scores.length ? "; " + scores.join(", ") : ""})`));
+    }));
+  }
+
   function renderInfo(r: NeuronReply): void {
     const info = r.info;
     promotedBox.replaceChildren();
@@ -290,6 +308,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     renderHist(r);
     renderStats(r);
     renderInfo(r);
+    renderExplanations(r);
     if (changed) {
       topBox.replaceChildren(el("div", { class: "iw-status" }, "rerunning the top windows…"));
       quantBox.replaceChildren();
