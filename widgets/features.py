@@ -247,18 +247,14 @@ class FeatureFacts:
 
     # -- directions and the unembedding ------------------------------------------------------
     def _prep_unembed(self) -> dict[str, Any]:
-        from workbench.weights import final_norm_fold
+        from workbench.weights import final_norm_fold, unembedding_weight
 
         with self._lock:
             if self._unembed is None:
                 hf, arch = self.model.hf, self.model.arch
-                W_U = getattr(_get(hf, arch.unembed), "weight", None)
-                if not isinstance(W_U, torch.Tensor) or W_U.dim() != 2 or W_U.shape[1] != arch.d_model:
-                    raise NotImplementedError(f"the unembedding {arch.unembed!r} has no [vocab, d_model] weight")
-                if W_U.device.type == "meta":
-                    raise ValueError("the unembedding has no weights in memory (meta device): load the model locally")
+                W_U = unembedding_weight(hf, arch)
                 gain, center, _ = final_norm_fold(hf, arch)
-                self._unembed = {"U": W_U.detach().float().cpu(), "g": gain.float().cpu(), "center": center}
+                self._unembed = {"U": W_U.float().cpu(), "g": gain.float().cpu(), "center": center}
             return self._unembed
 
     def _write_map(self) -> torch.Tensor | None:

@@ -67,16 +67,12 @@ class NeuronVocab:
         self._lock = threading.Lock()
 
     def _prepare(self) -> dict[str, Any]:
-        from workbench.weights import _get, _layout, final_norm_fold
+        from workbench.weights import _layout, final_norm_fold, unembedding_weight
 
         with self._lock:
             if self._prep is None:
                 hf, arch = self.model.hf, self.model.arch
-                W_U = getattr(_get(hf, arch.unembed), "weight", None)
-                if not isinstance(W_U, torch.Tensor) or W_U.dim() != 2 or W_U.shape[1] != arch.d_model:
-                    raise NotImplementedError(f"the unembedding {arch.unembed!r} has no [vocab, d_model] weight")
-                if W_U.device.type == "meta":
-                    raise ValueError("the unembedding has no weights in memory (meta device): load the model locally")
+                W_U = unembedding_weight(hf, arch)
                 gain, center, _ = final_norm_fold(hf, arch)
                 with torch.inference_mode():
                     U = W_U.detach().float()

@@ -215,6 +215,16 @@ def _layer_vectors(hf: Any, arch: ArchMap, lay: _Layout, L: int) -> tuple[torch.
     return gate, _rows(_get(layer, lay.up), f"layer {L} {lay.up}", n, d, out=False), w_out
 
 
+def unembedding_weight(hf: Any, arch: ArchMap) -> torch.Tensor:
+    """The unembedding matrix ``[vocab, d_model]`` (detached), or a clear error (missing / meta weights)."""
+    W_U = getattr(_get(hf, arch.unembed), "weight", None)
+    if not isinstance(W_U, torch.Tensor) or W_U.dim() != 2 or W_U.shape[1] != arch.d_model:
+        raise NotImplementedError(f"the unembedding {arch.unembed!r} has no [vocab, d_model] weight")
+    if W_U.device.type == "meta":
+        raise ValueError("the unembedding has no weights in memory (meta device): load the model locally")
+    return W_U.detach()
+
+
 def final_norm_fold(hf: Any, arch: ArchMap) -> tuple[torch.Tensor, bool, str]:
     """The final norm's gain ``g`` (float32 [d]), whether it centres (LayerNorm), and its kind.
 
@@ -726,20 +736,7 @@ def neuron_weights(model: Any, k: int = 10, layers: Iterable[int] | int | None =
         raise TypeError(f"dtype must be a floating torch dtype, not {dtype!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, not {chunk_size!r}")
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    if layers is None:
-        Ls = list(range(arch.n_layers))
-    else:
-        Ls = []
-        for L in layers:
-            if isinstance(L, bool) or not isinstance(L, int):
-                raise TypeError(f"layers are integers, not {L!r}")
-            arch.check_layer(L)
-            Ls.append(L)
-        if not Ls:
-            raise ValueError("no layers given")
-        Ls = sorted(set(Ls))
+    Ls = arch.layer_list(layers)
     lay = _layout(hf, arch)
     gain, center, norm_kind = final_norm_fold(hf, arch)
     unembed = _get(hf, arch.unembed)
@@ -812,5 +809,5 @@ def neuron_weights(model: Any, k: int = 10, layers: Iterable[int] | int | None =
     )
 
 
-__all__ = ["NeuronWeights", "NeuronWeightsFileError", "neuron_weights", "final_norm_fold", "io_classes", "vocab_classes",
+__all__ = ["NeuronWeights", "NeuronWeightsFileError", "neuron_weights", "final_norm_fold", "unembedding_weight", "io_classes", "vocab_classes",
            "IO_CLASSES", "VOCAB_CLASSES"]

@@ -157,25 +157,4 @@ export function toolLabel(tool: string): string {
 
 // -- the tint ------------------------------------------------------------------------------------
 
-const POS: [number, number, number] = [245, 130, 32]; // orange: positive activations
-const NEG: [number, number, number] = [60, 120, 230]; // blue: negative activations
-
-/** Signed intensity in [-1, 1] of an activation under a scale (0 for non-finite values). */
-export function actLevel(a: number, scale: number): number {
-  if (!Number.isFinite(a) || !(scale > 0)) return 0;
-  return Math.max(-1, Math.min(1, a / scale));
-}
-
-/** Background of a token: white at 0, orange for positive, blue for negative activations. */
-export function actColor(a: number, scale: number): string {
-  const t = actLevel(a, scale);
-  const c = t >= 0 ? POS : NEG;
-  const u = Math.abs(t);
-  const mix = (i: number) => Math.round(255 + (c[i] - 255) * u);
-  return `rgb(${mix(0)},${mix(1)},${mix(2)})`;
-}
-
-/** Token text colour on its tint (white on strong tints). */
-export function actTextColor(a: number, scale: number): string {
-  return Math.abs(actLevel(a, scale)) > 0.75 ? "#fff" : "#111";
-}
+export { actColor, actLevel, actTextColor } from "./neuron-dashboard-logic";
