@@ -210,6 +210,8 @@ def test_parsers_accept_the_format_and_reject_the_rest():
     assert A.parse_openai_explanation("The main thing this neuron does is find commas.") == "commas"
     with pytest.raises(ValueError, match="empty"):
         A.parse_openai_explanation("  \n ")
+    with pytest.raises(ValueError, match="repeats the activation format"):
+        A.parse_openai_explanation("<start>\nthe\t3")
     assert A.parse_delphi_explanation("Step 1...\n[EXPLANATION]: Articles before nouns.\n") == "Articles before nouns"
     assert A.parse_delphi_explanation("[explanation]: a\n[EXPLANATION]: b.") == "b"
     assert A.parse_delphi_explanation("Numbers in dates.") == "Numbers in dates"  # a bare one-line answer

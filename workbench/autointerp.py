@@ -464,6 +464,8 @@ def parse_openai_explanation(text: str) -> str:
         raise ValueError("the reply is empty: write the explanation as one sentence")
     if len(line) > 300:
         raise ValueError("the explanation is longer than 300 characters: write one short sentence")
+    if line.lower() in ("<start>", "<end>", "unknown") or "\t" in line:
+        raise ValueError(f"{line[:40]!r} repeats the activation format: write what the neuron looks for in words")
     return line
 
 
