@@ -384,3 +384,29 @@ def test_terminal_scan_survives_a_real_ctrl_c(tiny, tmp_path):
     assert resumed.complete and resumed.n_windows == ref.n_windows
     for name, t in state_tensors(ref).items():
         assert torch.equal(state_tensors(resumed)[name], t), name
+
+
+def test_ctrl_c_held_during_a_merge_counts_the_batch_once(model, whole, tmp_path, monkeypatch):
+    """A Ctrl-C that arrives while a batch is merged surfaces after the merge: the cursor moved with it."""
+    import contextlib
+    import sys
+
+    scan_mod = sys.modules["workbench.scan"]  # the module (wb.scan is the function)
+
+    calls = {"n": 0}
+
+    @contextlib.contextmanager
+    def interrupt_after_fifth():
+        calls["n"] += 1
+        yield
+        if calls["n"] == 5:  # as _deferred_interrupt does when SIGINT came in during the block
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_mod, "_deferred_interrupt", interrupt_after_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        do_scan(model, tmp_path / "k", checkpoint_every=1000)
+    monkeypatch.undo()
+    resumed = do_scan(model, tmp_path / "k")
+    assert resumed.n_windows == whole.n_windows and resumed.n_tokens == whole.n_tokens
+    for name, t in state_tensors(whole).items():
+        assert torch.equal(state_tensors(resumed)[name], t), name

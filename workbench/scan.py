@@ -205,8 +205,11 @@ class _Scan:
         self.pending: list[Window] = []
         self.step = int(meta.get("step", 0))
 
-    def run_batch(self, windows: list[Window]) -> int:
-        """Run one batch and merge it into the state; returns the tokens counted."""
+    def run_batch(self, windows: list[Window], fingerprint: str) -> int:
+        """Run one batch and merge it into the state; returns the tokens counted.
+
+        The merge and the cursor move together while Ctrl-C is held, so a checkpoint written
+        on an interrupt never counts a batch twice or skips one."""
         model, meta = self.model, self.meta
         batch = model.batch_from_ids([w.ids for w in windows])
         mask = batch.attention_mask.bool()
@@ -257,10 +260,16 @@ class _Scan:
             self.pending += windows
             meta["n_tokens"] += n
             meta["n_windows"] += len(windows)
+            meta["cursor"] = windows[-1].id + 1
+            meta["fingerprint"] = fingerprint
         return n
 
     def checkpoint(self) -> None:
         """Write the windows since the last checkpoint and the state; meta.json commits both."""
+        with _deferred_interrupt():
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
         meta = self.meta
         if self.pending:
             W = int(meta["window"])
@@ -388,9 +397,7 @@ def scan(model: Any, corpus: Any = None, path: str | Path | None = None, *, site
 
     def flush() -> None:
         nonlocal since, batch
-        n = job.run_batch(batch)
-        meta["cursor"] = batch[-1].id + 1
-        meta["fingerprint"] = fp.hexdigest()
+        n = job.run_batch(batch, fp.hexdigest())
         bar.update(n)
         bar.set_postfix(windows=meta["n_windows"], refresh=False)
         since += len(batch)
