@@ -17,7 +17,7 @@ import torch
 from _common import interleaved, report
 
 import workbench as wb
-from workbench.contrastive import _batches, _token_lengths, auroc_and_pvalues, contrastive_neurons
+from workbench.neurons.contrastive import _batches, _token_lengths, auroc_and_pvalues, contrastive_neurons
 
 
 def texts(n: int = 64) -> tuple[list[str], list[str]]:

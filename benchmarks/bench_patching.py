@@ -22,7 +22,7 @@ import time
 import torch
 
 import workbench as wb
-from workbench.patching import activation_patching, attribution_patching
+from workbench.causal.patching import activation_patching, attribution_patching
 
 CLEAN = "When we visited France we learned the Eiffel Tower is located in the city of"
 CORRUPT = "When we visited France we learned the Colosseum is located in the city of"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import workbench as wb
-from workbench.sae_train import train_sae
+from workbench.dictionaries.train import train_sae
 
 
 def main() -> None:

@@ -16,9 +16,9 @@ import torch
 from _common import interleaved, report
 
 import workbench as wb
-from workbench.activations import token_windows
-from workbench.dictionary import Dictionary
-from workbench.features import FeatureEdit, Splice
+from workbench.core.activations import token_windows
+from workbench.dictionaries.dictionary import Dictionary
+from workbench.dictionaries.features import FeatureEdit, Splice
 
 LAYER = 9
 

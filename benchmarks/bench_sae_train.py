@@ -29,7 +29,7 @@ def cached_activations(n_tokens: int, random: bool) -> torch.Tensor:
     if path.exists():
         return load_file(str(path))["x"]
     import workbench as wb
-    from workbench.activations import collect_activations
+    from workbench.core.activations import collect_activations
 
     model = wb.load(progress=False)
     t = time.perf_counter()
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from workbench.sae_train import train_sae
+    from workbench.dictionaries.train import train_sae
 
     X = cached_activations(args.tokens, args.random)
     B, n, k = 4096, 4608, 32

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import workbench as wb
-from workbench.scan import iter_windows
+from workbench.neurons.scan import iter_windows
 
 
 def rss_mb() -> float:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 import workbench as wb
-from workbench.weights import neuron_weights
+from workbench.neurons.weights import neuron_weights
 
 
 def interleaved_both(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, tuple[float, float]]:

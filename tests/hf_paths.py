@@ -1,4 +1,4 @@
-"""Where things live in each Hugging Face family, written out independently of workbench.arch.
+"""Where things live in each Hugging Face family, written out independently of workbench.core.arch.
 
 The hand-written references in the tests hook these modules directly.
 """

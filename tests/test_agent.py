@@ -19,10 +19,10 @@ import torch
 
 import workbench as wb
 from workbench import agent as A
-from workbench.autointerp import DETECTION_SYSTEM
-from workbench.corpus import default_corpus
-from workbench.dictionary import Dictionary
-from workbench.llm import REASK, ChatClient, ChatResponse
+from workbench.autointerp.explain import DETECTION_SYSTEM
+from workbench.core.corpus import default_corpus
+from workbench.dictionaries.dictionary import Dictionary
+from workbench.llm.client import REASK, ChatClient, ChatResponse
 
 CORPUS = default_corpus(max_passages=12)
 SCAN = {"k": 4, "window": 12, "batch_size": 3, "sample": 8, "progress": False}
@@ -447,7 +447,7 @@ def test_construction_errors(model, store):
 
 
 def test_the_chat_client_failing_is_an_error_step(model, store):
-    from workbench.llm import LLMError
+    from workbench.llm.client import LLMError
 
     class Down(ChatClient):
         kind = "down"
@@ -464,7 +464,7 @@ def test_the_chat_client_failing_is_an_error_step(model, store):
 def test_embedded_smollm2_runs_the_loop_and_replays(tmp_path):
     """SmolLM2-135M as subject and agent, greedy: the loop finishes (a final or a clean forced answer)
     and the transcript replays exactly. The small model's science is not judged here."""
-    from workbench.llm import LocalChatClient
+    from workbench.llm.client import LocalChatClient
 
     model = wb.load(progress=False)
     store = wb.scan(model, default_corpus(max_passages=20), tmp_path / "s", sites=["neurons.3"], k=6, window=24,

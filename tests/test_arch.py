@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hf_paths import PATHS
 
 import workbench as wb
-from workbench.arch import GLOBAL_SITES, LAYER_SITES, ArchMap, Site, infer_arch
+from workbench.core.arch import GLOBAL_SITES, LAYER_SITES, ArchMap, Site, infer_arch
 
 PROMPTS = ["The quick brown fox jumps over", "Hello, world", "A"]
 
@@ -350,7 +350,7 @@ def test_explicit_arch_map_for_renamed_model(tiny):
     arch = ArchMap("custom", "body.blocks", "body.tok", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj",
                    "body.ln", "head")
     # Without an HF forward the model cannot run, but the map must resolve and fill its sizes.
-    from workbench.arch import fill_dims
+    from workbench.core.arch import fill_dims
 
     fill_dims(arch, renamed)
     assert (arch.n_layers, arch.n_heads, arch.d_model, arch.d_head, arch.d_mlp, arch.vocab) == (2, 4, 48, 12, 96, 512)

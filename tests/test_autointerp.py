@@ -14,8 +14,8 @@ import torch
 
 import workbench as wb
 from workbench import autointerp as A
-from workbench.autointerp import ExplanationStore, ExplanationStoreError, Record
-from workbench.llm import REASK, ChatClient, ChatResponse, LLMError
+from workbench.autointerp.explain import ExplanationStore, ExplanationStoreError, Record
+from workbench.llm.client import REASK, ChatClient, ChatResponse, LLMError
 from workbench.testing import tiny_model
 
 TOKEN, UNIT, SITE = " the", 5, "neurons.0"
@@ -588,7 +588,7 @@ def test_any_store_key_a_feature_through_an_encoder(planted, tmp_path):
 @pytest.mark.embedded
 def test_embedded_smollm2_explains_and_scores_its_own_neuron(tmp_path):
     """End to end with the embedded SmolLM2 as both the subject and the explainer (greedy)."""
-    from workbench.llm import LocalChatClient
+    from workbench.llm.client import LocalChatClient
 
     model = wb.load(progress=False)
     store = wb.scan(model, wb.default_corpus(max_passages=40), tmp_path / "s", sites=["neurons.3"], k=8, window=32,

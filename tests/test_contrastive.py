@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.contrastive import (
+from workbench.neurons.contrastive import (
     ContrastiveResult,
     average_ranks,
     contrastive_neurons,
@@ -202,7 +202,7 @@ def test_average_ranks_with_ties():
 
 def test_statistics_in_chunks_equal_one_pass(monkeypatch):
     """Synthetic per-text values with many ties, 3 sets: unit chunks give the same numbers."""
-    import workbench.contrastive as c
+    import workbench.neurons.contrastive as c
 
     g = torch.Generator().manual_seed(1)
     N, nL, d = 30, 2, 50

@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from workbench.dict_formats import hook_to_site, load_dictionary, save_saelens, site_to_hook
-from workbench.dictionary import Dictionary, DictionaryError, DictionaryWarning
+from workbench.dictionaries.formats import hook_to_site, load_dictionary, save_saelens, site_to_hook
+from workbench.dictionaries.dictionary import Dictionary, DictionaryError, DictionaryWarning
 
 try:  # the real dictionary_learning library, as the reference writer when installed
     from dictionary_learning.dictionary import AutoEncoder, GatedAutoEncoder, JumpReluAutoEncoder

@@ -16,9 +16,9 @@ import torch
 from hf_paths import PATHS
 
 import workbench as wb
-from workbench.arch import Site
-from workbench.dictionary import Dictionary, DictionaryError
-from workbench.features import (
+from workbench.core.arch import Site
+from workbench.dictionaries.dictionary import Dictionary, DictionaryError
+from workbench.dictionaries.features import (
     FeatureEdit,
     Splice,
     add_features,
@@ -33,7 +33,7 @@ from workbench.features import (
     unregister_dictionary,
     zero_features,
 )
-from workbench.nmf import semi_nmf
+from workbench.dictionaries.nmf import semi_nmf
 
 TARGET = "The cat sat on the mat"   # 9 tokens
 OTHER = "Paris is the capital of France"
@@ -566,6 +566,6 @@ def test_describe_and_kinds(tiny):
     s = scale_features(d, [1, 2], 3.0)
     assert "scale features [1,2]" in s.describe() and s.dictionary in s.describe()
     assert "splice" in Splice(d).describe()
-    from workbench.specs import SPEC_KINDS, spec_kinds
+    from workbench.core.specs import SPEC_KINDS, spec_kinds
 
     assert {"feature_edit", "splice"} <= set(spec_kinds()) and "feature_edit" not in SPEC_KINDS

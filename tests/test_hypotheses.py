@@ -14,7 +14,7 @@ import torch
 
 import workbench as wb
 from workbench import hypotheses as H
-from workbench.hypotheses import Hypothesis, wilson_interval
+from workbench.neurons.hypotheses import Hypothesis, wilson_interval
 from workbench.testing import tiny_model
 
 matplotlib.use("Agg")

@@ -9,7 +9,7 @@ import torch
 from hf_paths import PATHS
 
 import workbench as wb
-from workbench.lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
+from workbench.causal.lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
 

@@ -1,4 +1,4 @@
-"""workbench.llm: the OpenAI-compatible HTTP client against real loopback servers, the local
+"""workbench.llm.client: the OpenAI-compatible HTTP client against real loopback servers, the local
 in-process back end, the response cache, and the parsing helpers."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import torch
 from llm_server import ChatServer, Reply, echo_backend, local_backend
 
-from workbench.llm import (
+from workbench.llm.client import (
     ChatClient,
     ChatResponse,
     LLMError,
@@ -163,9 +163,9 @@ _WRITER = textwrap.dedent("""
 
 def test_cache_is_safe_across_processes_and_threads(tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite"
-    import workbench.llm
+    import workbench.llm.client
 
-    src = workbench.llm.__file__
+    src = workbench.llm.client.__file__
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), f"p{j}", src]) for j in range(2)]
     cache = ResponseCache(path)
     errors: list[BaseException] = []
@@ -373,7 +373,7 @@ def test_key_absent_from_an_executed_notebook(tmp_path: Path) -> None:
     with ChatServer(echo_backend, script=[Reply(401, err)]) as srv:
         nb = nbformat.v4.new_notebook()
         nb.cells = [
-            nbformat.v4.new_code_cell("%xmode Verbose\nfrom workbench.llm import llm_client\n"
+            nbformat.v4.new_code_cell("%xmode Verbose\nfrom workbench.llm.client import llm_client\n"
                                       f"c = llm_client('openai:test-model@{srv.url}', cache=None, max_retries=0)\nc"),
             nbformat.v4.new_code_cell("c.chat([{'role': 'user', 'content': 'hi'}])"),
             nbformat.v4.new_code_cell("c.chat([{'role': 'user', 'content': 'hi'}]).text"),

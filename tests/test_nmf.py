@@ -1,4 +1,4 @@
-"""Semi-NMF of MLP activations (workbench.nmf)."""
+"""Semi-NMF of MLP activations (workbench.dictionaries.nmf)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from workbench.corpus import default_corpus
-from workbench.dictionary import Dictionary
-from workbench.nmf import NMFResult, semi_nmf
+from workbench.core.corpus import default_corpus
+from workbench.dictionaries.dictionary import Dictionary
+from workbench.dictionaries.nmf import NMFResult, semi_nmf
 
 
 def planted_sparse_G(seed: int = 0, d: int = 40, n: int = 2000, r: int = 6):

@@ -16,7 +16,7 @@ import torch
 from hf_paths import PATHS
 
 import workbench as wb
-from workbench.patching import (
+from workbench.causal.patching import (
     AblationResult,
     PatchingResult,
     ablate,
@@ -246,7 +246,7 @@ def test_normalization(tiny, metric):
     # Earlier positions of the last layer cannot reach the last position any more: no effect.
     close(res.values[-1, :-1], torch.zeros(len(res.tokens) - 1), atol=1e-4)
     # The base run alone is the corrupted run (0); patching the whole last residual gives 1.
-    from workbench.patching import _metric
+    from workbench.causal.patching import _metric
 
     clean_logp = torch.log_softmax(model.run(CLEAN).logits.float(), -1)
     a_id, w_id = targets(model)[2:]

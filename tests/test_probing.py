@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_contrastive import TOKEN, UNIT, plant, sentences
 
-from workbench.probing import ProbeResult, fit_logistic, logistic_loss, sparse_probe
+from workbench.neurons.probing import ProbeResult, fit_logistic, logistic_loss, sparse_probe
 from workbench.testing import tiny_model
 
 matplotlib.use("Agg")

@@ -12,10 +12,10 @@ import torch
 from test_features import make, make_nmf
 
 import workbench as wb
-from workbench.activations import token_windows
-from workbench.dictionary import Dictionary, DictionaryError
-from workbench.features import Splice, register_dictionary
-from workbench.sae_eval import DictionaryEval, evaluate_dictionary
+from workbench.core.activations import token_windows
+from workbench.dictionaries.dictionary import Dictionary, DictionaryError
+from workbench.dictionaries.features import Splice, register_dictionary
+from workbench.dictionaries.evaluate import DictionaryEval, evaluate_dictionary
 
 matplotlib.use("Agg")
 

@@ -1,4 +1,4 @@
-"""TopK SAE / transcoder training (workbench.sae_train) and activation streaming (workbench.activations)."""
+"""TopK SAE / transcoder training (workbench.dictionaries.train) and activation streaming (workbench.core.activations)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.activations import (
+from workbench.core.activations import (
     ActivationBuffer,
     ActivationStream,
     collect_activations,
     token_windows,
 )
-from workbench.corpus import default_corpus
-from workbench.dictionary import Dictionary
-from workbench.sae_train import (
+from workbench.core.corpus import default_corpus
+from workbench.dictionaries.dictionary import Dictionary
+from workbench.dictionaries.train import (
     CheckpointError,
     TopKTrainer,
     TrainerConfig,

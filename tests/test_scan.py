@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.corpus import default_corpus, iter_texts
-from workbench.scan import main as scan_main
-from workbench.store import HIST, ScanStore, StoreError, window_priority
+from workbench.core.corpus import default_corpus, iter_texts
+from workbench.neurons.scan import main as scan_main
+from workbench.neurons.store import HIST, ScanStore, StoreError, window_priority
 
 CORPUS = default_corpus(max_passages=12)
 K, WINDOW, BATCH, SAMPLE = 4, 12, 3, 8
@@ -391,7 +391,7 @@ def test_ctrl_c_held_during_a_merge_counts_the_batch_once(model, whole, tmp_path
     import contextlib
     import sys
 
-    scan_mod = sys.modules["workbench.scan"]  # the module (wb.scan is the function)
+    scan_mod = sys.modules["workbench.neurons.scan"]  # the module (wb.scan is the function)
 
     calls = {"n": 0}
 

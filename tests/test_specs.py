@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.specs import SPEC_KINDS
+from workbench.core.specs import SPEC_KINDS
 
 D = [0.5] * 48
 

@@ -1,4 +1,4 @@
-"""Weight-based neuron analyses (workbench.weights) vs a per-neuron loop over the raw HF weights.
+"""Weight-based neuron analyses (workbench.neurons.weights) vs a per-neuron loop over the raw HF weights.
 
 The reference reads each family's weights by hand (numpy, float64): no workbench helper is used.
 """
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import workbench.weights as W
+import workbench.neurons.weights as W
 from workbench.testing import tiny_model, tiny_tokenizer
-from workbench.weights import (
+from workbench.neurons.weights import (
     NeuronWeights,
     NeuronWeightsFileError,
     io_classes,

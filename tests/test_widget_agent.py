@@ -13,8 +13,8 @@ import workbench as wb
 from widgets._base import Cancelled, Job
 from widgets._transport import pack
 from widgets.agent import AgentTranscript, step_payload, step_texts
-from workbench.agent import Agent, AgentResult
-from workbench.corpus import default_corpus
+from workbench.agent.agent import Agent, AgentResult
+from workbench.core.corpus import default_corpus
 
 EVIL = '<img src=x onerror="window.__xss=1">'
 

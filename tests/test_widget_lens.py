@@ -9,7 +9,7 @@ import torch
 import workbench as wb
 from widgets import LogitLens
 from widgets._transport import pack
-from workbench.lens import TunedLens, logit_lens, tuned_lens
+from workbench.causal.lens import TunedLens, logit_lens, tuned_lens
 
 PROMPT = "The quick brown fox jumps"
 

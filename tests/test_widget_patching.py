@@ -13,7 +13,7 @@ import torch
 import workbench as wb
 from widgets._transport import pack
 from widgets.patching import PatchingHeatmap
-from workbench.patching import PatchingResult, activation_patching, attribution_patching
+from workbench.causal.patching import PatchingResult, activation_patching, attribution_patching
 
 CLEAN = "The cat sat on the mat"  # 9 tokens with the tiny tokenizer
 CORRUPT = "A dog is on a mat"  # 9 tokens

@@ -278,7 +278,7 @@ def test_constructor_checks(llama: wb.Model) -> None:
 
 # -- dictionary features and semi-NMF components as directions --------------------------------------
 def _sae(model: wb.Model, site: str = "resid_post.1", out_site: str | None = None, d_sae: int = 32) -> Any:
-    from workbench.dictionary import Dictionary
+    from workbench.dictionaries.dictionary import Dictionary
 
     g = torch.Generator().manual_seed(0)
     d_in = model.arch.size(wb.Site.parse(site))
@@ -289,7 +289,7 @@ def _sae(model: wb.Model, site: str = "resid_post.1", out_site: str | None = Non
 
 
 def test_add_feature_steers_the_unit_decoder_row(llama: wb.Model) -> None:
-    from workbench.features import feature_direction, register_dictionary, steer_feature
+    from workbench.dictionaries.features import feature_direction, register_dictionary, steer_feature
 
     d = _sae(llama)
     name = register_dictionary(d)
@@ -311,8 +311,8 @@ def test_add_feature_steers_the_unit_decoder_row(llama: wb.Model) -> None:
 
 
 def test_nmf_components_and_transcoders_steer_their_write_site(llama: wb.Model) -> None:
-    from workbench.features import feature_direction, steer_feature
-    from workbench.nmf import semi_nmf
+    from workbench.dictionaries.features import feature_direction, steer_feature
+    from workbench.dictionaries.nmf import semi_nmf
 
     res = llama.run([PROMPT, "Hello world, this is", "A dog is on a mat"], capture=["neurons.1"])
     A = torch.cat([res["neurons.1"][b, :L] for b, L in enumerate(res.lengths)]).T

@@ -19,13 +19,13 @@ __all__ = ["AgentTranscript", "AttentionHeads", "FeatureDashboard", "FeatureList
 
 def register_viewers() -> None:
     """Register each widget as the ``.show()`` viewer of the engine result it displays."""
-    from workbench.contrastive import ContrastiveResult
-    from workbench.lens import LensResult
-    from workbench.patching import PatchingResult
-    from workbench.probing import ProbeResult
-    from workbench.store import ScanStore
-    from workbench.viewers import register_viewer
-    from workbench.weights import NeuronWeights
+    from workbench.neurons.contrastive import ContrastiveResult
+    from workbench.causal.lens import LensResult
+    from workbench.causal.patching import PatchingResult
+    from workbench.neurons.probing import ProbeResult
+    from workbench.neurons.store import ScanStore
+    from workbench.core.viewers import register_viewer
+    from workbench.neurons.weights import NeuronWeights
 
     register_viewer(PatchingResult, lambda res, **kw: PatchingHeatmap.from_result(res, **kw))
     register_viewer(LensResult, lambda res, **kw: LogitLens.from_result(res.model, res, **kw))

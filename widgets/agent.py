@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import traitlets
 
-from workbench.agent import Agent, AgentResult, Step
-from workbench.viewers import register_viewer
+from workbench.agent.agent import Agent, AgentResult, Step
+from workbench.core.viewers import register_viewer
 
 from ._base import Cancelled, Job, WorkbenchWidget, bundle, rpc
 

@@ -7,7 +7,7 @@
 
 **FeatureList** shows the prompt's tokens; clicking one lists its most active latents (activation,
 label, the tokens its decoder direction promotes). Clicking a latent opens its dashboard below;
-a toggle per latent zeroes it or scales it by a factor (`workbench.features.FeatureEdit`, one
+a toggle per latent zeroes it or scales it by a factor (`workbench.dictionaries.features.FeatureEdit`, one
 spec for all toggled latents) and reruns the prompt: next-token predictions baseline vs edited.
 
 **FeatureDashboard** shows one latent: top activations and examples by activation interval from a
@@ -17,7 +17,7 @@ the positive and negative logit effects, the nearest latents by decoder cosine, 
 try any text (tokens tinted by this latent's activation, encoded inside the model's trace).
 
 A latent's name is its ``dictionary.labels`` entry; its explanation comes from ``explanations=``:
-a mapping or callable latent -> text, an `workbench.autointerp.ExplanationStore`, or ``"auto"``
+a mapping or callable latent -> text, an `workbench.autointerp.explain.ExplanationStore`, or ``"auto"``
 (the default: the scan store's ``explanations.json``, as `workbench.explain` writes it, reread
 when it changes; the best-scoring explanation of the latent is shown).
 
@@ -27,7 +27,7 @@ Definitions (`FeatureFacts`):
   (``out_site`` for a transcoder); for a dictionary over ``neurons.L`` (semi-NMF) mapped through
   the MLP output projection, over ``z.L`` through the attention output projection.
 - logit effects: ``W_U (g * r)`` for that residual direction ``r`` with the final norm's gain
-  ``g`` folded in (``r`` centred first for LayerNorm models), as `workbench.weights` does for
+  ``g`` folded in (``r`` centred first for LayerNorm models), as `workbench.neurons.weights` does for
   neurons; top 10 (positive) and bottom 10 (negative). A direction written after the final norm
   (``final_norm``) goes through ``W_U`` alone.
 - nearest latents: the largest cosines between ``W_dec`` rows (the latent itself excluded).
@@ -47,16 +47,16 @@ import torch
 import traitlets
 
 import workbench as wb
-from workbench.arch import Site
-from workbench.dictionary import Dictionary
-from workbench.features import (
+from workbench.core.arch import Site
+from workbench.dictionaries.dictionary import Dictionary
+from workbench.dictionaries.features import (
     FeatureEdit,
     on_device,
     register_dictionary,
     scale_features,
     zero_features,
 )
-from workbench.store import Exemplar, ScanStore
+from workbench.neurons.store import Exemplar, ScanStore
 
 from ._base import Cancelled, Job, WorkbenchWidget, bundle, rpc
 
@@ -202,7 +202,7 @@ class FeatureFacts:
         return str(self.d.labels.get(int(i), ""))
 
     def _explanation_store(self) -> Any:
-        """``explanations="auto"``: the scan store's explanations.json (`workbench.autointerp`), reread
+        """``explanations="auto"``: the scan store's explanations.json (`workbench.autointerp.explain`), reread
         when it changes; None without a store or file."""
         if self.store is None:
             return None
@@ -213,7 +213,7 @@ class FeatureFacts:
             return None
         with self._lock:
             if self._auto is None or self._auto[0] != mtime:
-                from workbench.autointerp import ExplanationStore
+                from workbench.autointerp.explain import ExplanationStore
 
                 self._auto = (mtime, ExplanationStore(path))
             return self._auto[1]
@@ -247,7 +247,7 @@ class FeatureFacts:
 
     # -- directions and the unembedding ------------------------------------------------------
     def _prep_unembed(self) -> dict[str, Any]:
-        from workbench.weights import final_norm_fold, unembedding_weight
+        from workbench.neurons.weights import final_norm_fold, unembedding_weight
 
         with self._lock:
             if self._unembed is None:

@@ -21,7 +21,7 @@ import numpy as np
 import traitlets
 
 import workbench as wb
-from workbench.lens import LensResult, TunedLens, logit_lens, target_ids, tuned_lens
+from workbench.causal.lens import LensResult, TunedLens, logit_lens, target_ids, tuned_lens
 
 from ._base import Job, WorkbenchWidget, bundle, rpc
 

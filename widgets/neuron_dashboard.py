@@ -20,9 +20,9 @@ next / previous move through the units of the keys of the same family (``neurons
 site of the key (`wb.zero_neurons` / `wb.scale_neurons` for ``neurons.L``, `wb.Edit`
 otherwise); a scanned feature (an encoder's output) cannot be edited in place.
 
-Without ``weights`` (a `workbench.weights.NeuronWeights`), the promoted / suppressed tokens
+Without ``weights`` (a `workbench.neurons.weights.NeuronWeights`), the promoted / suppressed tokens
 and the classes of the neuron shown are computed from the weights for that neuron alone
-(`NeuronVocab`, the same definitions as `workbench.weights.neuron_weights`).
+(`NeuronVocab`, the same definitions as `workbench.neurons.weights.neuron_weights`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ import torch
 import traitlets
 
 import workbench as wb
-from workbench.arch import WRITABLE, Site
-from workbench.store import Exemplar, QuantileGroup, ScanStore
+from workbench.core.arch import WRITABLE, Site
+from workbench.neurons.store import Exemplar, QuantileGroup, ScanStore
 
 from ._base import Cancelled, Job, WorkbenchWidget, bundle, rpc
 
@@ -56,7 +56,7 @@ class NeuronVocab:
     ``scores = W_U (g * w_out)`` (final-norm gain ``g`` folded in; ``w_out`` centred for
     LayerNorm models), its top / bottom ``k`` tokens, the vocabulary moments of the cosines
     with the folded, centred unembedding, ``io_cos`` and the classes: the definitions and
-    helpers of `workbench.weights` (see its docstring), for a single neuron. The unembedding
+    helpers of `workbench.neurons.weights` (see its docstring), for a single neuron. The unembedding
     and norm fold are prepared once per model.
     """
 
@@ -67,7 +67,7 @@ class NeuronVocab:
         self._lock = threading.Lock()
 
     def _prepare(self) -> dict[str, Any]:
-        from workbench.weights import _layout, final_norm_fold, unembedding_weight
+        from workbench.neurons.weights import _layout, final_norm_fold, unembedding_weight
 
         with self._lock:
             if self._prep is None:
@@ -86,7 +86,7 @@ class NeuronVocab:
 
     def unit(self, layer: int, unit: int) -> dict[str, Any]:
         """Like `NeuronWeights.unit`: cosines, classes, vocabulary moments, promoted / suppressed."""
-        from workbench.weights import _layer_vectors, io_classes, vocab_classes
+        from workbench.neurons.weights import _layer_vectors, io_classes, vocab_classes
 
         arch = self.model.arch
         arch.check_layer(layer)
@@ -374,7 +374,7 @@ class NeuronDashboard(WorkbenchWidget):
         path = self.store.path / "explanations.json"
         if not path.exists():
             return []
-        from workbench.autointerp import ExplanationStore
+        from workbench.autointerp.explain import ExplanationStore
 
         try:
             found = ExplanationStore(path).get(key, unit)

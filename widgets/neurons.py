@@ -32,7 +32,7 @@ import torch
 import traitlets
 
 import workbench as wb
-from workbench.specs import Edit
+from workbench.core.specs import Edit
 
 from ._base import Job, WorkbenchWidget, bundle, rpc
 

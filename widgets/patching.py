@@ -1,6 +1,6 @@
 """PatchingHeatmap: an activation-patching sweep as a layers × columns heatmap; click a cell to replay it.
 
-    from workbench.patching import activation_patching
+    from workbench.causal.patching import activation_patching
     from widgets.patching import PatchingHeatmap
     res = activation_patching(model, clean, corrupted, answer=" Paris", wrong=" Rome")
     w = PatchingHeatmap(model, res)            # or res.show(model=model)
@@ -26,7 +26,7 @@ import torch
 import traitlets
 
 import workbench as wb
-from workbench.patching import PatchingResult, _metric, _token_id, noise_specs
+from workbench.causal.patching import PatchingResult, _metric, _token_id, noise_specs
 
 from ._base import Job, WorkbenchWidget, bundle, rpc
 
@@ -84,7 +84,7 @@ class PatchingHeatmap(WorkbenchWidget):
     def run(cls, model: wb.Model, clean: str, corrupted: str | None = None, *, attribution: bool = True,
             top_k: int = 10, **kwargs: Any) -> PatchingHeatmap:
         """Run `activation_patching` (and `attribution_patching` unless ``attribution=False``) and show both."""
-        from workbench.patching import activation_patching, attribution_patching
+        from workbench.causal.patching import activation_patching, attribution_patching
 
         exact = activation_patching(model, clean, corrupted, **kwargs)
         attr = attribution_patching(model, clean, corrupted, **kwargs) if attribution else None

@@ -11,7 +11,7 @@
 
 Direction vectors stay in Python; only names, layers, slider ranges and strengths are
 synced. Dictionary features steer along their unit decoder row at the dictionary's write
-site (`workbench.features.feature_direction`; entries then carry that ``site``). Generation
+site (`workbench.dictionaries.features.feature_direction`; entries then carry that ``site``). Generation
 runs in a worker thread through `Model.generate` with `wb.steer` specs, streaming the
 steered text; a newer request cancels the older one.
 """
@@ -205,15 +205,15 @@ class SteeringPanel(WorkbenchWidget):
     def add_feature(self, dictionary: Any, index: int, name: str | None = None, max_strength: float | None = None,
                     strength: float = 0.0) -> SteeringPanel:
         """Add a dictionary latent (SAE / transcoder feature, semi-NMF component): its unit decoder row
-        (`workbench.features.feature_direction`) steered at the dictionary's write site.
+        (`workbench.dictionaries.features.feature_direction`) steered at the dictionary's write site.
 
         ``dictionary``: a `workbench.Dictionary`, the name of a registered one, or a semi-NMF
-        result (`workbench.nmf.NMFResult`, made from a model site). The default name is
-        ``"<dictionary name>[index]"``, as `workbench.features.steer_feature` names its spec.
+        result (`workbench.dictionaries.nmf.NMFResult`, made from a model site). The default name is
+        ``"<dictionary name>[index]"``, as `workbench.dictionaries.features.steer_feature` names its spec.
         """
-        from workbench.dictionary import Dictionary
-        from workbench.features import feature_direction, get_dictionary, register_dictionary
-        from workbench.nmf import NMFResult
+        from workbench.dictionaries.dictionary import Dictionary
+        from workbench.dictionaries.features import feature_direction, get_dictionary, register_dictionary
+        from workbench.dictionaries.nmf import NMFResult
 
         if isinstance(dictionary, NMFResult):
             dictionary = dictionary.to_dictionary()

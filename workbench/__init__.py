@@ -7,17 +7,17 @@
     model.run("...", [wb.zero_neurons(10, [42])])
 """
 
-from .activations import ActivationBuffer, collect_activations
-from .agent import Agent, AgentResult
-from .arch import SITE_NAMES, ArchMap, Site
-from .autointerp import Explanation, ExplanationStore, Score, explain, explain_units, score
-from .contrastive import ContrastiveResult, contrastive_neurons
-from .corpus import default_corpus, iter_texts
-from .dict_formats import load_dictionary, save_saelens
-from .dictionary import Dictionary, DictionaryError
-from .directions import mean_difference, neuron_direction
-from .engine import GenerationCancelled, Model
-from .features import (
+from .core.activations import ActivationBuffer, collect_activations
+from .agent.agent import Agent, AgentResult
+from .core.arch import SITE_NAMES, ArchMap, Site
+from .autointerp.explain import Explanation, ExplanationStore, Score, explain, explain_units, score
+from .neurons.contrastive import ContrastiveResult, contrastive_neurons
+from .core.corpus import default_corpus, iter_texts
+from .dictionaries.formats import load_dictionary, save_saelens
+from .dictionaries.dictionary import Dictionary, DictionaryError
+from .causal.directions import mean_difference, neuron_direction
+from .core.engine import GenerationCancelled, Model
+from .dictionaries.features import (
     FeatureEdit,
     Splice,
     add_features,
@@ -28,24 +28,24 @@ from .features import (
     steer_feature,
     zero_features,
 )
-from .hypotheses import Hypothesis, HypothesisResult, test_hypothesis
-from .lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
-from .llm import ChatClient, ChatResponse, LLMError, LocalChatClient, OpenAIClient, llm_client
-from .loading import ModelLoadError, load
-from .nmf import NMFResult, semi_nmf
-from .patching import (
+from .neurons.hypotheses import Hypothesis, HypothesisResult, test_hypothesis
+from .causal.lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
+from .llm.client import ChatClient, ChatResponse, LLMError, LocalChatClient, OpenAIClient, llm_client
+from .core.loading import ModelLoadError, load
+from .dictionaries.nmf import NMFResult, semi_nmf
+from .causal.patching import (
     AblationResult,
     PatchingResult,
     ablate,
     activation_patching,
     attribution_patching,
 )
-from .probing import ProbeResult, sparse_probe
-from .results import GenerationResult, RunResult, Token, TopK
-from .sae_eval import DictionaryEval, evaluate_dictionary
-from .sae_train import TrainerConfig, TrainingCancelled, train_sae
-from .scan import scan
-from .specs import (
+from .neurons.probing import ProbeResult, sparse_probe
+from .core.results import GenerationResult, RunResult, Token, TopK
+from .dictionaries.evaluate import DictionaryEval, evaluate_dictionary
+from .dictionaries.train import TrainerConfig, TrainingCancelled, train_sae
+from .neurons.scan import scan
+from .core.specs import (
     AblateHeads,
     Edit,
     Patch,
@@ -61,8 +61,8 @@ from .specs import (
     steer,
     zero_neurons,
 )
-from .store import Exemplar, QuantileGroup, ScanStore, StoreError
-from .weights import NeuronWeights, NeuronWeightsFileError, neuron_weights
+from .neurons.store import Exemplar, QuantileGroup, ScanStore, StoreError
+from .neurons.weights import NeuronWeights, NeuronWeightsFileError, neuron_weights
 
 __all__ = [
     "SITE_NAMES", "ArchMap", "Site", "Model", "GenerationCancelled", "ModelLoadError", "load",

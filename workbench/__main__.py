@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .scan import main as scan_main
+from .neurons.scan import main as scan_main
 
 
 def main(argv: list[str] | None = None) -> None:

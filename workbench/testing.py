@@ -66,6 +66,6 @@ def tiny_hf_model(family: str = "llama", seed: int = 0, n_layers: int = 2, vocab
 
 def tiny_model(family: str = "llama", seed: int = 0, n_layers: int = 2, **kwargs: Any):
     """A `workbench.Model` wrapping `tiny_hf_model` with `tiny_tokenizer`."""
-    from .loading import load
+    from .core.loading import load
 
     return load(tiny_hf_model(family, seed, n_layers), tokenizer=tiny_tokenizer(), **kwargs)

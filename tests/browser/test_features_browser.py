@@ -24,8 +24,8 @@ CELLS = [
 import math, tempfile
 import torch
 import workbench as wb
-from workbench.corpus import default_corpus
-from workbench.dictionary import Dictionary
+from workbench.core.corpus import default_corpus
+from workbench.dictionaries.dictionary import Dictionary
 from workbench.testing import tiny_model
 from widgets import FeatureList
 
@@ -37,7 +37,7 @@ d = Dictionary(W_enc=torch.randn(48, 64, generator=g) / math.sqrt(48), b_enc=tor
                site='resid_post.1', labels={{i: f'L{{i}} {{EVIL}}' for i in range(64)}})
 store = wb.scan(model, default_corpus(max_passages=16), tempfile.mkdtemp() + '/scan', sites=[],
                 features={{'sae': (d.site, d.encode)}}, k=4, window=32, batch_size=4, sample=16, progress=False)
-from workbench.autointerp import Explanation, ExplanationStore
+from workbench.autointerp.explain import Explanation, ExplanationStore
 ex = ExplanationStore.for_store(store)
 for i in range(0, 64, 2):
     ex.add(Explanation(('sae', i), f'expl {{i}} {{EVIL}}', 'openai'), save=False)

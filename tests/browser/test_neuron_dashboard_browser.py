@@ -20,7 +20,7 @@ CELLS = [
     f"""\
 import tempfile
 import workbench as wb
-from workbench.corpus import default_corpus
+from workbench.core.corpus import default_corpus
 from workbench.testing import tiny_model
 import widgets
 

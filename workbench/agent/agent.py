@@ -61,8 +61,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .llm import REASK, ChatClient, LLMError
-from .viewers import Showable
+from ..llm.client import REASK, ChatClient, LLMError
+from ..core.viewers import Showable
 
 __all__ = ["Agent", "AgentResult", "Step", "Tool", "ToolOutput", "ReplayReport", "DEFAULT_TOOLS", "parse_step_reply",
            "match_tool"]
@@ -401,7 +401,7 @@ def parse_step_reply(text: str, tools: Sequence[str]) -> dict[str, Any]:
     by the token limit, matches the tool name loosely (`match_tool`), takes arguments from
     ``args`` / ``arguments`` / ``parameters`` or from the top level, and defaults them to ``{}``.
     """
-    from .llm import parse_json_reply
+    from ..llm.client import parse_json_reply
 
     obj: dict[str, Any] | None = None
     try:
@@ -547,7 +547,7 @@ class Agent(Showable):
                  temperature: float = 0.0, seed: int = 0, attempts: int = 3, score_final: bool = True,
                  max_new_tokens: int = 12, top_k: int = 5, max_observation_chars: int = 1500,
                  score_kwargs: dict[str, Any] | None = None, warm_start: bool = True, progress: bool = True):
-        from .engine import Model
+        from ..core.engine import Model
 
         if not isinstance(model, Model):
             raise TypeError(f"Agent needs a workbench Model, not {type(model).__name__}")
@@ -575,7 +575,7 @@ class Agent(Showable):
         self.progress = progress
         self.dictionary_name: str | None = None
         if dictionary is not None:
-            from .features import register_dictionary
+            from ..dictionaries.features import register_dictionary
 
             self.dictionary_name = register_dictionary(dictionary) if not isinstance(dictionary, str) else dictionary
         self.tools: dict[str, Tool] = {}
@@ -596,8 +596,8 @@ class Agent(Showable):
     def client(self) -> ChatClient:
         """The chat client (made on first use)."""
         if self._client is None:
-            from .llm import LocalChatClient, llm_client
-            from .loading import EMBEDDED_NAME
+            from ..llm.client import LocalChatClient, llm_client
+            from ..core.loading import EMBEDDED_NAME
 
             if self._client_spec is None and getattr(self.model, "name", "") == EMBEDDED_NAME:
                 self._client = LocalChatClient(self.model)
@@ -609,7 +609,7 @@ class Agent(Showable):
     def what(self) -> str:
         if self.is_feature:
             return f"feature {self.unit} of {self.key}"
-        from .arch import Site
+        from ..core.arch import Site
 
         s = Site.parse(self.read_site)
         if s.name == "neurons":
@@ -1004,13 +1004,13 @@ class Agent(Showable):
     # -- specs -------------------------------------------------------------------------------------------
     def unit_spec(self, op: str, value: float | None = None) -> tuple[Any, str]:
         """The spec that zeroes / sets / scales this unit, and its Python code."""
-        from .arch import Site
-        from .specs import Edit, scale_neurons, set_neurons, zero_neurons
+        from ..core.arch import Site
+        from ..core.specs import Edit, scale_neurons, set_neurons, zero_neurons
 
         if self.is_feature:
             if self.dictionary_name is None:
                 raise ToolError(f"{self.key} is a dictionary feature: create the Agent with dictionary= to edit it")
-            from .features import scale_features, set_features, zero_features
+            from ..dictionaries.features import scale_features, set_features, zero_features
 
             d = self.dictionary_name
             if op == "zero":
@@ -1079,7 +1079,7 @@ class Agent(Showable):
 
     # -- scoring ------------------------------------------------------------------------------------------
     def _score(self, text: str) -> tuple[dict[str, Any], str]:
-        from .autointerp import score
+        from ..autointerp.explain import score
 
         kw = {"explanations": None, "on_error": "skip", **self.score_kwargs}
         scores = score(self.store, self.key, self.unit, text, ["detection"], self.client, **kw)
@@ -1274,7 +1274,7 @@ def _steer(agent: Agent, args: dict[str, Any]) -> ToolOutput:
 
 def _predicate(p: Any) -> tuple[Any, str, dict[str, Any]]:
     """A declarative predicate -> (Hypothesis, its Python, the normalized predicate)."""
-    from .hypotheses import Hypothesis
+    from ..neurons.hypotheses import Hypothesis
 
     if isinstance(p, str):
         p = {"regex": p}
@@ -1305,7 +1305,7 @@ def _score_explanation(agent: Agent, args: dict[str, Any]) -> ToolOutput:
     text = _str_arg(args, "explanation").strip()
     pred = args.get("predicate")
     if pred not in (None, "", {}, []):
-        from .hypotheses import test_hypothesis
+        from ..neurons.hypotheses import test_hypothesis
 
         hyp, hcode, norm = _predicate(pred)
         r = test_hypothesis(agent.store, agent.key, agent.unit, hyp, progress=False)

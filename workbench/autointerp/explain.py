@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .llm import REASK, ChatClient, LLMError, llm_client, retry_parse
+from ..llm.client import REASK, ChatClient, LLMError, llm_client, retry_parse
 
 __all__ = [
     "Score", "Explanation", "ExplanationStore", "ExplanationStoreError", "HeldOut", "Record", "explain", "score",

@@ -32,8 +32,8 @@ from typing import Any
 import nnsight
 import torch
 
-from .arch import ArchMap
-from .viewers import Showable
+from ..core.arch import ArchMap
+from ..core.viewers import Showable
 
 #: Logit chunks are at most this many elements ([layers, positions, vocab]), to bound memory.
 _CHUNK_ELEMENTS = 48_000_000

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 import nnsight
 import torch
 
-from .specs import AblateHeads, Edit, Patch, Spec, Steer
-from .viewers import Showable
+from ..core.specs import AblateHeads, Edit, Patch, Spec, Steer
+from ..core.viewers import Showable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Model
+    from ..core.engine import Model
 
 SITES = ("resid_post", "resid_pre", "attn_out", "mlp_out", "z", "neurons")
 METRICS = ("logit_diff", "prob", "kl")
@@ -245,7 +245,7 @@ def noise_specs(model: Model, prompt: str, subject: str | list[int], noise: floa
     The noise is ``noise * std(embedding matrix) * N(0, 1)``, drawn with ``torch.Generator().manual_seed(seed)``
     as a [len(subject positions), d_model] matrix (one row per position, in position order).
     """
-    from .engine import _get
+    from ..core.engine import _get
 
     pos = subject_positions(model, prompt, subject)
     w = _get(model.hf, model.arch.embed).weight.detach()
@@ -405,7 +405,7 @@ def _forked_sweep(model: Model, s: _Setup, cells: list[tuple[int, int]], src: di
     layers from its own onward (about half a forward on average), and everything before is
     computed once. Each row equals replaying ``cell_specs`` through `Model.run` (tested).
     """
-    from .engine import _get, _TraceProgram
+    from ..core.engine import _get, _TraceProgram
 
     nn = model.nn
     layers = _get(nn, model.arch.layers)
@@ -502,8 +502,8 @@ def attribution_patching(model: Model, clean: str, corrupted: str | None = None,
     """
     import nnsight
 
-    from .arch import Site
-    from .engine import _get, _StepState, _TraceProgram
+    from ..core.arch import Site
+    from ..core.engine import _get, _StepState, _TraceProgram
 
     s = _setup(model, clean, corrupted, answer, wrong, site, metric, direction, noise, subject, seed, layers,
                positions, heads, neurons)
@@ -560,7 +560,7 @@ def attribution_patching(model: Model, clean: str, corrupted: str | None = None,
 
 
 def _with_rows(spec: Spec, rows: list[int]) -> Spec:
-    from .specs import spec_from_dict
+    from ..core.specs import spec_from_dict
 
     d = spec.to_dict()
     d["rows"] = rows

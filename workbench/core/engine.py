@@ -74,7 +74,7 @@ class _TraceProgram:
             self._check_spec(s, site)
             compile_for = getattr(s, "compile_for", None)
             if compile_for is not None:
-                # Specs defined elsewhere (workbench.features) compile into trace-time ops, one or
+                # Specs defined elsewhere (workbench.dictionaries.features) compile into trace-time ops, one or
                 # more per site ([] when they change nothing: the site is then not even visited).
                 for where, op in compile_for(model):
                     self.specs.setdefault(str(Site.parse(where)), []).append(op)

@@ -191,7 +191,7 @@ class Patch(Spec):
 
 
 SPEC_KINDS: dict[str, type[Spec]] = {c.kind: c for c in (Edit, AblateHeads, Steer, Patch)}
-#: Spec kinds defined in other modules (`workbench.features`: feature_edit, splice), by kind.
+#: Spec kinds defined in other modules (`workbench.dictionaries.features`: feature_edit, splice), by kind.
 EXTRA_SPEC_KINDS: dict[str, type[Spec]] = {}
 
 
@@ -205,7 +205,7 @@ def register_spec_kind(cls: type[Spec]) -> type[Spec]:
 
 def spec_kinds() -> dict[str, type[Spec]]:
     """Every spec kind `spec_from_dict` knows: kind -> class."""
-    from . import features  # noqa: F401  (registers the dictionary-feature kinds)
+    from ..dictionaries import features  # noqa: F401  (registers the dictionary-feature kinds)
 
     return {**SPEC_KINDS, **EXTRA_SPEC_KINDS}
 

@@ -1,7 +1,7 @@
 """Result objects open their widget with ``.show()`` without the engine importing widgets.
 
 Widget packages register a viewer per result type with `register_viewer`; installed
-packages are discovered through the ``workbench.viewers`` entry-point group (this project's
+packages are discovered through the ``workbench.core.viewers`` entry-point group (this project's
 own `widgets` package registers itself there).
 """
 
@@ -25,7 +25,7 @@ def _load_plugins() -> None:
     if _LOADED:
         return
     _LOADED = True
-    for ep in entry_points(group="workbench.viewers"):
+    for ep in entry_points(group="workbench.core.viewers"):
         ep.load()()
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .arch import Site
+from ..core.arch import Site
 
 ARCHITECTURES = ("relu", "topk", "jumprelu", "gated", "nmf")
 NORMALIZE_MODES = (None, "constant_norm_rescale", "layer_norm", "expected_average_only_in")
@@ -336,14 +336,14 @@ class Dictionary:
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the SAELens v6 layout (cfg.json + sae_weights.safetensors) into folder ``path``."""
-        from .dict_formats import save_saelens
+        from .formats import save_saelens
 
         return save_saelens(self, path)
 
     @classmethod
     def load(cls, path: str | Path, model: Any = None, **kwargs: Any) -> Dictionary:
         """Load any supported format (see `workbench.load_dictionary`)."""
-        from .dict_formats import load_dictionary
+        from .formats import load_dictionary
 
         return load_dictionary(path, model=model, **kwargs)
 

@@ -4,7 +4,7 @@
     ev.fvu, ev.l0, ev.delta_ce, ev.loss_recovered
     ev.to_pandas(); ev.plot()                              # firing-frequency histogram
 
-The corpus is cut into windows of ``context`` tokens (`workbench.activations.token_windows`:
+The corpus is cut into windows of ``context`` tokens (`workbench.core.activations.token_windows`:
 texts packed into one stream, each window starting with the tokenizer's BOS if it uses one).
 Every window runs three times in one batch: clean, with `Splice(d)` (the site, or a
 transcoder's ``out_site``, replaced by the reconstruction) and with the same positions
@@ -35,11 +35,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .activations import token_windows
-from .arch import Site
+from ..core.activations import token_windows
+from ..core.arch import Site
 from .dictionary import Dictionary
 from .features import Splice, register_dictionary
-from .specs import Edit
+from ..core.specs import Edit
 
 __all__ = ["DictionaryEval", "evaluate_dictionary"]
 

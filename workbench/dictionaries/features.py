@@ -6,7 +6,7 @@
     model.run(prompt, [wb.Splice(d)])                              # what the dictionary "sees"
     wb.steer(9, wb.feature_direction(d, 123), 8.0)                 # steer along its decoder row
 
-Two specs, compiled by the engine like every other spec (`workbench.specs`):
+Two specs, compiled by the engine like every other spec (`workbench.core.specs`):
 
 - `FeatureEdit` encodes the activation ``x`` at the dictionary's ``site``, applies ``op``
   (``zero`` / ``scale`` / ``set`` / ``add``) to the chosen latents, and adds the decoded
@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .arch import WRITABLE, Site
+from ..core.arch import WRITABLE, Site
 from .dictionary import Dictionary, DictionaryError
-from .specs import Positions, Spec, Steer, _as_list, register_spec_kind
+from ..core.specs import Positions, Spec, Steer, _as_list, register_spec_kind
 
 __all__ = [
     "DictionarySpec", "FeatureEdit", "Splice", "register_dictionary", "get_dictionary", "unregister_dictionary",

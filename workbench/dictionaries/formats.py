@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .arch import Site
+from ..core.arch import Site
 from .dictionary import Dictionary, DictionaryError, DictionaryWarning
 
 SAELENS_CFG = "cfg.json"
@@ -646,7 +646,7 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .. import __version__
 
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():

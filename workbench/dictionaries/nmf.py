@@ -164,8 +164,8 @@ def semi_nmf(A: Tensor | tuple, n_components: int, iters: int = 200, sparsity: f
     if isinstance(A, tuple):
         if len(A) not in (2, 3):
             raise ValueError("give A as a [d_mlp, n_tokens] tensor or as (model, layer, corpus)")
-        from .activations import collect_activations
-        from .corpus import corpus_name
+        from ..core.activations import collect_activations
+        from ..core.corpus import corpus_name
 
         model, layer = A[0], A[1]
         corpus = A[2] if len(A) == 3 else None

@@ -67,11 +67,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .activations import ActivationBuffer, ActivationStream, _prefix_ids, parse_sites, token_windows
-from .arch import Site
-from .corpus import Fingerprint
+from ..core.activations import ActivationBuffer, ActivationStream, _prefix_ids, parse_sites, token_windows
+from ..core.arch import Site
+from ..core.corpus import Fingerprint
 from .dictionary import Dictionary
-from .fileio import atomic_json, atomic_tensors
+from ..core.fileio import atomic_json, atomic_tensors
 
 FORMAT = "workbench-sae-train"
 VERSION = 1
@@ -529,7 +529,7 @@ class _Interrupts:
 
 def _data_signature(model: Any, sites: list[str], corpus: Any, context: int, data_tokens: int | None,
                     holdout_tokens: int, buffer_tokens: int | None, activations: Any) -> dict[str, Any]:
-    from .corpus import corpus_name
+    from ..core.corpus import corpus_name
 
     if activations is not None:
         ts = activations if isinstance(activations, tuple) else (activations,)
@@ -708,7 +708,7 @@ def train_sae(model: Any, site: str, corpus: Any = None, *, n_latents: int | Non
         trainer.load_state(tensors, info["trainer"])
 
     def meta() -> dict[str, Any]:
-        from .corpus import corpus_name
+        from ..core.corpus import corpus_name
 
         prefix = bool(_prefix_ids(model.tokenizer)) if model is not None else None
         training = {"trainer": "topk", "steps": trainer.step_count, "tokens": trainer.step_count * cfg.batch_size,

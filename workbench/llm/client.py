@@ -133,7 +133,7 @@ def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
 
 def default_cache_path() -> Path:
     """``$WORKBENCH_CACHE/llm/responses.sqlite`` (default root ``~/.cache/interp-workbench``)."""
-    from .loading import cache_root
+    from ..core.loading import cache_root
 
     return cache_root() / "llm" / "responses.sqlite"
 
@@ -693,7 +693,7 @@ class LocalChatClient(ChatClient):
     kind = "local"
 
     def __init__(self, model: Any = None, *, cache: Any = True, concurrency: int = 1, device: Any = None):
-        from .loading import EMBEDDED_NAME
+        from ..core.loading import EMBEDDED_NAME
 
         if not (model is None or isinstance(model, str) or hasattr(model, "hf")):
             raise TypeError(f"model must be None, a Hugging Face name/path or a workbench Model, "
@@ -713,7 +713,7 @@ class LocalChatClient(ChatClient):
         """The workbench `Model` (loaded on first use)."""
         with self._lock:
             if self._model is None:
-                from .loading import load
+                from ..core.loading import load
 
                 self._model = load(self._source, device=self._device)
             return self._model
@@ -724,7 +724,7 @@ class LocalChatClient(ChatClient):
 
     def _reload_name(self) -> str | None:
         """What `load()` takes to get this model again (None: the embedded one)."""
-        from .loading import EMBEDDED_NAME
+        from ..core.loading import EMBEDDED_NAME
 
         if self._source is not None:
             return self._source

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .viewers import Showable
+from ..core.viewers import Showable
 
 __all__ = ["ContrastiveResult", "contrastive_neurons"]
 

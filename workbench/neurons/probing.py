@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from .contrastive import _batches, _progress, _run_reduced, _valid_mask
-from .viewers import Showable
+from ..core.viewers import Showable
 
 __all__ = ["ProbeResult", "fit_logistic", "sparse_probe"]
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from .arch import Site
-from .corpus import Fingerprint, corpus_name, iter_texts
-from .fileio import atomic_json, atomic_tensors
+from ..core.arch import Site
+from ..core.corpus import Fingerprint, corpus_name, iter_texts
+from ..core.fileio import atomic_json, atomic_tensors
 from .store import (
     FORMAT,
     HIST,
@@ -326,7 +326,7 @@ def scan(model: Any, corpus: Any = None, path: str | Path | None = None, *, site
     the store is checkpointed; ``cancel`` (a `threading.Event`) stops after the current batch
     with a checkpoint and returns the partial store; Ctrl-C checkpoints and re-raises.
     """
-    from .engine import Model
+    from ..core.engine import Model
 
     if not isinstance(model, Model):
         raise TypeError("scan needs a workbench Model (workbench.load(...))")
@@ -499,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None)
     a = p.parse_args(argv)
-    from .loading import load
+    from ..core.loading import load
 
     model = load(a.model, device=a.device, **({"dtype": a.dtype} if a.dtype else {}))
     shard = tuple(int(x) for x in a.shard.split("/")) if a.shard else None

@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .viewers import Showable
+from ..core.viewers import Showable
 
 FORMAT = "interp-workbench/scan"
 VERSION = 1
@@ -357,7 +357,7 @@ class ScanStore(Showable):
         want = self.meta.get("model", {})
         a = model.arch
         for key, info in self.meta["sites"].items():
-            from .arch import Site
+            from ..core.arch import Site
 
             site = Site.parse(info.get("site", key))
             if site.layer is not None and site.layer >= a.n_layers:
@@ -397,7 +397,7 @@ class ScanStore(Showable):
             site = f"neurons.{site}"
         if site in self.meta["sites"]:
             return site
-        from .arch import Site
+        from ..core.arch import Site
 
         try:
             key = str(Site.parse(site))
@@ -430,7 +430,7 @@ class ScanStore(Showable):
         """Per-unit statistics (excess kurtosis) as a pandas DataFrame."""
         import pandas as pd
 
-        from .arch import Site
+        from ..core.arch import Site
 
         keys = [self._key(site)] if site is not None else self.sites
         frames = []

@@ -83,8 +83,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .arch import ArchMap
-from .viewers import Showable
+from ..core.arch import ArchMap
+from ..core.viewers import Showable
 
 FORMAT = "workbench-neuron-weights"
 #: Off CPU, score blocks hold at most this many elements ([neurons, vocab]), to bound peak memory.
