@@ -23,7 +23,7 @@ import torch
 from _common import interleaved, report
 
 import workbench as wb
-from widgets import AttentionHeads
+from workbench.widgets import AttentionHeads
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TOKENS = 256

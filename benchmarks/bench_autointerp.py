@@ -32,7 +32,7 @@ import numpy as np
 
 import workbench as wb
 from workbench import autointerp as A
-from workbench.llm.client import LocalChatClient
+from workbench.llm import LocalChatClient
 
 
 def pick_units(store: wb.ScanStore, n: int, per_layer: int) -> list[tuple[str, int]]:

@@ -17,7 +17,9 @@ import torch
 from _common import interleaved, report
 
 import workbench as wb
-from workbench.neurons.contrastive import _batches, _token_lengths, auroc_and_pvalues, contrastive_neurons
+from workbench.neurons.contrastive import contrastive_neurons
+from workbench.neurons.stats import auroc_and_pvalues
+from workbench.neurons.streaming import length_batches, token_lengths
 
 
 def texts(n: int = 64) -> tuple[list[str], list[str]]:
@@ -44,8 +46,8 @@ def main() -> None:
     prose, code = texts()
     sets = {"prose": prose, "code": code}
     all_texts = prose + code
-    lengths = _token_lengths(model, all_texts)
-    batches = [model.tokenize([all_texts[i] for i in b]) for b in _batches(lengths, 8)]
+    lengths = token_lengths(model, all_texts)
+    batches = [model.tokenize([all_texts[i] for i in b]) for b in length_batches(lengths, 8)]
     print(f"{len(prose)} + {len(code)} texts, {sum(lengths)} tokens (mean {sum(lengths) / len(lengths):.1f}), "
           f"{len(batches)} batches of 8")
     hf = model.hf

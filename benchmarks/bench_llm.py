@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from llm_server import ChatServer, echo_backend  # noqa: E402
 
-from workbench.llm.client import LocalChatClient, OpenAIClient  # noqa: E402
+from workbench.llm import LocalChatClient, OpenAIClient  # noqa: E402
 
 TOPICS = ["the moon", "bread", "rain", "a cat", "music", "trees", "the sea", "coffee", "snow", "books",
           "bicycles", "the sun", "a river", "chess", "mountains", "tea", "birds", "a city", "winter", "clocks",

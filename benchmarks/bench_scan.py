@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import workbench as wb
-from workbench.neurons.scan import iter_windows
+from workbench.neurons.scan import ScanCancelled, iter_windows
 
 
 def rss_mb() -> float:
@@ -126,7 +126,10 @@ def main() -> None:
                 yield x
 
     t = time.perf_counter()
-    wb.scan(model, Stop(corpus), tmp / "r", k=20, window=W, batch_size=B, progress=False, cancel=ev)
+    try:
+        wb.scan(model, Stop(corpus), tmp / "r", k=20, window=W, batch_size=B, progress=False, cancel=ev)
+    except ScanCancelled:
+        pass  # the checkpoint is written; the next call resumes
     wb.scan(model, corpus, tmp / "r", k=20, window=W, batch_size=B, progress=False)
     tr = time.perf_counter() - t
     print(f"  cancelled at half + resumed: {tr:.2f} s vs uninterrupted {ts:.2f} s ({(tr / ts - 1) * 100:+.1f}%)")

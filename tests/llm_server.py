@@ -1,7 +1,7 @@
 """A real OpenAI-compatible chat server on loopback, for tests (and by hand: ``python tests/llm_server.py``).
 
 `ChatServer` answers ``POST /v1/chat/completions`` in the OpenAI response format (with ``usage``)
-from a back end: `local_backend` serves a `workbench.llm.client.LocalChatClient` (the embedded
+from a back end: `local_backend` serves a `workbench.llm.LocalChatClient` (the embedded
 SmolLM2 by default), `echo_backend` answers instantly with a deterministic text. It counts
 requests and the maximum number handled at once, records bodies and headers, and can be
 scripted to fail first (``script=[Reply(503), ...]``) to exercise a client's retry logic.
@@ -43,7 +43,7 @@ def echo_backend(request: dict[str, Any]) -> tuple[str, int, int, str]:
 
 def local_backend(client: Any = None) -> Backend:
     """A back end that runs a `LocalChatClient` (the embedded model by default), cache off."""
-    from workbench.llm.client import LocalChatClient
+    from workbench.llm import LocalChatClient
 
     client = client or LocalChatClient(cache=None)
 

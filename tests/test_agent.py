@@ -19,10 +19,12 @@ import torch
 
 import workbench as wb
 from workbench import agent as A
-from workbench.autointerp.explain import DETECTION_SYSTEM
+from workbench.agent import prompts as P
+from workbench.agent.transcript import jsonable
+from workbench.autointerp.prompts import DETECTION_SYSTEM
 from workbench.core.corpus import default_corpus
 from workbench.dictionaries.dictionary import Dictionary
-from workbench.llm.client import REASK, ChatClient, ChatResponse
+from workbench.llm import REASK, ChatClient, ChatResponse
 
 CORPUS = default_corpus(max_passages=12)
 SCAN = {"k": 4, "window": 12, "batch_size": 3, "sample": 8, "progress": False}
@@ -164,10 +166,10 @@ def test_every_tool_equals_its_recorded_python(model, store):
 
     for i in (6, 7):
         ns = run_python(s[i], model, store, client)
-        assert s[i].result["hypothesis"] == A._jsonable(ns["r"].summary())
+        assert s[i].result["hypothesis"] == jsonable(ns["r"].summary())
     assert s[7].args["predicate"] == {"regex": "^ [a-z]+$", "offset": -1}
     ns = run_python(s[8], model, store, client)
-    assert s[8].result["scores"] == A._jsonable({k: v.to_dict() for k, v in ns["scores"].items()})
+    assert s[8].result["scores"] == jsonable({k: v.to_dict() for k, v in ns["scores"].items()})
     assert 0.0 <= s[8].result["scores"]["detection"]["value"] <= 1.0 and client.detection_calls > 0
     # the final answer reuses the scores of the step that scored the same explanation
     assert s[9].args["scored_in_step"] == 8 and res.scores == s[8].result["scores"]
@@ -302,8 +304,8 @@ def test_forced_final_answer_at_max_steps(model, store):
     res = agent.run()
     assert [s.tool for s in res.steps] == ["run_texts", "run_texts", "final_answer"]
     assert len(client.agent_calls) == 3 and res.status == "forced"
-    assert A.FINAL_PROMPT in client.agent_calls[2][-1]["content"]  # the last step asked for the answer
-    assert A.FINAL_PROMPT not in client.agent_calls[1][-1]["content"]
+    assert P.FINAL_PROMPT in client.agent_calls[2][-1]["content"]  # the last step asked for the answer
+    assert P.FINAL_PROMPT not in client.agent_calls[1][-1]["content"]
     final = res.steps[-1]
     assert final.result["forced"] is True and res.explanation == "h2" and "run_texts at the last step" in final.args["evidence"]
     # an unusable reply at the last step also ends in a clean forced answer, not an error
@@ -316,10 +318,10 @@ def test_repeated_calls_are_refused_and_an_empty_forced_answer_falls_back_to_dat
     agent, client = make(model, store, [reply("exemplars", {"n": 5})] * 4, max_steps=4, warm_start=True)
     res = agent.run()
     assert [s.tool for s in res.steps] == ["exemplars", "exemplars", "exemplars", "final_answer"]
-    assert res.steps[0].attempts == 0 and res.steps[0].raw == A.WARM_REPLY  # the warm start: no request
-    assert len(client.agent_calls) == 3 and client.agent_calls[0][-2] == {"role": "assistant", "content": A.WARM_REPLY}
+    assert res.steps[0].attempts == 0 and res.steps[0].raw == P.WARM_REPLY  # the warm start: no request
+    assert len(client.agent_calls) == 3 and client.agent_calls[0][-2] == {"role": "assistant", "content": P.WARM_REPLY}
     assert "exactly the call of step 0" in res.steps[1].error and "exactly the call of step 0" in res.steps[2].error
-    assert A.NEXT_HINTS["exemplars"] in client.agent_calls[0][-1]["content"]
+    assert P.NEXT_HINTS["exemplars"] in client.agent_calls[0][-1]["content"]
     # no hypothesis was ever stated: the forced answer lists the top exemplars' maximum tokens
     tops = []
     for _, w, p in store.top(SITE, UNIT):
@@ -339,7 +341,7 @@ def test_forced_final_is_scored_when_asked(model, store):
     res = agent.run()
     assert res.status == "forced" and "detection" in res.scores and client.detection_calls > 0
     ns = run_python(res.steps[-1], model, store, client)
-    assert res.scores == A._jsonable({k: v.to_dict() for k, v in ns["scores"].items()})
+    assert res.scores == jsonable({k: v.to_dict() for k, v in ns["scores"].items()})
     rep = agent.replay(res)
     assert rep.ok and rep.rows[-1]["status"] == "match"
     assert agent.replay(res, llm=False).rows[-1]["status"] == "skipped"
@@ -356,11 +358,33 @@ def test_cancel_stops_between_steps(model, store):
 
     agent, client = make(model, store, [reply("exemplars", {"n": 1}), reply("run_texts", {"texts": ["x y"]}),
                                         reply("run_texts", {"texts": ["never"]})])
-    res = agent.run(on_step=on_step, cancel=cancel)
+    with pytest.raises(A.AgentCancelled) as e:
+        agent.run(on_step=on_step, cancel=cancel)
+    res = e.value.partial
     assert seen == [0, 1] and len(res.steps) == 2 and res.status == "cancelled" and len(client.agent_calls) == 2
     pre = threading.Event()
     pre.set()
-    assert agent.run(cancel=pre).steps == []
+    with pytest.raises(A.AgentCancelled) as e:
+        agent.run(cancel=pre)
+    assert e.value.partial.steps == []
+
+
+def test_cancel_convention_on_resume_and_error_bases(model, store):
+    from workbench.core.errors import Cancelled, WorkbenchError
+
+    assert issubclass(A.AgentCancelled, Cancelled) and issubclass(A.ToolError, WorkbenchError)
+    assert issubclass(A.ToolError, ValueError) and all(hasattr(A, name) for name in A.__all__)
+    agent, client = make(model, store, [reply("exemplars", {"n": 1}), reply("final_answer", {"explanation": "e"})])
+    first = agent.run()
+    pre = threading.Event()
+    pre.set()
+    with pytest.raises(A.AgentCancelled) as e:
+        agent.resume(first, hypothesis="h", cancel=pre)
+    part = e.value.partial
+    assert isinstance(part, A.AgentResult) and part.status == "cancelled"
+    assert [s.tool for s in part.steps] == ["exemplars", "final_answer", "user_hypothesis"]
+    assert len(client.agent_calls) == 2  # nothing was asked after the cancel
+    assert agent.resume(part, max_steps=1).status in ("final", "forced")  # the partial transcript resumes
 
 
 def test_resume_with_an_edited_hypothesis(model, store):
@@ -368,7 +392,9 @@ def test_resume_with_an_edited_hypothesis(model, store):
     agent, client = make(model, store, [reply("exemplars", {"n": 1}, hypothesis="cats"), reply("run_texts", {"texts": ["a cat"]}),
                                         reply("run_texts", {"texts": ["a comma, here"]}),
                                         reply("final_answer", {"explanation": "commas", "evidence": "ran texts"})])
-    first = agent.run(on_step=lambda s: cancel.set() if s.index == 1 else None, cancel=cancel)
+    with pytest.raises(A.AgentCancelled) as e:
+        agent.run(on_step=lambda s: cancel.set() if s.index == 1 else None, cancel=cancel)
+    first = e.value.partial
     assert len(first.steps) == 2 and first.hypothesis == "cats"
     n_msgs = len(first.messages)
     got = []
@@ -387,7 +413,7 @@ def test_resume_with_an_edited_hypothesis(model, store):
     # continuing a finished transcript without an edit asks the model to go on
     more = agent.resume(res, max_steps=1)
     assert client.agent_calls[-1][-2]["content"].startswith('{"thought"')
-    assert A.CONTINUE_PROMPT in client.agent_calls[-1][-1]["content"] and len(more.steps) == 6
+    assert P.CONTINUE_PROMPT in client.agent_calls[-1][-1]["content"] and len(more.steps) == 6
     with pytest.raises(ValueError, match="about neurons.1"):
         A.Agent(model, store, (SITE, UNIT + 1), client=client, progress=False).resume(res)
 
@@ -447,7 +473,7 @@ def test_construction_errors(model, store):
 
 
 def test_the_chat_client_failing_is_an_error_step(model, store):
-    from workbench.llm.client import LLMError
+    from workbench.llm import LLMError
 
     class Down(ChatClient):
         kind = "down"
@@ -464,7 +490,7 @@ def test_the_chat_client_failing_is_an_error_step(model, store):
 def test_embedded_smollm2_runs_the_loop_and_replays(tmp_path):
     """SmolLM2-135M as subject and agent, greedy: the loop finishes (a final or a clean forced answer)
     and the transcript replays exactly. The small model's science is not judged here."""
-    from workbench.llm.client import LocalChatClient
+    from workbench.llm import LocalChatClient
 
     model = wb.load(progress=False)
     store = wb.scan(model, default_corpus(max_passages=20), tmp_path / "s", sites=["neurons.3"], k=6, window=24,

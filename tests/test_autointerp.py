@@ -14,8 +14,10 @@ import torch
 
 import workbench as wb
 from workbench import autointerp as A
-from workbench.autointerp.explain import ExplanationStore, ExplanationStoreError, Record
-from workbench.llm.client import REASK, ChatClient, ChatResponse, LLMError
+from workbench.autointerp import ExplanationStore, ExplanationStoreError, Record
+from workbench.autointerp import prompts as P
+from workbench.autointerp.store import EXPLANATIONS_FORMAT
+from workbench.llm import REASK, ChatClient, ChatResponse, LLMError
 from workbench.testing import tiny_model
 
 TOKEN, UNIT, SITE = " the", 5, "neurons.0"
@@ -51,7 +53,7 @@ def brute(planted):
     """Every window's activations of the unit from full `neurons.0` captures, one window at a time."""
     model, store, _ = planted
     out = {}
-    for w in sorted(store._index()):
+    for w in sorted(store.window_index()):
         ids = store.window_tokens(w)
         res = model.run(model.batch_from_ids([ids]), capture=[SITE], top_k=0, logits=None)
         out[w] = res.activations[SITE][0, :, UNIT].double().numpy()
@@ -66,7 +68,7 @@ def clean(t: str) -> str:
 def shown_tokens(planted):
     """Window -> its cleaned token texts without position 0 (what prompts show)."""
     model, store, _ = planted
-    return {w: [clean(model.tokenizer.decode([i])) for i in store.window_tokens(w)][1:] for w in sorted(store._index())}
+    return {w: [clean(model.tokenizer.decode([i])) for i in store.window_tokens(w)][1:] for w in sorted(store.window_index())}
 
 
 class FakeClient(ChatClient):
@@ -111,20 +113,20 @@ def responder(truth: dict[str, int] | None = None, flip_detect: int = 0, flip_fu
 
     def respond(msgs):
         system, last = msgs[0]["content"], msgs[-1]["content"]
-        if system == A.OPENAI_EXPLAIN_SYSTEM:
+        if system == P.OPENAI_EXPLAIN_SYSTEM:
             return " the word 'the'."
-        if system == A.DELPHI_EXPLAIN_SYSTEM:
+        if system == P.DELPHI_EXPLAIN_SYSTEM:
             return "Marked tokens are articles.\n[EXPLANATION]: The article 'the'."
-        if system == A.DETECTION_SYSTEM:
+        if system == P.DETECTION_SYSTEM:
             bits = [truth[t] for t in examples_of(msgs)]
             bits[flip_detect] ^= 1
             return "[" + ", ".join(map(str, bits)) + "]"
-        if system == A.FUZZING_SYSTEM:
+        if system == P.FUZZING_SYSTEM:
             bits = [fuzz_truth(t) for t in examples_of(msgs)]
             if flip_fuzz < len(bits):
                 bits[flip_fuzz] ^= 1
             return "Answer: " + json.dumps(bits)
-        if system == A.SIMULATION_SYSTEM:
+        if system == P.SIMULATION_SYSTEM:
             toks = sim_tokens_of(msgs)
             vals = [10 if t == TOKEN else 0 for t in toks]
             vals[-1] = last_sim
@@ -150,7 +152,7 @@ def test_openai_record_format_and_prompt_exactly():
     assert A.format_activation_records([SPARSE], 4.0, hide_activations=True).count("\tunknown") == 6
     msgs = A.openai_explain_messages([REC, SPARSE])
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
-    assert msgs[0]["content"] == A.OPENAI_EXPLAIN_SYSTEM and "token<tab>activation" in msgs[0]["content"]
+    assert msgs[0]["content"] == P.OPENAI_EXPLAIN_SYSTEM and "token<tab>activation" in msgs[0]["content"]
     assert msgs[2]["content"] == " nouns naming animals."
     # max 4.0 over both records; 3 of 10 values non-zero (>= 0.2): no filtered repeat
     assert msgs[3]["content"] == (
@@ -170,7 +172,7 @@ def test_delphi_marking_and_prompt_exactly():
     assert A.highlight(["a", " b", " c", " d", "\n"], [0, 5, 6, 0, 9], 2.5) == "a<< b c>> d<<\\n>>"
     assert A.highlight(["x"], [1.0], math.inf) == "x"
     msgs = A.delphi_explain_messages([REC, SPARSE], mark_frac=0.5)
-    assert msgs[0]["content"] == A.DELPHI_EXPLAIN_SYSTEM and "[EXPLANATION]:" in msgs[0]["content"]
+    assert msgs[0]["content"] == P.DELPHI_EXPLAIN_SYSTEM and "[EXPLANATION]:" in msgs[0]["content"]
     assert msgs[1]["content"] == "\nExample 1: The<< cat>> chased a small<< dog>> across the yard.\n"
     assert msgs[2]["content"] == "[EXPLANATION]: Nouns naming animals."
     # REC: marked above 0.5 * 2.0 = 1.0 (strictly), so only " world"; SPARSE: " f"
@@ -181,7 +183,7 @@ def test_delphi_marking_and_prompt_exactly():
 
 def test_classifier_simulation_and_sasc_prompts_exactly():
     d = A.detection_messages("The word 'the'.", ["one two", " three"])
-    assert d[0]["content"] == A.DETECTION_SYSTEM
+    assert d[0]["content"] == P.DETECTION_SYSTEM
     # the worked example has as many items as the question (small models copy its length)
     assert d[1]["content"] == ("Latent explanation: Nouns naming animals.\n\nTest examples:\n\n"
                                "Example 0: The cat slept on the warm sofa.\nExample 1: Interest rates rose again this year.\n")
@@ -190,12 +192,12 @@ def test_classifier_simulation_and_sasc_prompts_exactly():
     assert A.detection_messages("x", ["t"] * 5)[2]["content"] == "[1,0,1,0,1]"
     assert A.detection_messages("x", ["t"] * 12)[2]["content"] == "[1,0,1,0,1,0,1,0]"
     f = A.fuzzing_messages("x", ["a<< b>>"])
-    assert f[0]["content"] == A.FUZZING_SYSTEM
+    assert f[0]["content"] == P.FUZZING_SYSTEM
     assert f[1]["content"] == "Latent explanation: Nouns naming animals.\n\nTest examples:\n\nExample 0: The <<cat>> slept on the warm sofa.\n"
     assert f[2]["content"] == "[1]"
     assert f[3]["content"] == "Latent explanation: x\n\nTest examples:\n\nExample 0: a<< b>>\n"
     s = A.simulation_messages(" articles ", ["The", " end", "\n"])
-    assert s[0]["content"] == A.SIMULATION_SYSTEM
+    assert s[0]["content"] == P.SIMULATION_SYSTEM
     assert s[3]["content"] == ("Neuron 2\nExplanation of neuron 2 behavior: the main thing this neuron does is find articles\n\n"
                                f"Sequence 1 Tokens without Activations:\nThe\t{EOL}\n end\t{EOL}\n\\n\t{EOL}\n\n\n"
                                "Sequence 1 Tokens with Activations:\n")
@@ -366,7 +368,7 @@ def test_detection_score_by_hand(planted, truth, scored):
     ex, scores, calls, _, _ = scored
     y, p = [], []
     for msgs, reply, _ in calls:
-        if msgs[0]["content"] != A.DETECTION_SYSTEM:
+        if msgs[0]["content"] != P.DETECTION_SYSTEM:
             continue
         texts = examples_of(msgs)
         assert 1 <= len(texts) <= 5
@@ -391,7 +393,7 @@ def test_fuzzing_score_by_hand(scored):
     _, scores, calls, _, _ = scored
     y, p = [], []
     for msgs, reply, _ in calls:
-        if msgs[0]["content"] == A.FUZZING_SYSTEM:
+        if msgs[0]["content"] == P.FUZZING_SYSTEM:
             texts = examples_of(msgs)
             y += [fuzz_truth(t) for t in texts]
             p += json.loads(reply.removeprefix("Answer: ") + "]")
@@ -404,7 +406,7 @@ def test_fuzzing_score_by_hand(scored):
 def test_simulation_score_by_hand(scored, brute, shown_tokens):
     _, scores, calls, _, _ = scored
     true, pred = [], []
-    sims = [msgs for msgs, _, _ in calls if msgs[0]["content"] == A.SIMULATION_SYSTEM]
+    sims = [msgs for msgs, _, _ in calls if msgs[0]["content"] == P.SIMULATION_SYSTEM]
     assert len(sims) == len(scores["simulation"].details["windows"])
     for msgs, w in zip(sims, scores["simulation"].details["windows"], strict=True):
         toks = sim_tokens_of(msgs)  # a crop of window w: find where it starts
@@ -448,9 +450,9 @@ def test_held_out_windows_are_never_the_explainer_s(planted, scored, brute, show
     src_text = ["".join(shown_tokens[w]) for w in src]
     checked = 0
     for msgs, _, _ in calls:
-        if msgs[0]["content"] in (A.DETECTION_SYSTEM, A.FUZZING_SYSTEM):
+        if msgs[0]["content"] in (P.DETECTION_SYSTEM, P.FUZZING_SYSTEM):
             shown = [re.sub(r"<<|>>", "", t) for t in examples_of(msgs)]
-        elif msgs[0]["content"] == A.SIMULATION_SYSTEM:
+        elif msgs[0]["content"] == P.SIMULATION_SYSTEM:
             shown = ["".join(sim_tokens_of(msgs))]
         else:
             continue
@@ -487,10 +489,10 @@ def test_corrupt_or_foreign_explanation_files_are_refused(tmp_path):
     p.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ExplanationStoreError, match="not an explanations file"):
         ExplanationStore(p)
-    p.write_text(json.dumps({"format": A.EXPLANATIONS_FORMAT, "version": 1, "explanations": [{"site": "neurons.0"}]}))
+    p.write_text(json.dumps({"format": EXPLANATIONS_FORMAT, "version": 1, "explanations": [{"site": "neurons.0"}]}))
     with pytest.raises(ExplanationStoreError, match="explanation 0 is malformed"):
         ExplanationStore(p)
-    p.write_text(json.dumps({"format": A.EXPLANATIONS_FORMAT, "version": 99, "explanations": []}))
+    p.write_text(json.dumps({"format": EXPLANATIONS_FORMAT, "version": 99, "explanations": []}))
     with pytest.raises(ExplanationStoreError, match="version 99"):
         ExplanationStore(p)
     # nan survives a round trip (stored as null: the file is strict JSON)
@@ -503,6 +505,13 @@ def test_corrupt_or_foreign_explanation_files_are_refused(tmp_path):
 
 
 # -- bad input ---------------------------------------------------------------------------------------------
+def test_facade_and_error_bases():
+    from workbench.core.errors import WorkbenchError
+
+    assert all(hasattr(A, name) for name in A.__all__)
+    assert issubclass(ExplanationStoreError, WorkbenchError) and issubclass(ExplanationStoreError, ValueError)
+
+
 def test_malformed_replies_are_reasked_then_raise(planted):
     _, store, _ = planted
     fake = FakeClient(lambda msgs: "   ")
@@ -568,13 +577,13 @@ def test_any_store_key_a_feature_through_an_encoder(planted, tmp_path):
     store = wb.scan(model, wb.default_corpus(max_passages=12), tmp_path / "f", sites=[], features={"sae": (SITE, enc)},
                     k=8, window=24, batch_size=8, sample=32, progress=False)
     shown = {}
-    for w in sorted(store._index()):
+    for w in sorted(store.window_index()):
         [r] = A.unit_records(store, "sae", 1, [w], crop=(24, 8))
         shown["".join(clean(t) for t in r.tokens)] = int(tid in store.window_tokens(w)[1:])
     inner = responder()
 
     def respond(msgs):  # detection answered from the truth, without errors
-        if msgs[0]["content"] == A.DETECTION_SYSTEM:
+        if msgs[0]["content"] == P.DETECTION_SYSTEM:
             return json.dumps([shown[t] for t in examples_of(msgs)])
         return inner(msgs)
 
@@ -588,7 +597,7 @@ def test_any_store_key_a_feature_through_an_encoder(planted, tmp_path):
 @pytest.mark.embedded
 def test_embedded_smollm2_explains_and_scores_its_own_neuron(tmp_path):
     """End to end with the embedded SmolLM2 as both the subject and the explainer (greedy)."""
-    from workbench.llm.client import LocalChatClient
+    from workbench.llm import LocalChatClient
 
     model = wb.load(progress=False)
     store = wb.scan(model, wb.default_corpus(max_passages=40), tmp_path / "s", sites=["neurons.3"], k=8, window=32,

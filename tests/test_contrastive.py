@@ -292,3 +292,39 @@ def test_bad_inputs(tiny):
     with pytest.raises(ValueError, match="text 0 of set 'b' has 1 token"):
         contrastive_neurons(model, {"a": ok, "b": [one]}, progress=False)
     contrastive_neurons(model, {"a": ok, "b": [one]}, skip_first=False, permutations=0, progress=False)
+
+
+def test_one_statistics_module_shared_by_contrastive_hypotheses_and_autointerp():
+    """stats.auroc (pairs) equals the rank AUROC contrastive uses; the old names are the same objects."""
+    import math
+
+    import numpy as np
+
+    import workbench.neurons.contrastive as c
+    from workbench.neurons import stats
+
+    g = torch.Generator().manual_seed(4)
+    values = torch.randint(0, 5, (23, 7), generator=g).float()  # many ties
+    in_set = torch.arange(23) % 3 == 0
+    a, _ = stats.auroc_and_pvalues(values, in_set, permutations=0)
+    for u in range(7):
+        col = values[:, u].numpy()
+        assert abs(stats.auroc(col[in_set.numpy()], col[~in_set.numpy()]) - float(a[u])) < 1e-6
+    assert math.isnan(stats.auroc(np.zeros(0), np.ones(3)))
+    x = np.array([1.0, 2.0, 4.0, 3.0])
+    assert abs(stats.pearson(x, 2 * x + 1) - 1.0) < 1e-12 and math.isnan(stats.pearson(x, np.ones(4)))
+    assert math.isnan(stats.pearson(x[:1], x[:1]))
+    assert c.auroc_and_pvalues is stats.auroc_and_pvalues and c.average_ranks is stats.average_ranks
+    assert c.permutation_indices is stats.permutation_indices
+    from workbench.neurons import hypotheses
+
+    assert hypotheses.wilson_interval is stats.wilson_interval
+
+
+def test_streaming_helpers_are_public():
+    from workbench.neurons.streaming import length_batches, valid_mask
+
+    assert length_batches([5, 2, 9, 2], 2) == [[1, 3], [0, 2]]
+    assert valid_mask([3, 1], skip_first=True).tolist() == [[False, True, True], [False, False, False]]
+    with pytest.raises(ValueError, match="batch_size"):
+        length_batches([1], 0)

@@ -20,8 +20,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from workbench.dictionaries.formats import hook_to_site, load_dictionary, save_saelens, site_to_hook
+from workbench.dictionaries.architectures import ARCHITECTURES
 from workbench.dictionaries.dictionary import Dictionary, DictionaryError, DictionaryWarning
+from workbench.dictionaries.formats import hook_to_site, load_dictionary, save_saelens, site_to_hook
 
 try:  # the real dictionary_learning library, as the reference writer when installed
     from dictionary_learning.dictionary import AutoEncoder, GatedAutoEncoder, JumpReluAutoEncoder
@@ -636,6 +637,87 @@ def test_round_trip_of_a_loaded_file_keeps_metadata(tmp_path):
     close(e.meta["sparsity"], np.full(N, -2.0), atol=0)
     for name in t:
         assert torch.equal(getattr(e, name), getattr(d, name)), name
+
+
+# -- the architecture registry ------------------------------------------------------------------------------------
+def _any_arch(name: str, transcoder: bool = False) -> Dictionary:
+    """A dictionary of architecture ``name`` with every optional tensor set (each architecture uses its own)."""
+    d_out = 6 if transcoder else D
+    return Dictionary(W_enc=randn(D, N, seed=1, scale=0.5), b_enc=randn(N, seed=2, scale=0.3),
+                      W_dec=randn(N, d_out, seed=3, scale=0.5), b_dec=randn(d_out, seed=4, scale=0.3),
+                      architecture=name, k=3, threshold=torch.rand(N, generator=g(6)) * 0.3,
+                      b_gate=randn(N, seed=7, scale=0.3), b_mag=randn(N, seed=8, scale=0.3),
+                      r_mag=randn(N, seed=9, scale=0.3), b_pre=randn(D, seed=5, scale=0.3),
+                      site="mlp_in.1" if transcoder else "resid_post.1", out_site="mlp_out.1" if transcoder else None)
+
+
+@pytest.mark.parametrize("transcoder", [False, True])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_registered_architecture_round_trips(tmp_path, name, transcoder):
+    impl = ARCHITECTURES[name]
+    d = _any_arch(name, transcoder)
+    assert d.architecture_impl is impl
+    save_saelens(d, tmp_path / "d")
+    cfg = json.loads((tmp_path / "d" / "cfg.json").read_text())
+    assert cfg["architecture"] == impl.saelens_name(transcoder, False)
+    e = load_dictionary(tmp_path / "d")
+    assert e.architecture == name and e.is_transcoder == transcoder
+    x = xs(5, seed=72)
+    close(e.encode(x), d.encode(x).numpy(), atol=1e-5)
+    close(e.forward(x)[0], d.forward(x)[0].numpy(), atol=1e-5)
+    idx = torch.tensor([0, 3, 9, 15])
+    close(d.encode_subset(x, idx), d.encode(x)[..., idx].numpy(), atol=1e-6)
+
+
+def test_a_registered_architecture_is_used_by_encode_features_and_files(tmp_path):
+    from workbench.dictionaries.architectures import ReLU, get_architecture, register_architecture
+    from workbench.dictionaries.features import feature_delta
+
+    @register_architecture
+    class SquaredReLU(ReLU):
+        name = "test_relu2"
+        saelens = "test_relu2"
+
+        def encode(self, d, xc):
+            return torch.relu(self.pre_acts(d, xc)) ** 2
+
+        def encode_subset(self, d, xc, idx, cache=None):
+            return super().encode_subset(d, xc, idx, cache) ** 2
+
+    @register_architecture
+    class StandardSquaredReLU(SquaredReLU):  # writes SAELens's "standard": loads back through the metadata
+        name = "test_relu2_std"
+        saelens = "standard"
+
+    try:
+        b_pre = randn(D, seed=5, scale=0.3)
+        for arch in (SquaredReLU, "test_relu2_std"):
+            d = make(d_in=D, d_sae=N, arch=arch, b_pre=b_pre)
+            name = d.architecture
+            assert name in ("test_relu2", "test_relu2_std") and isinstance(d.architecture_impl, SquaredReLU)
+            x = xs(4, seed=3)
+            ref = np.maximum((npy(x) - npy(b_pre)) @ npy(d.W_enc) + npy(d.b_enc), 0.0) ** 2
+            close(d.encode(x), ref)
+            close(d.forward(x)[0], ref @ npy(d.W_dec) + npy(d.b_dec))
+            close(feature_delta(d, x, [1, 5], "zero", None), -ref[:, [1, 5]] @ npy(d.W_dec)[[1, 5]])
+            d.save(tmp_path / name)
+            cfg = json.loads((tmp_path / name / "cfg.json").read_text())
+            assert cfg["architecture"] == get_architecture(name).saelens
+            e = load_dictionary(tmp_path / name)
+            assert e.architecture == name
+            close(e.encode(x), ref, atol=1e-5)
+        assert "test_relu2" in repr(make(d_in=D, d_sae=N, arch="test_relu2"))
+    finally:
+        ARCHITECTURES.pop("test_relu2", None)
+        ARCHITECTURES.pop("test_relu2_std", None)
+    with pytest.raises(DictionaryError, match="unknown architecture 'test_relu2'; supported: relu, topk"):
+        make(arch="test_relu2")
+
+
+def test_errors_derive_from_the_workbench_root():
+    from workbench.core.errors import WorkbenchError
+
+    assert issubclass(DictionaryError, WorkbenchError) and issubclass(DictionaryError, ValueError)
 
 
 # -- dtypes, devices, directions, display ------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def test_no_edit_is_bit_identical(tiny, dicts, family, variant):
     same = model.run([TARGET, OTHER], noops, logits="all")
     assert torch.equal(same.logits, clean.logits)
     with torch.no_grad():
-        plain = model.hf(**model._inputs(model.tokenize([TARGET, OTHER]))).logits
+        plain = model.hf(**model.inputs(model.tokenize([TARGET, OTHER]))).logits
     assert torch.equal(model.run([TARGET, OTHER], noops, logits="all").logits[0], plain[0])
     g = model.generate(PROMPT, noops, max_new_tokens=5)
     assert g.token_ids == model.generate(PROMPT, max_new_tokens=5).token_ids

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench import hypotheses as H
+from workbench.neurons import hypotheses as H
 from workbench.neurons.hypotheses import Hypothesis, wilson_interval
 from workbench.testing import tiny_model
 
@@ -48,7 +48,7 @@ def brute(planted):
     """Per window: (token texts, the unit's activations) from a full capture of that window alone."""
     model, store, _ = planted
     out = {}
-    for w in sorted(store._index()):
+    for w in sorted(store.window_index()):
         ids = store.window_tokens(w)
         res = model.run(model.batch_from_ids([ids]), capture=[SITE], top_k=0, logits=None)
         out[w] = ([model.tokenizer.decode([i]) for i in ids], res.activations[SITE][0, :, UNIT].double().numpy())

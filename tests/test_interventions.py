@@ -12,6 +12,7 @@ import torch
 from hf_paths import PATHS
 
 import workbench as wb
+from workbench.core.engine import GenerationCancelled
 
 TARGET = "The cat sat on the mat"      # 9 tokens
 SAME_LEN = "A dog is on a mat"          # 9 tokens
@@ -515,7 +516,7 @@ def test_generate_streams_tokens_and_can_be_cancelled(tiny):
 
     def stop_after_first(i: int, text: str) -> None:
         cancel.set()
-    with pytest.raises(wb.GenerationCancelled):
+    with pytest.raises(GenerationCancelled):
         model.generate(PROMPT, max_new_tokens=8, on_token=stop_after_first, cancel=cancel)
     assert model.generate(PROMPT, max_new_tokens=2).token_ids == ref_generate(model, "gpt2", PROMPT, n=2), \
         "the model must be usable after a cancelled generation"

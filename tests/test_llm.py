@@ -1,4 +1,4 @@
-"""workbench.llm.client: the OpenAI-compatible HTTP client against real loopback servers, the local
+"""workbench.llm: the OpenAI-compatible HTTP client against real loopback servers, the local
 in-process back end, the response cache, and the parsing helpers."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import torch
 from llm_server import ChatServer, Reply, echo_backend, local_backend
 
-from workbench.llm.client import (
+from workbench.llm import (
     ChatClient,
     ChatResponse,
     LLMError,
@@ -149,7 +149,7 @@ def test_cache_key_hashes_every_component() -> None:
 
 _WRITER = textwrap.dedent("""
     import importlib.util, sys
-    # workbench/llm.py alone (importing the package would load torch: slow to start)
+    # workbench/llm/cache.py alone (importing the package would load torch: slow to start)
     spec = importlib.util.spec_from_file_location("llm_alone", sys.argv[3])
     mod = sys.modules["llm_alone"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -163,9 +163,9 @@ _WRITER = textwrap.dedent("""
 
 def test_cache_is_safe_across_processes_and_threads(tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite"
-    import workbench.llm.client
+    import workbench.llm.cache
 
-    src = workbench.llm.client.__file__
+    src = workbench.llm.cache.__file__
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), f"p{j}", src]) for j in range(2)]
     cache = ResponseCache(path)
     errors: list[BaseException] = []
@@ -373,7 +373,7 @@ def test_key_absent_from_an_executed_notebook(tmp_path: Path) -> None:
     with ChatServer(echo_backend, script=[Reply(401, err)]) as srv:
         nb = nbformat.v4.new_notebook()
         nb.cells = [
-            nbformat.v4.new_code_cell("%xmode Verbose\nfrom workbench.llm.client import llm_client\n"
+            nbformat.v4.new_code_cell("%xmode Verbose\nfrom workbench.llm import llm_client\n"
                                       f"c = llm_client('openai:test-model@{srv.url}', cache=None, max_retries=0)\nc"),
             nbformat.v4.new_code_cell("c.chat([{'role': 'user', 'content': 'hi'}])"),
             nbformat.v4.new_code_cell("c.chat([{'role': 'user', 'content': 'hi'}]).text"),
@@ -498,6 +498,21 @@ def test_retry_parse_gives_up_with_last_raw_output() -> None:
     assert ei.value.raw == "bad 3 final" and "bad 3 final" in str(ei.value)
     with pytest.raises(ValueError):
         retry_parse(c, user("x"), int, attempts=0)
+
+
+def test_facade_and_error_bases() -> None:
+    import workbench.llm as llm
+    from workbench.core.errors import WorkbenchError
+
+    assert all(hasattr(llm, name) for name in llm.__all__)
+    assert issubclass(LLMError, WorkbenchError) and issubclass(LLMError, RuntimeError)
+    # the cache module loads on its own (the cross-process test relies on it): only the standard library at the top
+    import ast
+
+    import workbench.llm.cache
+
+    tree = ast.parse(Path(workbench.llm.cache.__file__).read_text())
+    assert not [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level > 0]
 
 
 def test_retry_parse_over_http_is_not_fooled_by_the_cache(tmp_path: Path) -> None:

@@ -246,13 +246,13 @@ def test_normalization(tiny, metric):
     # Earlier positions of the last layer cannot reach the last position any more: no effect.
     close(res.values[-1, :-1], torch.zeros(len(res.tokens) - 1), atol=1e-4)
     # The base run alone is the corrupted run (0); patching the whole last residual gives 1.
-    from workbench.causal.patching import _metric
+    from workbench.causal.patching import metric_values
 
     clean_logp = torch.log_softmax(model.run(CLEAN).logits.float(), -1)
     a_id, w_id = targets(model)[2:]
     for specs, want in (([], 0.0), ([wb.Patch(f"resid_post.{last}", source=CLEAN)], 1.0)):
         lg = model.run(res.base_prompt, res.base_specs + specs).logits
-        m = float(_metric(lg, metric, a_id, w_id, clean_logp)[0])
+        m = float(metric_values(lg, metric, a_id, w_id, clean_logp)[0])
         close((m - res.corrupted_metric) / (res.clean_metric - res.corrupted_metric), want, atol=1e-4)
     # Noising: the same cell gives the corrupted output (0), other cells of that layer stay clean (1).
     nz = activation_patching(model, CLEAN, CORRUPT, answer=ans, wrong=wrong, metric=metric, direction="noising",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import workbench as wb
-from widgets import NeuronDashboard
+from workbench.widgets import NeuronDashboard
 
 
 @pytest.fixture(scope="module")

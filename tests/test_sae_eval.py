@@ -14,8 +14,8 @@ from test_features import make, make_nmf
 import workbench as wb
 from workbench.core.activations import token_windows
 from workbench.dictionaries.dictionary import Dictionary, DictionaryError
-from workbench.dictionaries.features import Splice, register_dictionary
 from workbench.dictionaries.evaluate import DictionaryEval, evaluate_dictionary
+from workbench.dictionaries.features import Splice, register_dictionary
 
 matplotlib.use("Agg")
 

@@ -17,6 +17,7 @@ from workbench.core.activations import (
     token_windows,
 )
 from workbench.core.corpus import default_corpus
+from workbench.core.errors import Cancelled, WorkbenchError
 from workbench.dictionaries.dictionary import Dictionary
 from workbench.dictionaries.train import (
     CheckpointError,
@@ -187,6 +188,31 @@ def test_lr_default_and_schedule():
     assert TrainerConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_config_object_and_keyword_overrides():
+    X, _ = planted(n=3000)
+    cfg = TrainerConfig(n_latents=64, k=4, batch_size=256, max_tokens=4096, seed=2)
+    a = train_sae(None, "resid_post.0", activations=X, config=cfg, progress=False)
+    b = train_sae(None, "resid_post.0", activations=X, n_latents=64, k=4, batch_size=256, max_tokens=4096, seed=2,
+                  progress=False)
+    assert same_weights(a, b)
+    c = train_sae(None, "resid_post.0", None, cfg, activations=X, seed=3, progress=False)  # a keyword overrides
+    assert c.meta["training"]["seed"] == 3 and not same_weights(a, c) and cfg.seed == 2
+    e = train_sae(None, "resid_post.0", activations=X, expansion=3, k=4, batch_size=256, max_tokens=1024,
+                  progress=False)
+    assert e.d_sae == 3 * 32
+    with pytest.raises(TypeError, match=r"'n_latent'; valid: .*n_latents"):
+        train_sae(None, "resid_post.0", activations=X, n_latent=64)
+    with pytest.raises(TypeError, match="TrainerConfig"):
+        train_sae(None, "resid_post.0", None, {"k": 4}, activations=X)
+
+
+def test_errors_follow_the_contract():
+    assert issubclass(CheckpointError, WorkbenchError) and issubclass(CheckpointError, ValueError)
+    assert issubclass(TrainingCancelled, Cancelled)
+    e = TrainingCancelled(3, None, None)
+    assert e.partial is None and e.step == 3 and "step 3" in str(e)
+
+
 # -- checkpoints and resumption ------------------------------------------------------------------------
 def test_resume_after_cancel_equals_uninterrupted(tmp_path):
     X, _ = planted(n=6000)
@@ -198,6 +224,7 @@ def test_resume_after_cancel_equals_uninterrupted(tmp_path):
         train_sae(None, "resid_post.0", checkpoint=tmp_path / "ck", cancel=ev,
                   on_step=lambda s: ev.set() if s["step"] == 23 else None, **kw)
     assert info.value.step == 23 and info.value.dictionary is not None
+    assert isinstance(info.value, Cancelled) and info.value.partial is info.value.dictionary
     state = json.loads((tmp_path / "ck" / "state.json").read_text())
     assert state["step"] == 23 and not state["complete"]
     assert (tmp_path / "ck" / state["state"]).exists() and len(list((tmp_path / "ck").glob("state-*"))) == 1

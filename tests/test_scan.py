@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.cli import main as scan_main
 from workbench.core.corpus import default_corpus, iter_texts
-from workbench.neurons.scan import main as scan_main
+from workbench.neurons.scan import ScanCancelled
 from workbench.neurons.store import HIST, ScanStore, StoreError, window_priority
 
 CORPUS = default_corpus(max_passages=12)
@@ -176,7 +177,9 @@ def test_interrupted_scan_resumes_to_the_same_store(model, whole, tmp_path):
 def test_cancel_returns_a_partial_store_that_resumes(model, whole, tmp_path):
     ev = threading.Event()
     ev.set()
-    part = do_scan(model, tmp_path / "c", cancel=ev)
+    with pytest.raises(ScanCancelled) as e:
+        do_scan(model, tmp_path / "c", cancel=ev)
+    part = e.value.partial
     assert not part.complete and part.n_windows == BATCH
     done = do_scan(model, tmp_path / "c")
     for name, t in state_tensors(whole).items():
@@ -186,7 +189,8 @@ def test_cancel_returns_a_partial_store_that_resumes(model, whole, tmp_path):
 def test_resume_refuses_another_corpus_or_config(model, tmp_path):
     ev = threading.Event()
     ev.set()
-    do_scan(model, tmp_path / "r", cancel=ev)
+    with pytest.raises(ScanCancelled):
+        do_scan(model, tmp_path / "r", cancel=ev)
     with pytest.raises(StoreError, match="corpus is not the one"):
         do_scan(model, tmp_path / "r", corpus=CORPUS[::-1])
     with pytest.raises(StoreError, match="different 'k'"):
@@ -410,3 +414,40 @@ def test_ctrl_c_held_during_a_merge_counts_the_batch_once(model, whole, tmp_path
     assert resumed.n_windows == whole.n_windows and resumed.n_tokens == whole.n_tokens
     for name, t in state_tensors(whole).items():
         assert torch.equal(state_tensors(resumed)[name], t), name
+
+
+def test_cancel_convention_errors_and_facade(model, tmp_path):
+    """ScanCancelled is a Cancelled carrying the partial store; errors derive from WorkbenchError."""
+    import workbench.neurons as N
+    from workbench.core.errors import Cancelled, WorkbenchError
+    from workbench.core.sites import TOKEN_SITES
+    from workbench.neurons.scan import SCAN_SITES
+
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled, match="run the same call again") as e:
+        do_scan(model, tmp_path / "x", cancel=ev)
+    assert isinstance(e.value, ScanCancelled) and isinstance(e.value.partial, ScanStore)
+    assert e.value.partial.n_windows == BATCH and not e.value.partial.complete
+    assert issubclass(StoreError, WorkbenchError) and SCAN_SITES == TOKEN_SITES
+    assert set(N.__all__) >= {"scan", "ScanStore", "StoreError", "Exemplar", "QuantileGroup", "ScanCancelled",
+                              "neuron_weights", "NeuronWeights", "NeuronWeightsFileError", "contrastive_neurons",
+                              "ContrastiveResult", "sparse_probe", "ProbeResult", "Hypothesis", "HypothesisResult",
+                              "test_hypothesis", "stats"}
+    assert all(hasattr(N, name) for name in N.__all__) and N.scan is wb.scan and N.stats.auroc is not None
+
+
+def test_public_store_api(whole, model):
+    store = ScanStore.open(whole.path, model)
+    assert store.site_key(1) == "neurons.1" and store.site_key("blocks.1.mlp.hook_post") == "neurons.1"
+    assert store.unit_index("neurons.1", 3) == 3 and sorted(store.window_index()) == list(range(whole.n_windows))
+    assert store.require_model() is model and store.site_transform("neurons.1") is None
+    v, w, p = store.top(1, 3)[0]
+    [ex] = store.window_exemplars("neurons.1", 3, [(v, w, p)])
+    assert ex.window == w and float(store.unit_activations("neurons.1", 3, [w])[0][p]) == pytest.approx(v, abs=1e-5)
+    with pytest.raises(KeyError, match="has no"):
+        store.site_key("resid_post.0")
+    with pytest.raises(IndexError, match="out of range"):
+        store.unit_index("neurons.1", 10**6)
+    with pytest.raises(RuntimeError, match="model"):
+        ScanStore.open(whole.path).require_model()

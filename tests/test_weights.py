@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import workbench.neurons.weights as W
-from workbench.testing import tiny_model, tiny_tokenizer
 from workbench.neurons.weights import (
     NeuronWeights,
     NeuronWeightsFileError,
@@ -21,6 +20,7 @@ from workbench.neurons.weights import (
     neuron_weights,
     vocab_classes,
 )
+from workbench.testing import tiny_model, tiny_tokenizer
 
 FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma2", "qwen2")
 GATED = {"llama": True, "qwen2": True, "gemma2": True, "gpt2": False, "gpt_neox": False}
@@ -214,6 +214,21 @@ def test_arch_extra_declares_the_projections() -> None:
     model.arch.extra = {"mlp_in_proj": "mlp.nope"}
     with pytest.raises(NotImplementedError, match="mlp.nope"):
         neuron_weights(model, progress=False)
+
+
+def test_public_layout_and_layer_vectors() -> None:
+    """mlp_layout / layer_vectors (used by the neuron dashboard) read the same rows as the reference."""
+    model = tiny_model("llama", seed=2)
+    lay = W.mlp_layout(model.hf, model.arch)
+    assert isinstance(lay, W.MLPLayout) and lay.gate == "mlp.gate_proj" and lay.up == "mlp.up_proj" and not lay.fused
+    layers, *_ = raw_weights(model, "llama")
+    for L, (g, u, o) in enumerate(layers):
+        w_gate, w_in, w_out = W.layer_vectors(model.hf, model.arch, lay, L)
+        for got, want in ((w_gate, g), (w_in, u), (w_out, o)):
+            np.testing.assert_array_equal(got.double().numpy(), want.astype(np.float32).astype(np.float64))
+    from workbench.core.errors import WorkbenchError
+
+    assert issubclass(NeuronWeightsFileError, WorkbenchError) and issubclass(NeuronWeightsFileError, ValueError)
 
 
 def test_bfloat16_is_close_to_float32(tiny) -> None:

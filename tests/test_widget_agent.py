@@ -10,11 +10,11 @@ import pytest
 from test_agent import SCAN, SITE, UNIT, Scripted, reply
 
 import workbench as wb
-from widgets._base import Cancelled, Job
-from widgets._transport import pack
-from widgets.agent import AgentTranscript, step_payload, step_texts
-from workbench.agent.agent import Agent, AgentResult
+from workbench.agent import Agent, AgentResult
 from workbench.core.corpus import default_corpus
+from workbench.widgets._base import Cancelled, Job
+from workbench.widgets._transport import pack
+from workbench.widgets.agent import AgentTranscript, step_payload, step_texts
 
 EVIL = '<img src=x onerror="window.__xss=1">'
 
@@ -150,7 +150,7 @@ def test_read_only_transcript_from_a_saved_result(model, store, tmp_path):
     assert np.allclose(got["steps"][1]["texts"][0]["acts"], res.steps[1].result["texts"][0]["acts"])
     with pytest.raises(RuntimeError, match="no agent to run"):
         view.call("run")
-    import widgets  # noqa: F401 - registers the viewers
+    import workbench.widgets  # noqa: F401 - registers the viewers
 
     assert isinstance(saved.show(), AgentTranscript)
     assert isinstance(w.agent.show(), AgentTranscript) and w.agent.show().can_run

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import traitlets
 
-from widgets._transport import pack_tril, unpack
-from widgets.attention import AttentionHeads
+from workbench.widgets._transport import pack_tril, unpack
+from workbench.widgets.attention import AttentionHeads
 
 PROMPT = "The cat sat on the mat because it was tired."
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 import workbench as wb
-from widgets import FeatureDashboard, FeatureList
-from widgets._transport import pack
-from widgets.features import Encoder, FeatureFacts, edit_spec
 from workbench.core.corpus import default_corpus
 from workbench.dictionaries.dictionary import Dictionary, DictionaryError
 from workbench.dictionaries.features import FeatureEdit, scale_features, zero_features
 from workbench.dictionaries.nmf import semi_nmf
 from workbench.neurons.store import ScanStore
+from workbench.widgets import FeatureDashboard, FeatureList
+from workbench.widgets._transport import pack
+from workbench.widgets.features import Encoder, FeatureFacts, edit_spec
 
 PROMPT = "The cat sat on the mat"
 TEXT = "Hello world, this is a test"
@@ -387,7 +387,7 @@ def test_constructor_errors(llama: wb.Model, sae: Dictionary, tmp_path: Any) -> 
 
 def test_explanations_come_from_the_stores_explanations_file(llama: wb.Model, sae: Dictionary,
                                                              store: ScanStore) -> None:
-    from workbench.autointerp.explain import Explanation, ExplanationStore, Score
+    from workbench.autointerp import Explanation, ExplanationStore, Score
 
     dash = FeatureDashboard(llama, sae, 2, store=store)
     assert dash.show_latent()["explanation"] == ""

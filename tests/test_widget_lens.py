@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import workbench as wb
-from widgets import LogitLens
-from widgets._transport import pack
 from workbench.causal.lens import TunedLens, logit_lens, tuned_lens
+from workbench.widgets import LogitLens
+from workbench.widgets._transport import pack
 
 PROMPT = "The quick brown fox jumps"
 

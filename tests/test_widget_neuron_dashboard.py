@@ -14,13 +14,13 @@ import pytest
 import torch
 
 import workbench as wb
-from widgets import NeuronDashboard
-from widgets._base import Cancelled, Job
-from widgets._transport import pack
-from widgets.neuron_dashboard import NeuronVocab
 from workbench.core.corpus import default_corpus
 from workbench.neurons.store import ScanStore
 from workbench.neurons.weights import neuron_weights
+from workbench.widgets import NeuronDashboard
+from workbench.widgets._base import Cancelled, Job
+from workbench.widgets._transport import pack
+from workbench.widgets.neuron_dashboard import NeuronVocab
 
 PROMPT = "The capital of France is"
 CORPUS = default_corpus(max_passages=12)
@@ -334,7 +334,7 @@ def test_features_and_residual_keys(llama: wb.Model, tmp_path: Any) -> None:
 
 
 def test_explanations_from_the_store_are_shown_best_first(llama: wb.Model, tmp_path: Any) -> None:
-    from workbench.autointerp.explain import Explanation, ExplanationStore, Score
+    from workbench.autointerp import Explanation, ExplanationStore, Score
 
     st = wb.scan(llama, CORPUS, tmp_path / "s", **SCAN)
     d = NeuronDashboard(st, layer=1, unit=3)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import workbench as wb
-from widgets._transport import pack
-from widgets.neurons import NeuronHeatmap
 from workbench.testing import tiny_model
+from workbench.widgets._transport import pack
+from workbench.widgets.neurons import NeuronHeatmap
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
 

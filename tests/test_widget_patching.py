@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import workbench as wb
-from widgets._transport import pack
-from widgets.patching import PatchingHeatmap
 from workbench.causal.patching import PatchingResult, activation_patching, attribution_patching
+from workbench.widgets._transport import pack
+from workbench.widgets.patching import PatchingHeatmap
 
 CLEAN = "The cat sat on the mat"  # 9 tokens with the tiny tokenizer
 CORRUPT = "A dog is on a mat"  # 9 tokens
@@ -166,7 +166,7 @@ def test_constructor_checks_and_show(llama: wb.Model, sweeps) -> None:
     other = activation_patching(llama, CLEAN, CORRUPT, site="mlp_out", **KW)
     with pytest.raises(ValueError, match="different sweep"):
         PatchingHeatmap(llama, other, attr)
-    import widgets  # noqa: F401  (registers the viewer)
+    import workbench.widgets  # noqa: F401  (registers the viewer)
 
     w = exact.show(model=llama)
     assert isinstance(w, PatchingHeatmap)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import workbench as wb
-from widgets._transport import pack
-from widgets.steering import RANGE_FACTOR, SteeringPanel, nice_ceil
+from workbench.widgets._transport import pack
+from workbench.widgets.steering import RANGE_FACTOR, SteeringPanel, nice_ceil
 
 PROMPT = "The object is"
 N = 12
@@ -289,7 +289,11 @@ def _sae(model: wb.Model, site: str = "resid_post.1", out_site: str | None = Non
 
 
 def test_add_feature_steers_the_unit_decoder_row(llama: wb.Model) -> None:
-    from workbench.dictionaries.features import feature_direction, register_dictionary, steer_feature
+    from workbench.dictionaries.features import (
+        feature_direction,
+        register_dictionary,
+        steer_feature,
+    )
 
     d = _sae(llama)
     name = register_dictionary(d)

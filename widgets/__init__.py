@@ -1,17 +1,26 @@
 """Live anywidget controls for the workbench: each one calls the engine and reruns the model.
 
-    from widgets import AttentionHeads, NeuronHeatmap, SteeringPanel, LogitLens, PatchingHeatmap
-    from widgets import NeuronDashboard, FeatureList, FeatureDashboard
+    from workbench.widgets import AttentionHeads, NeuronHeatmap, SteeringPanel, LogitLens, PatchingHeatmap
+    from workbench.widgets import NeuronDashboard, FeatureList, FeatureDashboard
+
+The source lives in the top-level ``widgets/`` folder; its import name is `workbench.widgets`
+(a wheel installs it there; ``import workbench`` maps it in a source checkout). The old name
+``widgets`` still works until 0.2, with a DeprecationWarning, and gives these same modules.
 """
 
-from .agent import AgentTranscript
-from .attention import AttentionHeads
-from .features import FeatureDashboard, FeatureList
-from .lens import LogitLens
-from .neuron_dashboard import NeuronDashboard
-from .neurons import NeuronHeatmap
-from .patching import PatchingHeatmap
-from .steering import SteeringPanel
+if __name__ == "widgets":  # run under the old name: hand over to workbench.widgets, so nothing loads twice
+    from workbench._compat import adopt_old_widgets_name
+
+    adopt_old_widgets_name(__name__)
+else:
+    from .agent import AgentTranscript
+    from .attention import AttentionHeads
+    from .features import FeatureDashboard, FeatureList
+    from .lens import LogitLens
+    from .neuron_dashboard import NeuronDashboard
+    from .neurons import NeuronHeatmap
+    from .patching import PatchingHeatmap
+    from .steering import SteeringPanel
 
 __all__ = ["AgentTranscript", "AttentionHeads", "FeatureDashboard", "FeatureList", "LogitLens", "NeuronDashboard", "NeuronHeatmap",
            "PatchingHeatmap", "SteeringPanel", "register_viewers"]
@@ -19,12 +28,12 @@ __all__ = ["AgentTranscript", "AttentionHeads", "FeatureDashboard", "FeatureList
 
 def register_viewers() -> None:
     """Register each widget as the ``.show()`` viewer of the engine result it displays."""
-    from workbench.neurons.contrastive import ContrastiveResult
     from workbench.causal.lens import LensResult
     from workbench.causal.patching import PatchingResult
+    from workbench.core.viewers import register_viewer
+    from workbench.neurons.contrastive import ContrastiveResult
     from workbench.neurons.probing import ProbeResult
     from workbench.neurons.store import ScanStore
-    from workbench.core.viewers import register_viewer
     from workbench.neurons.weights import NeuronWeights
 
     register_viewer(PatchingResult, lambda res, **kw: PatchingHeatmap.from_result(res, **kw))
@@ -53,4 +62,5 @@ def _probe_dashboard(res, store, k: int | None = None, rank: int = 0, **kw):
     return NeuronDashboard(store, layer=int(layer), unit=int(unit), **kw)
 
 
-register_viewers()
+if __name__ != "widgets":
+    register_viewers()

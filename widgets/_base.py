@@ -6,7 +6,10 @@ the kernel calls ``self.rpc_<m>(**params)`` and answers with ``{"type": "reply",
 `_transport.pack`). A method may be a generator: each yielded value is sent as a
 partial reply and its return value as the final one. Methods registered with
 ``background=True`` run in a worker thread; a newer request to the same method from
-the same view (each browser view sends its own ``view`` id) cancels the older one (the generator sees ``self.cancelled(job)`` and stops).
+the same view (each browser view sends its own ``view`` id) cancels the older one (the
+generator sees ``job.cancelled``; `Job.check` raises `Cancelled`, a
+`workbench.core.errors.Cancelled`). `_stream.Stream` bridges work in another thread to such
+a generator.
 Errors come back as ``{"error": {...}}`` and the widget shows them.
 """
 
@@ -21,6 +24,8 @@ from typing import Any
 
 import anywidget
 import traitlets
+
+from workbench.core import errors
 
 from ._transport import pack
 
@@ -38,8 +43,11 @@ def bundle(name: str) -> Path:
     return path
 
 
-class Cancelled(Exception):
-    """Raised inside a background job when a newer request replaced it."""
+class Cancelled(errors.Cancelled):
+    """Raised inside a background job when a newer request replaced it (or the view cancelled it)."""
+
+    def __init__(self, message: str = "superseded by a newer request", partial: Any = None) -> None:
+        super().__init__(message, partial)
 
 
 class Job:
@@ -151,7 +159,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
             self.error = ""
             self.last_reply = result
             self._send_reply(rid, result, done=True)
-        except Cancelled:  # tell the view, in case it did not cancel the request itself
+        except errors.Cancelled:  # tell the view, in case it did not cancel the request itself
             self._send_reply(rid, error={"message": "superseded by a newer request", "kind": "Cancelled"})
         except Exception as exc:  # shown in the widget, not lost in the log
             self.error = f"{type(exc).__name__}: {exc}"

@@ -16,18 +16,20 @@ injected as the user's edited hypothesis when it was changed.
 
 from __future__ import annotations
 
-import queue
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from contextlib import closing
 from typing import Any
 
 import numpy as np
 import traitlets
 
-from workbench.agent.agent import Agent, AgentResult, Step
+from workbench.agent import Agent, AgentResult, Step
+from workbench.core.errors import Cancelled as WorkCancelled
 from workbench.core.viewers import register_viewer
 
-from ._base import Cancelled, Job, WorkbenchWidget, bundle, rpc
+from ._base import Job, WorkbenchWidget, bundle, rpc
+from ._stream import Stream
 
 #: Per-step result fields sent as JSON details (the texts with activations go separately, as arrays).
 _DETAIL_KEYS = {
@@ -177,49 +179,44 @@ class AgentTranscript(WorkbenchWidget):
             backlog = list(self._live[int(after or 0):])
         for s in backlog:
             yield {"step": step_payload(s), "hypothesis": self.hypothesis, "n_steps": len(self._live)}
-        q: queue.Queue = queue.Queue()
         edit = hypothesis.strip() if isinstance(hypothesis, str) and hypothesis.strip() else None
 
-        def on_step(step: Step) -> None:
-            with self._state:
-                self._live.append(step)
-            q.put(("step", step))
-
-        def work() -> None:
-            try:
-                if previous is None:
-                    res = self.agent.run(on_step=on_step, cancel=cancel, progress=False)
-                else:
-                    res = self.agent.resume(previous, hypothesis=edit, on_step=on_step, cancel=cancel, progress=False)
+        def work(emit: Callable[[Step], None]) -> None:
+            def on_step(step: Step) -> None:
                 with self._state:
-                    self._result = res
-                    self._live = list(res.steps)
-                self._apply(res)
-                q.put(("done", res))
-            except BaseException as exc:  # handed to the request's thread
-                q.put(("error", exc))
+                    self._live.append(step)
+                emit(step)
+
+            try:
+                try:
+                    if previous is None:
+                        res = self.agent.run(on_step=on_step, cancel=cancel, progress=False)
+                    else:
+                        res = self.agent.resume(previous, hypothesis=edit, on_step=on_step, cancel=cancel,
+                                                progress=False)
+                except WorkCancelled as stopped:  # a stopped run raises with the transcript so far
+                    if not isinstance(stopped.partial, AgentResult):
+                        raise
+                    res = stopped.partial
+            except BaseException:
+                self.status = "error"
+                raise
+            with self._state:
+                self._result = res
+                self._live = list(res.steps)
+            self._apply(res)
 
         self.status = "running"
         self._cancel = cancel
-        self._worker = threading.Thread(target=work, daemon=True, name="agent-run")
-        self._worker.start()
-        while True:
-            if job is not None and job.cancelled:
-                raise Cancelled()
-            try:
-                kind, value = q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if kind == "step":
-                if value.hypothesis:
-                    self.hypothesis = value.hypothesis
+        run = Stream(work, job, cancel, wait=False, poll=0.1, name="agent-run")  # a stop raises Cancelled at once
+        self._worker = run.thread
+        with closing(iter(run)) as steps:
+            for step in steps:
+                if step.hypothesis:
+                    self.hypothesis = step.hypothesis
                 self.n_steps = len(self._live)
-                yield {"step": step_payload(value), "hypothesis": self.hypothesis, "n_steps": self.n_steps}
-            elif kind == "done":
-                return self._summary()
-            else:
-                self.status = "error"
-                raise value
+                yield {"step": step_payload(step), "hypothesis": self.hypothesis, "n_steps": self.n_steps}
+        return self._summary()
 
     def _join(self, timeout: float | None = None) -> None:
         w = self._worker

@@ -28,9 +28,7 @@ and the classes of the neuron shown are computed from the weights for that neuro
 from __future__ import annotations
 
 import math
-import queue
 import threading
-import time
 from collections.abc import Generator
 from typing import Any
 
@@ -39,13 +37,21 @@ import torch
 import traitlets
 
 import workbench as wb
-from workbench.core.arch import WRITABLE, Site
-from workbench.neurons.store import Exemplar, QuantileGroup, ScanStore
+from workbench.core.sites import WRITABLE, Site
+from workbench.neurons.store import QuantileGroup, ScanStore
+from workbench.neurons.weights import (
+    final_norm_fold,
+    io_classes,
+    layer_vectors,
+    mlp_layout,
+    unembedding_weight,
+    vocab_classes,
+)
 
 from ._base import Cancelled, Job, WorkbenchWidget, bundle, rpc
+from ._payload import as_int, exemplar_payload, finite_float, json_float, predictions
+from ._stream import generation, keyed
 
-#: At most this many streamed partial replies per second while generating.
-MAX_PARTIALS_PER_S = 20.0
 MODES = ("ablate", "amplify")
 
 
@@ -67,8 +73,6 @@ class NeuronVocab:
         self._lock = threading.Lock()
 
     def _prepare(self) -> dict[str, Any]:
-        from workbench.neurons.weights import _layout, final_norm_fold, unembedding_weight
-
         with self._lock:
             if self._prep is None:
                 hf, arch = self.model.hf, self.model.arch
@@ -81,13 +85,11 @@ class NeuronVocab:
                     tok_norm = (Uc * g).norm(dim=1)
                     inv_tok = torch.where(tok_norm > 0, 1.0 / tok_norm, torch.zeros_like(tok_norm))
                 self._prep = {"U": U, "Uc": Uc, "g": g, "inv_tok": inv_tok, "center": center,
-                              "layout": _layout(hf, arch)}
+                              "layout": mlp_layout(hf, arch)}
             return self._prep
 
     def unit(self, layer: int, unit: int) -> dict[str, Any]:
         """Like `NeuronWeights.unit`: cosines, classes, vocabulary moments, promoted / suppressed."""
-        from workbench.neurons.weights import _layer_vectors, io_classes, vocab_classes
-
         arch = self.model.arch
         arch.check_layer(layer)
         if isinstance(unit, bool) or not isinstance(unit, int | np.integer) or not 0 <= int(unit) < arch.d_mlp:
@@ -95,7 +97,7 @@ class NeuronVocab:
         u = int(unit)
         p = self._prepare()
         with torch.inference_mode():
-            w_gate, w_in, w_out = _layer_vectors(self.model.hf, arch, p["layout"], layer)
+            w_gate, w_in, w_out = layer_vectors(self.model.hf, arch, p["layout"], layer)
             wo = w_out[u].to(p["U"].device)
             io_cos = _cos(w_in[u], w_out[u])
             wc = wo - wo.mean() if p["center"] else wo
@@ -110,16 +112,16 @@ class NeuronVocab:
         inv = 1.0 / wn if wn > 0 else math.nan
         skew = float(m3 / m2**1.5) if m2 > 0 else math.nan
         kurt = float(m4 / m2**2 - 3.0) if m2 > 0 else math.nan
-        row: dict[str, Any] = {"site": f"neurons.{layer}", "layer": int(layer), "unit": u, "io_cos": _num(io_cos)}
+        row: dict[str, Any] = {"site": f"neurons.{layer}", "layer": int(layer), "unit": u, "io_cos": json_float(io_cos)}
         if w_gate is not None:
             gate_cos, gate_up = _cos(w_gate[u], w_out[u]), _cos(w_gate[u], w_in[u])
-            row.update(io_cos_gate=_num(gate_cos), io_cos_up=_num(io_cos), gate_up_cos=_num(gate_up))
+            row.update(io_cos_gate=json_float(gate_cos), io_cos_up=json_float(io_cos), gate_up_cos=json_float(gate_up))
             io_class = io_classes(np.array([io_cos]), np.array([gate_cos]), np.array([gate_up]))[0]
         else:
             io_class = io_classes(np.array([io_cos]))[0]
         row["io_class"] = str(io_class)
-        row.update(vocab_mean=_num(float(mu) * inv), vocab_std=_num(float(m2.sqrt()) * inv), vocab_skew=_num(skew),
-                   vocab_kurtosis=_num(kurt), vocab_class=str(vocab_classes(np.array([kurt]), np.array([skew]))[0]))
+        row.update(vocab_mean=json_float(float(mu) * inv), vocab_std=json_float(float(m2.sqrt()) * inv), vocab_skew=json_float(skew),
+                   vocab_kurtosis=json_float(kurt), vocab_class=str(vocab_classes(np.array([kurt]), np.array([skew]))[0]))
         tok = self.model.tokenizer
         row["promoted"] = [{"token": tok.decode([int(i)]), "id": int(i), "score": float(s)}
                            for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
@@ -133,34 +135,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / (na * nb)) if na > 0 and nb > 0 else math.nan
 
 
-def _num(v: Any) -> float | None:
-    """A JSON-ready float: NaN / infinity become None."""
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _exemplar(e: Exemplar) -> dict[str, Any]:
-    return {"window": int(e.window), "position": int(e.position), "value": _num(e.value), "tokens": list(e.tokens),
-            "acts": np.ascontiguousarray(e.acts, dtype=np.float32)}
-
-
 def _group(g: QuantileGroup) -> dict[str, Any]:
-    return {"label": g.label, "lo": _num(g.lo), "hi": _num(g.hi), "exemplars": [_exemplar(e) for e in g.exemplars]}
-
-
-def _int(name: str, v: Any) -> int:
-    """An integer parameter from the browser (a float with an integral value is fine)."""
-    if v is None or isinstance(v, bool):
-        raise ValueError(f"{name} must be an integer, not {v!r}")
-    if isinstance(v, float):
-        if not v.is_integer():
-            raise ValueError(f"{name} must be an integer, not {v!r}")
-        v = int(v)
-    if not isinstance(v, int | np.integer):
-        raise ValueError(f"{name} must be an integer, not {v!r}")
-    return int(v)
+    return {"label": g.label, "lo": json_float(g.lo), "hi": json_float(g.hi), "exemplars": [exemplar_payload(e) for e in g.exemplars]}
 
 
 # -- the widget -------------------------------------------------------------------------------------
@@ -199,7 +175,7 @@ class NeuronDashboard(WorkbenchWidget):
             raise ValueError("the store is open with another model than the one given: pass the same model")
         for name, v, lo in (("n_exemplars", n_exemplars, 1), ("quantile_groups", quantile_groups, 0),
                             ("per_group", per_group, 1), ("max_new_tokens", max_new_tokens, 1), ("top_k", top_k, 1)):
-            if _int(name, v) < lo:
+            if as_int(name, v) < lo:
                 raise ValueError(f"{name} must be at least {lo}, not {v}")
         self.store = store
         self.lm = model
@@ -272,7 +248,7 @@ class NeuronDashboard(WorkbenchWidget):
         else:
             if layer is None:
                 raise ValueError("give a layer or a site")
-            L = _int("layer", layer)
+            L = as_int("layer", layer)
             family = self._default_family()
             lane = self._family(family)
             key = next((e["key"] for e in lane if e["layer"] == L), None)
@@ -281,7 +257,7 @@ class NeuronDashboard(WorkbenchWidget):
                 if not have:
                     raise KeyError(f"the store has no layered keys: pass site= one of {', '.join(self.store.sites[:8])}")
                 raise IndexError(f"layer {L} is out of range: the store has {family} at layers {min(have)}..{max(have)}")
-        u = _int("unit", unit)
+        u = as_int("unit", unit)
         w = self.store.width(key)
         if not 0 <= u < w:
             raise IndexError(f"unit {u} is out of range for {key} (0..{w - 1})")
@@ -292,7 +268,7 @@ class NeuronDashboard(WorkbenchWidget):
         if delta not in (1, -1):
             raise ValueError("delta is +1 (next) or -1 (previous)")
         key = self.site if site is None else self._key(site)
-        u = self.unit if unit is None else _int("unit", unit)
+        u = self.unit if unit is None else as_int("unit", unit)
         lane = self._lane(key)
         i = [e["key"] for e in lane].index(key)
         u += delta
@@ -352,7 +328,7 @@ class NeuronDashboard(WorkbenchWidget):
 
     def summary(self, key: str, layer: int, unit: int) -> dict[str, Any]:
         """Statistics, histogram and weight facts (no model run): the first partial reply."""
-        stats = {k: _num(v) for k, v in self.store.unit_stats(key, unit).items()}
+        stats = {k: json_float(v) for k, v in self.store.unit_stats(key, unit).items()}
         edges, counts = self.store.histogram(key, unit)
         try:
             info = self.unit_info(key, layer, unit)
@@ -374,14 +350,14 @@ class NeuronDashboard(WorkbenchWidget):
         path = self.store.path / "explanations.json"
         if not path.exists():
             return []
-        from workbench.autointerp.explain import ExplanationStore
+        from workbench.autointerp import ExplanationStore
 
         try:
             found = ExplanationStore(path).get(key, unit)
         except Exception as exc:  # a corrupt file: say so in the panel, keep the rest working
             return [{"text": f"(explanations.json cannot be read: {exc})", "method": "error", "scores": {}}]
         out = [{"text": e.text, "method": e.method, "client": e.client,
-                "scores": {k: {"value": _num(sc.value), "lo": _num(sc.lo), "hi": _num(sc.hi)} for k, sc in e.score.items()}}
+                "scores": {k: {"value": json_float(sc.value), "lo": json_float(sc.lo), "hi": json_float(sc.hi)} for k, sc in e.score.items()}}
                for e in found]
         best = [max((v["value"] for v in o["scores"].values() if v["value"] is not None), default=-1.0) for o in out]
         return [o for _, o in sorted(zip(best, out, strict=True), key=lambda t: -t[0])]
@@ -416,20 +392,14 @@ class NeuronDashboard(WorkbenchWidget):
         except Exception as exc:  # e.g. a feature key whose encoder was not given to the store
             out["exemplar_error"] = f"{type(exc).__name__}: {exc}"
             ex, groups = [], []
-        out["exemplars"] = [_exemplar(e) for e in ex]
+        out["exemplars"] = [exemplar_payload(e) for e in ex]
         out["quantiles"] = [_group(g) for g in groups]
         return out
 
     # -- ablate / amplify --------------------------------------------------------------------------
     @staticmethod
     def _factor(factor: Any) -> float:
-        try:
-            f = float(factor)
-        except (TypeError, ValueError):
-            raise ValueError(f"the amplify factor must be a number, not {factor!r}") from None
-        if not math.isfinite(f):
-            raise ValueError(f"the amplify factor must be finite, not {factor!r}")
-        return f
+        return finite_float("the amplify factor", factor)
 
     def intervention(self, mode: str = "ablate", factor: float | None = None, site: str | None = None,
                      unit: int | None = None) -> wb.Edit:
@@ -437,7 +407,7 @@ class NeuronDashboard(WorkbenchWidget):
         if mode not in MODES:
             raise ValueError(f"mode is 'ablate' or 'amplify', not {mode!r}")
         key = self.site if site in (None, "") else self._key(str(site))
-        u = self.unit if unit is None else _int("unit", unit)
+        u = self.unit if unit is None else as_int("unit", unit)
         if not 0 <= u < self.store.width(key):
             raise IndexError(f"unit {u} is out of range for {key} (0..{self.store.width(key) - 1})")
         f = self._factor(self.factor if factor is None else factor)
@@ -452,55 +422,7 @@ class NeuronDashboard(WorkbenchWidget):
 
     def predictions(self, base: wb.RunResult, edit: wb.RunResult) -> dict[str, Any]:
         """Top-k before / after and, for the union of their tokens, both probabilities."""
-        pb = torch.softmax(base.logits[0].double(), -1)
-        pe = torch.softmax(edit.logits[0].double(), -1)
-        brows, erows = base.top.as_rows(0), edit.top.as_rows(0)
-        seen: dict[int, str] = {}
-        for r in brows + erows:
-            seen.setdefault(r["id"], r["token"])
-        rows = [{"token": t, "id": i, "p_base": float(pb[i]), "p_edit": float(pe[i])} for i, t in seen.items()]
-        return {"base": brows, "edit": erows, "rows": rows}
-
-    def _stream(self, prompt: str, specs: list, job: Job | None) -> Generator[str, None, str]:
-        """`Model.generate` in a worker thread; yield the text so far (throttled); return the text."""
-        cancel = threading.Event()
-        q: queue.Queue = queue.Queue()
-
-        def work() -> None:
-            try:
-                res = self.lm.generate(prompt, specs, max_new_tokens=self.max_new_tokens,
-                                       on_token=lambda _i, text: q.put(("token", text)), cancel=cancel)
-                q.put(("done", res.text))
-            except BaseException as exc:  # handed to the consuming thread
-                q.put(("error", exc))
-
-        threading.Thread(target=work, daemon=True, name="dashboard-generate").start()
-        interval = 1.0 / MAX_PARTIALS_PER_S
-        last, pending, finished = -math.inf, None, False
-        try:
-            while True:
-                if job is not None and job.cancelled:
-                    cancel.set()
-                if pending is not None and time.monotonic() - last >= interval:
-                    last, text, pending = time.monotonic(), pending, None
-                    yield text
-                    continue
-                try:
-                    kind, value = q.get(timeout=0.05 if pending is None else max(0.0, last + interval - time.monotonic()))
-                except queue.Empty:
-                    continue
-                if kind == "token":
-                    pending = value
-                    continue
-                finished = True
-                if kind == "done":
-                    return value
-                if isinstance(value, wb.GenerationCancelled):
-                    raise Cancelled() from value
-                raise value
-        finally:
-            if not finished:
-                cancel.set()
+        return predictions(base, edit)
 
     @rpc(background=True)
     def rpc_edit(self, mode: str = "ablate", prompt: str | None = None, factor: Any = None, site: str | None = None,
@@ -531,23 +453,11 @@ class NeuronDashboard(WorkbenchWidget):
         n = self.max_new_tokens
         gen_base = self._gen_cache.get((prompt, n))
         if gen_base is None:
-            gen = self._stream(prompt, [], job)
-            while True:
-                try:
-                    yield {"gen_base": next(gen)}
-                except StopIteration as stop:
-                    gen_base = stop.value
-                    break
+            gen_base = yield from keyed("gen_base", generation(self.lm, prompt, [], n, job, "dashboard-generate"))
             self._gen_cache = {(prompt, n): gen_base}
             yield {"gen_base": gen_base}
         out["gen_base"] = gen_base
-        gen = self._stream(prompt, [spec], job)
-        while True:
-            try:
-                yield {"gen_edit": next(gen)}
-            except StopIteration as stop:
-                out["gen_edit"] = stop.value
-                break
+        out["gen_edit"] = yield from keyed("gen_edit", generation(self.lm, prompt, [spec], n, job, "dashboard-generate"))
         return out
 
     def ablate(self, prompt: str | None = None) -> dict[str, Any]:

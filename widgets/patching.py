@@ -26,7 +26,7 @@ import torch
 import traitlets
 
 import workbench as wb
-from workbench.causal.patching import PatchingResult, _metric, _token_id, noise_specs
+from workbench.causal.patching import PatchingResult, metric_values, noise_specs, token_id
 
 from ._base import Job, WorkbenchWidget, bundle, rpc
 
@@ -154,10 +154,10 @@ class PatchingHeatmap(WorkbenchWidget):
             if t is None:
                 return None
             try:
-                return _token_id(self.lm, t, what)
+                return token_id(self.lm, t, what)
             except ValueError:
                 if t.isdigit():  # an int id stored as text
-                    return _token_id(self.lm, int(t), what)
+                    return token_id(self.lm, int(t), what)
                 raise
 
         return tid(r.answer, "answer"), tid(r.wrong, "wrong answer")
@@ -166,7 +166,7 @@ class PatchingHeatmap(WorkbenchWidget):
         r = self.result
         ans, wrong = self._ids()
         clean_logp = torch.log_softmax(clean.logits.float(), -1)
-        return float(_metric(run.logits.float(), r.metric, ans, wrong, clean_logp)[0])
+        return float(metric_values(run.logits.float(), r.metric, ans, wrong, clean_logp)[0])
 
     def _references(self, top_k: int) -> dict[str, Any]:
         """Clean and corrupted predictions (computed once per top_k)."""

@@ -19,7 +19,6 @@ steered text; a newer request cancels the older one.
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -30,15 +29,16 @@ import torch
 import traitlets
 
 import workbench as wb
+from workbench.causal.directions import neuron_direction
+from workbench.core.sites import TOKEN_SITES, WRITABLE
 
-from ._base import Cancelled, Job, WorkbenchWidget, bundle, rpc
+from ._base import Job, WorkbenchWidget, bundle, rpc
+from ._stream import generation, keyed
 
-#: Sites a direction can be added to (one vector per token).
-WRITABLE_SITES = frozenset({"embed", "resid_pre", "attn_out", "mlp_in", "neurons", "mlp_out", "resid_post", "final_norm"})
+#: Sites a direction can be added to: one writable vector per token (from the site table).
+STEERABLE = TOKEN_SITES & WRITABLE
 #: Default slider half-range, in multiples of the typical residual norm at the layer.
 RANGE_FACTOR = 4.0
-#: At most this many partial replies per second while streaming.
-MAX_PARTIALS_PER_S = 20.0
 
 
 def nice_ceil(x: float) -> float:
@@ -157,9 +157,9 @@ class SteeringPanel(WorkbenchWidget):
             raise ValueError("a direction needs a name")
         if site is not None:
             s = wb.Site.parse(site)
-            if s.name not in WRITABLE_SITES:
+            if s.name not in STEERABLE:
                 raise ValueError(f"cannot steer {s}: steering adds one vector per token at "
-                                 f"{', '.join(sorted(WRITABLE_SITES))}")
+                                 f"{', '.join(sorted(STEERABLE))}")
             site = str(s)
             layer = s.layer if s.layer is not None else (self.default_layer if layer is None else int(layer))
             if site == f"resid_post.{layer}":
@@ -190,8 +190,8 @@ class SteeringPanel(WorkbenchWidget):
 
     def add_neuron(self, layer: int, index: int, name: str | None = None, max_strength: float | None = None,
                    strength: float = 0.0) -> SteeringPanel:
-        """Add the residual direction MLP neuron ``index`` of ``layer`` writes (`wb.neuron_direction`)."""
-        v = wb.neuron_direction(self.model, layer, index)
+        """Add the residual direction MLP neuron ``index`` of ``layer`` writes (`neuron_direction`)."""
+        v = neuron_direction(self.model, layer, index)
         return self.add_direction(name or f"L{layer}N{index}", v, layer, max_strength, strength, kind="neuron")
 
     def add_mean_difference(self, name: str, positive_prompts: Sequence[str], negative_prompts: Sequence[str],
@@ -212,7 +212,11 @@ class SteeringPanel(WorkbenchWidget):
         ``"<dictionary name>[index]"``, as `workbench.dictionaries.features.steer_feature` names its spec.
         """
         from workbench.dictionaries.dictionary import Dictionary
-        from workbench.dictionaries.features import feature_direction, get_dictionary, register_dictionary
+        from workbench.dictionaries.features import (
+            feature_direction,
+            get_dictionary,
+            register_dictionary,
+        )
         from workbench.dictionaries.nmf import NMFResult
 
         if isinstance(dictionary, NMFResult):
@@ -298,71 +302,10 @@ class SteeringPanel(WorkbenchWidget):
             ]
 
     # -- generation ----------------------------------------------------------------
-    def _stream(self, prompt: str, specs: list[wb.Steer], max_new_tokens: int,
-                job: Job | None) -> Generator[str, None, str]:
-        """Run `Model.generate` in a thread; yield the text so far (throttled); return the final text."""
-        cancel = threading.Event()
-        q: queue.Queue = queue.Queue()
-
-        def on_token(_id: int, text: str) -> None:
-            q.put(("token", text))
-
-        def work() -> None:
-            try:
-                res = self.model.generate(prompt, specs, max_new_tokens=max_new_tokens, on_token=on_token,
-                                          cancel=cancel)
-                q.put(("done", res.text))
-            except BaseException as exc:  # handed to the consuming thread
-                q.put(("error", exc))
-
-        worker = threading.Thread(target=work, daemon=True, name="steering-generate")
-        worker.start()
-        interval = 1.0 / MAX_PARTIALS_PER_S
-        last_emit = -math.inf
-        pending: str | None = None
-        finished = False
-        try:
-            while True:
-                if job is not None and job.cancelled:
-                    cancel.set()
-                if pending is not None and time.monotonic() - last_emit >= interval:
-                    last_emit = time.monotonic()
-                    text, pending = pending, None
-                    yield text
-                    continue
-                wait = 0.05 if pending is None else max(0.0, min(0.05, last_emit + interval - time.monotonic()))
-                try:
-                    kind, value = q.get(timeout=wait)
-                except queue.Empty:
-                    continue
-                if kind == "token":
-                    pending = value
-                elif kind == "done":
-                    finished = True
-                    return value
-                else:
-                    finished = True
-                    if isinstance(value, wb.GenerationCancelled):
-                        raise Cancelled() from value
-                    raise value
-        finally:
-            if not finished:
-                cancel.set()
-
     def _run_one(self, prompt: str, specs: list[wb.Steer], n: int, job: Job | None,
                  key: str) -> Generator[dict, None, str]:
         """Stream one generation as ``{key: text_so_far}`` partials; cache it when unsteered."""
-        gen = self._stream(prompt, specs, n, job)
-        try:
-            while True:
-                try:
-                    part = next(gen)
-                except StopIteration as stop:
-                    text: str = stop.value
-                    break
-                yield {key: part}
-        finally:
-            gen.close()  # stops the worker when this request was dropped mid-stream
+        text: str = yield from keyed(key, generation(self.model, prompt, specs, n, job, "steering-generate"))
         if not specs:
             with self._state_lock:
                 self._baseline[(prompt, n)] = text

@@ -5,80 +5,122 @@
     res = model.run("The capital of France is", capture=["neurons.10"])
     res.to_pandas()                          # top next-token predictions
     model.run("...", [wb.zero_neurons(10, [42])])
+
+The root holds the everyday names (`__all__`); each capability's full API is in its subpackage:
+`workbench.core` (model, sites, specs, results), `workbench.causal` (patching, lenses, directions),
+`workbench.neurons` (scans, weights, contrastive sets, probes, hypotheses), `workbench.dictionaries`
+(SAEs: load, splice, train, evaluate), `workbench.llm`, `workbench.autointerp`, `workbench.agent`,
+and the widgets in `workbench.widgets`. Names load on first use, so ``import workbench`` is cheap.
 """
 
-from .core.activations import ActivationBuffer, collect_activations
-from .agent.agent import Agent, AgentResult
-from .core.arch import SITE_NAMES, ArchMap, Site
-from .autointerp.explain import Explanation, ExplanationStore, Score, explain, explain_units, score
-from .neurons.contrastive import ContrastiveResult, contrastive_neurons
-from .core.corpus import default_corpus, iter_texts
-from .dictionaries.formats import load_dictionary, save_saelens
-from .dictionaries.dictionary import Dictionary, DictionaryError
-from .causal.directions import mean_difference, neuron_direction
-from .core.engine import GenerationCancelled, Model
-from .dictionaries.features import (
-    FeatureEdit,
-    Splice,
-    add_features,
-    feature_direction,
-    register_dictionary,
-    scale_features,
-    set_features,
-    steer_feature,
-    zero_features,
-)
-from .neurons.hypotheses import Hypothesis, HypothesisResult, test_hypothesis
-from .causal.lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
-from .llm.client import ChatClient, ChatResponse, LLMError, LocalChatClient, OpenAIClient, llm_client
-from .core.loading import ModelLoadError, load
-from .dictionaries.nmf import NMFResult, semi_nmf
-from .causal.patching import (
-    AblationResult,
-    PatchingResult,
-    ablate,
-    activation_patching,
-    attribution_patching,
-)
-from .neurons.probing import ProbeResult, sparse_probe
-from .core.results import GenerationResult, RunResult, Token, TopK
-from .dictionaries.evaluate import DictionaryEval, evaluate_dictionary
-from .dictionaries.train import TrainerConfig, TrainingCancelled, train_sae
-from .neurons.scan import scan
-from .core.specs import (
-    AblateHeads,
-    Edit,
-    Patch,
-    Spec,
-    Steer,
-    ablate_heads,
-    mean_ablate_neurons,
-    scale_neurons,
-    set_neurons,
-    spec_from_dict,
-    specs_from_json,
-    specs_to_json,
-    steer,
-    zero_neurons,
-)
-from .neurons.store import Exemplar, QuantileGroup, ScanStore, StoreError
-from .neurons.weights import NeuronWeights, NeuronWeightsFileError, neuron_weights
+from __future__ import annotations
 
-__all__ = [
-    "SITE_NAMES", "ArchMap", "Site", "Model", "GenerationCancelled", "ModelLoadError", "load",
-    "GenerationResult", "RunResult", "Token", "TopK", "AblateHeads", "Edit", "Patch", "Spec", "Steer",
-    "ablate_heads", "mean_ablate_neurons", "scale_neurons", "set_neurons", "spec_from_dict",
-    "specs_from_json", "specs_to_json", "steer", "zero_neurons", "mean_difference", "neuron_direction",
-    "LensFileError", "LensResult", "TunedLens", "logit_lens", "tuned_lens",
-    "AblationResult", "PatchingResult", "ablate", "activation_patching", "attribution_patching",
-    "default_corpus", "iter_texts", "scan", "ScanStore", "StoreError", "Exemplar", "QuantileGroup",
-    "ContrastiveResult", "contrastive_neurons", "ProbeResult", "sparse_probe",
-    "Dictionary", "DictionaryError", "load_dictionary", "save_saelens", "FeatureEdit", "Splice", "add_features",
-    "feature_direction", "register_dictionary", "scale_features", "set_features", "steer_feature", "zero_features",
-    "DictionaryEval", "evaluate_dictionary", "ActivationBuffer", "collect_activations", "NMFResult", "semi_nmf",
-    "TrainerConfig", "TrainingCancelled", "train_sae", "NeuronWeights", "NeuronWeightsFileError", "neuron_weights",
-    "ChatClient", "ChatResponse", "LLMError", "LocalChatClient", "OpenAIClient", "llm_client",
-    "Agent", "AgentResult", "Explanation", "ExplanationStore", "Score", "explain", "explain_units", "score",
-    "Hypothesis", "HypothesisResult", "test_hypothesis",
-]
+import importlib
+import sys
+import types
+import warnings
+from typing import Any
+
+from . import _compat
+
 __version__ = "0.1.0"
+
+#: The root's names -> the module (under ``workbench.``) that defines each, or the subpackage whose facade has it.
+_EXPORTS = {
+    # model, sites, results
+    "load": "core.loading", "ModelLoadError": "core.loading", "Model": "core.engine",
+    "Site": "core.sites", "SITE_NAMES": "core.sites", "ArchMap": "core.arch",
+    "RunResult": "core.results",
+    "WorkbenchError": "core.errors", "Cancelled": "core.errors", "default_corpus": "core.corpus",
+    # interventions
+    "Spec": "core.specs", "Edit": "core.specs", "Steer": "core.specs", "Patch": "core.specs",
+    "AblateHeads": "core.specs", "zero_neurons": "core.specs", "scale_neurons": "core.specs",
+    "set_neurons": "core.specs", "mean_ablate_neurons": "core.specs", "ablate_heads": "core.specs",
+    "steer": "core.specs", "spec_from_dict": "core.specs", "specs_to_json": "core.specs",
+    "specs_from_json": "core.specs", "neuron_direction": "causal.directions",
+    "zero_features": "dictionaries.features", "scale_features": "dictionaries.features",
+    "set_features": "dictionaries.features", "steer_feature": "dictionaries.features", "Splice": "dictionaries.features",
+    # one entry point per capability
+    "logit_lens": "causal.lens", "tuned_lens": "causal.lens", "activation_patching": "causal.patching",
+    "attribution_patching": "causal.patching", "ablate": "causal.patching", "mean_difference": "causal.directions",
+    "scan": "neurons.scan", "ScanStore": "neurons.store", "neuron_weights": "neurons.weights",
+    "contrastive_neurons": "neurons.contrastive", "sparse_probe": "neurons.probing",
+    "test_hypothesis": "neurons.hypotheses", "Hypothesis": "neurons.hypotheses",
+    "load_dictionary": "dictionaries.formats", "train_sae": "dictionaries.train",
+    "evaluate_dictionary": "dictionaries.evaluate",
+    "explain": "autointerp", "score": "autointerp", "Agent": "agent", "llm_client": "llm",
+}
+#: Names the 0.1 root exported that now live only in their subpackage (a DeprecationWarning, then the object).
+_MOVED = {
+    "ActivationBuffer": "core.activations", "collect_activations": "core.activations",
+    "iter_texts": "core.corpus", "GenerationCancelled": "core.engine", "GenerationResult": "core.results",
+    "Token": "core.results", "TopK": "core.results", "Dictionary": "dictionaries.dictionary",
+    "FeatureEdit": "dictionaries.features", "LensFileError": "causal.lens", "LensResult": "causal.lens",
+    "TunedLens": "causal.lens", "AblationResult": "causal.patching", "PatchingResult": "causal.patching",
+    "ContrastiveResult": "neurons.contrastive", "HypothesisResult": "neurons.hypotheses",
+    "ProbeResult": "neurons.probing", "Exemplar": "neurons.store", "QuantileGroup": "neurons.store",
+    "StoreError": "neurons.store", "NeuronWeights": "neurons.weights", "NeuronWeightsFileError": "neurons.weights",
+    "DictionaryError": "dictionaries.dictionary", "save_saelens": "dictionaries.formats",
+    "add_features": "dictionaries.features",
+    "feature_direction": "dictionaries.features", "register_dictionary": "dictionaries.features",
+    "DictionaryEval": "dictionaries.evaluate", "NMFResult": "dictionaries.nmf", "semi_nmf": "dictionaries.nmf",
+    "TrainerConfig": "dictionaries.train", "TrainingCancelled": "dictionaries.train",
+    "ChatClient": "llm", "ChatResponse": "llm", "LLMError": "llm", "LocalChatClient": "llm", "OpenAIClient": "llm",
+    "AgentResult": "agent", "Explanation": "autointerp", "ExplanationStore": "autointerp", "Score": "autointerp",
+    "explain_units": "autointerp",
+}
+_SUBPACKAGES = frozenset({"core", "causal", "neurons", "dictionaries", "llm", "autointerp", "agent", "widgets",
+                          "cli", "testing"})
+
+__all__ = list(_EXPORTS)
+
+
+def _resolve(name: str, where: str) -> Any:
+    """The object `name` from its module ``where`` (or its subpackage's facade, if it is not there)."""
+    package = f"{__name__}.{where.split('.')[0]}"
+    if "." in where:
+        try:
+            value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+        except (ModuleNotFoundError, AttributeError):
+            pass
+        else:
+            return value
+    return getattr(importlib.import_module(package), name)
+
+
+def _home(name: str, module: str) -> str:
+    """Where to import `name` from now: its subpackage when the facade exports it, else its module."""
+    package = sys.modules.get(f"{__name__}.{module.split('.')[0]}")
+    return package.__name__ if name in getattr(package, "__all__", ()) or "." not in module else f"{__name__}.{module}"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = globals()[name] = _resolve(name, _EXPORTS[name])
+        return value
+    if name in _MOVED:
+        value = _resolve(name, _MOVED[name])
+        warnings.warn(f"`workbench.{name}` moved: use `{_home(name, _MOVED[name])}.{name}` "
+                      "(the root name goes in 0.2)", DeprecationWarning, stacklevel=2)
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, *_SUBPACKAGES, *(k for k in globals() if k.startswith("__"))})
+
+
+class _Root(types.ModuleType):
+    """The package module: an old module path (``import workbench.scan``) must not rebind the root's name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (name in _EXPORTS and isinstance(value, types.ModuleType)
+                and value.__name__ == f"{__name__}.{_compat.OLD_MODULES.get(name)}"):
+            return  # the import system binding the aliased module ``workbench.scan`` over the function `scan`
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Root
+_compat.install()

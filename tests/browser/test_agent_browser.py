@@ -22,11 +22,11 @@ CELLS = [
     f"""\
 import json, tempfile, time
 import workbench as wb
-from workbench.agent.agent import Agent
+from workbench.agent import Agent
 from workbench.core.corpus import default_corpus
-from workbench.llm.client import ChatClient, ChatResponse
+from workbench.llm import ChatClient, ChatResponse
 from workbench.testing import tiny_model
-from widgets.agent import AgentTranscript
+from workbench.widgets.agent import AgentTranscript
 
 EVIL = {EVIL!r}
 model = tiny_model('llama')

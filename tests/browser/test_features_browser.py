@@ -27,7 +27,7 @@ import workbench as wb
 from workbench.core.corpus import default_corpus
 from workbench.dictionaries.dictionary import Dictionary
 from workbench.testing import tiny_model
-from widgets import FeatureList
+from workbench.widgets import FeatureList
 
 model = tiny_model('llama')
 EVIL = {EVIL!r}
@@ -37,14 +37,14 @@ d = Dictionary(W_enc=torch.randn(48, 64, generator=g) / math.sqrt(48), b_enc=tor
                site='resid_post.1', labels={{i: f'L{{i}} {{EVIL}}' for i in range(64)}})
 store = wb.scan(model, default_corpus(max_passages=16), tempfile.mkdtemp() + '/scan', sites=[],
                 features={{'sae': (d.site, d.encode)}}, k=4, window=32, batch_size=4, sample=16, progress=False)
-from workbench.autointerp.explain import Explanation, ExplanationStore
+from workbench.autointerp import Explanation, ExplanationStore
 ex = ExplanationStore.for_store(store)
 for i in range(0, 64, 2):
     ex.add(Explanation(('sae', i), f'expl {{i}} {{EVIL}}', 'openai'), save=False)
 ex.save()
 store""",
     f"fl = FeatureList(model, d, {PROMPT!r}, store=store, k=6)\nfl",
-    "from widgets import FeatureDashboard\nfd = FeatureDashboard(model, d, 3, text='The cat sat')\nfd",
+    "from workbench.widgets import FeatureDashboard\nfd = FeatureDashboard(model, d, 3, text='The cat sat')\nfd",
 ]
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.browser
 TIMEOUT = 120
 
 CELLS = [
-    "from workbench.testing import tiny_model\nfrom widgets import LogitLens\nmodel = tiny_model('llama')",
+    "from workbench.testing import tiny_model\nfrom workbench.widgets import LogitLens\nmodel = tiny_model('llama')",
     "lens = LogitLens(model, 'The quick brown fox jumps', targets=[' the'])\nlens",
 ]
 

@@ -22,7 +22,7 @@ import tempfile
 import workbench as wb
 from workbench.core.corpus import default_corpus
 from workbench.testing import tiny_model
-import widgets
+import workbench.widgets
 
 model = tiny_model('llama')
 EVIL = {EVIL!r}

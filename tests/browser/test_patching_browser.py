@@ -21,7 +21,7 @@ CORRUPT = "A dog is on a mat"
 SETUP = f"""\
 from workbench.testing import tiny_model
 from workbench.causal.patching import activation_patching, attribution_patching
-from widgets.patching import PatchingHeatmap
+from workbench.widgets.patching import PatchingHeatmap
 
 model = tiny_model("llama")
 kw = dict(answer=" the", wrong=" a", progress=False)

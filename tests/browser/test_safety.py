@@ -21,7 +21,7 @@ TIMEOUT = 120
 SETUP = f"""\
 from IPython.display import display
 from workbench.testing import tiny_model
-from widgets import AttentionHeads, NeuronHeatmap, SteeringPanel
+from workbench.widgets import AttentionHeads, NeuronHeatmap, SteeringPanel
 
 model = tiny_model("llama")
 EVIL = {EVIL!r}

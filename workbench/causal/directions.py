@@ -7,14 +7,16 @@ from typing import Any
 
 import torch
 
+from ..core.arch import resolve
+
 
 def neuron_direction(model: Any, layer: int, index: int) -> torch.Tensor:
     """The residual-stream direction a MLP neuron writes (its output-projection column), unit norm."""
     model.arch.check_layer(layer)
     if not 0 <= index < model.arch.d_mlp:
         raise IndexError(f"neuron {index} is out of range (d_mlp={model.arch.d_mlp})")
-    layer_mod = _get(model.hf, model.arch.layers)[layer]
-    proj = _get(layer_mod, model.arch.mlp_out_proj)
+    layer_mod = resolve(model.hf, model.arch.layers)[layer]
+    proj = resolve(layer_mod, model.arch.mlp_out_proj)
     w = proj.weight.detach().float()
     col = w[index] if type(proj).__name__ == "Conv1D" else w[:, index]
     return col / col.norm().clamp_min(1e-12)
@@ -34,9 +36,3 @@ def mean_difference(model: Any, positive: Sequence[str], negative: Sequence[str]
         return torch.stack(rows).float().mean(0)
 
     return means(positive) - means(negative)
-
-
-def _get(root: Any, path: str) -> Any:
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root

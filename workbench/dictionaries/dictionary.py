@@ -6,12 +6,7 @@ an SAE, ``out_site`` for a transcoder. Encoding, for every architecture::
 
     x_n  = normalize(x)                      # see `normalize` below (identity by default)
     x_c  = x_n - b_pre                       # when b_pre is set (SAELens apply_b_dec_to_input)
-    pre  = x_c @ W_enc + b_enc
-    relu      acts = relu(pre)
-    topk      acts = relu of the k largest entries of pre, zero elsewhere
-    jumprelu  acts = relu(pre) * (pre > threshold)
-    gated     acts = (x_c @ W_enc + b_gate > 0) * relu(x_c @ (W_enc * exp(r_mag)) + b_mag)
-    nmf       acts = relu(pre)               # the NMF module stores its projection in W_enc/b_enc
+    acts = architecture.encode(x_c)          # `workbench.dictionaries.architectures`: relu, topk, ...
 
 and decoding ``y = acts @ W_dec + b_dec``, then the normalization is undone (SAEs only for the
 per-token modes, as SAELens does), then a skip connection adds ``x @ W_skip`` (raw input).
@@ -21,11 +16,13 @@ Normalization modes (SAELens names): ``"constant_norm_rescale"`` scales each tok
 ``"expected_average_only_in"`` multiplies by the constant ``norm_scale`` (1 when unknown).
 Undoing a per-token mode needs the input: ``decode(acts, x)`` or ``forward(x)``.
 
-Top-k ties (likely only in bfloat16/float16) are broken by ``torch.topk``, which may keep a
-different one of the tied latents than another library would.
+Each architecture is a registered class (`workbench.dictionaries.architectures`: relu, topk,
+jumprelu, gated, nmf, and any registered with `register_architecture`).
 
 Load one with `workbench.load_dictionary` (SAELens, EleutherAI sparsify, dictionary_learning);
-`Dictionary.save` writes the SAELens v6 layout.
+`Dictionary.save` writes the SAELens v6 layout. Both go through `set_file_io`, which
+`workbench.dictionaries.formats` fills when it is imported (importing `workbench.dictionaries`
+does), so that this module does not import the formats module.
 """
 
 from __future__ import annotations
@@ -34,28 +31,39 @@ import html
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.arch import Site
+from ..core.sites import Site
+from .architectures import ARCHITECTURES, Architecture, get_architecture
+from .errors import DictionaryError, DictionaryWarning
 
-ARCHITECTURES = ("relu", "topk", "jumprelu", "gated", "nmf")
+__all__ = ["Dictionary", "DictionaryError", "DictionaryWarning", "ARCHITECTURES", "NORMALIZE_MODES", "set_file_io"]
+
 NORMALIZE_MODES = (None, "constant_norm_rescale", "layer_norm", "expected_average_only_in")
 _PER_TOKEN = ("constant_norm_rescale", "layer_norm")
 _LN_EPS = 1e-5
 
+#: What `Dictionary.save` / `Dictionary.load` call: filled by `workbench.dictionaries.formats` on import.
+_FILE_IO: dict[str, Callable[..., Any]] = {}
 
-class DictionaryError(ValueError):
-    """A dictionary is missing, corrupt, inconsistent, or does not fit the model or the input."""
+
+def set_file_io(*, save: Callable[..., Path], load: Callable[..., Dictionary]) -> None:
+    """Install the writer (``save(d, path)``) and loader (``load(path, model=None, **kw)``) behind
+    `Dictionary.save` and `Dictionary.load` (`workbench.dictionaries.formats` installs its own)."""
+    _FILE_IO.update(save=save, load=load)
 
 
-class DictionaryWarning(UserWarning):
-    """Something about a dictionary looks off but may be fine (e.g. another model's name)."""
+def _file_io(what: str) -> Callable[..., Any]:
+    fn = _FILE_IO.get(what)
+    if fn is None:
+        raise DictionaryError("no dictionary file format is installed: import workbench.dictionaries")
+    return fn
 
 
 def _norm_name(name: str) -> str:
@@ -69,8 +77,9 @@ class Dictionary:
 
     Shapes: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_out]``, ``b_dec [d_out]``,
     ``threshold/b_gate/b_mag/r_mag [d_sae]``, ``b_pre [d_in]``, ``W_skip [d_in, d_out]``.
-    All tensors share ``W_enc``'s dtype and device. For ``"gated"``, ``b_enc`` is not used by
-    `encode` (loaders set it to ``b_gate``). ``meta`` holds the source format, path, model name,
+    All tensors share ``W_enc``'s dtype and device. ``architecture`` names a registered
+    `Architecture` (an `Architecture` subclass or object is accepted and stored by name); for
+    ``"gated"``, ``b_enc`` is not used by `encode` (loaders set it to ``b_gate``). ``meta`` holds the source format, path, model name,
     hook names and raw config; ``meta["sparsity"]`` (if present) is SAELens's log10 firing density.
     """
 
@@ -95,8 +104,10 @@ class Dictionary:
 
     # -- validation ------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise DictionaryError(f"unknown architecture {self.architecture!r}; supported: {', '.join(ARCHITECTURES)}")
+        if isinstance(self.architecture, Architecture) or (isinstance(self.architecture, type)
+                                                            and issubclass(self.architecture, Architecture)):
+            self.architecture = self.architecture.name
+        get_architecture(self.architecture)  # raises for an unknown name
         if self.normalize == "none":
             self.normalize = None
         if self.normalize not in NORMALIZE_MODES:
@@ -130,17 +141,7 @@ class Dictionary:
             if t.dtype != ref.dtype or t.device != ref.device:
                 t = t.to(device=ref.device, dtype=ref.dtype)
             setattr(self, name, t)
-        if self.architecture == "topk":
-            if isinstance(self.k, Tensor):
-                self.k = int(self.k.item())
-            if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= d_sae:
-                raise DictionaryError(f"a topk dictionary needs k, an integer in 1..d_sae={d_sae}; got {self.k!r}")
-        if self.architecture == "jumprelu" and self.threshold is None:
-            raise DictionaryError("a jumprelu dictionary needs threshold [d_sae]")
-        if self.architecture == "gated":
-            missing = [n for n in ("b_gate", "b_mag", "r_mag") if getattr(self, n) is None]
-            if missing:
-                raise DictionaryError(f"a gated dictionary needs {', '.join(missing)} [d_sae]")
+        self.architecture_impl.validate(self)
         try:
             self.site = str(Site.parse(self.site))
             if self.out_site is not None:
@@ -158,6 +159,11 @@ class Dictionary:
         self.meta = dict(self.meta or {})
 
     # -- sizes -----------------------------------------------------------------------------
+    @property
+    def architecture_impl(self) -> Architecture:
+        """The registered `Architecture` that ``architecture`` names (how this dictionary encodes)."""
+        return get_architecture(self.architecture)
+
     @property
     def d_in(self) -> int:
         return int(self.W_enc.shape[0])
@@ -200,7 +206,7 @@ class Dictionary:
     def _describe_sizes(self) -> str:
         return f"site {self.site}, d_in={self.d_in}, d_sae={self.d_sae}, d_out={self.d_out}"
 
-    def _norm_stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    def norm_stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
         """Per-token normalization as ``(multiplier, shift, undo_multiplier)``: normalized input
         ``(x - shift) * multiplier``, undone by ``y * undo_multiplier + shift`` (float32 statistics)."""
         xf = x.float()
@@ -216,7 +222,7 @@ class Dictionary:
     def _normalized(self, x: Tensor) -> Tensor:
         if self.normalize == "expected_average_only_in":
             return x * self.norm_scale if self.norm_scale not in (None, 1.0) else x
-        st = self._norm_stats(x)
+        st = self.norm_stats(x)
         if st is None:
             return x
         mult, shift, _ = st
@@ -229,31 +235,24 @@ class Dictionary:
     def pre_acts(self, x: Tensor) -> Tensor:
         """Encoder pre-activations ``[..., d_sae]`` (for gated: the gate pre-activations)."""
         xc = self._centered(self._input(x, self.d_in, "input"))
-        bias = self.b_gate if self.architecture == "gated" else self.b_enc
-        return F.linear(xc, self.W_enc.T, bias)
+        return self.architecture_impl.pre_acts(self, xc)
 
     def encode(self, x: Tensor) -> Tensor:
         """Latent activations ``[..., d_sae]`` of inputs ``x [..., d_in]`` (any leading shape)."""
         x = self._input(x, self.d_in, "input")
-        xc = self._centered(x)
-        arch = self.architecture
-        if arch == "gated":
-            gate = F.linear(xc, self.W_enc.T, self.b_gate) > 0
-            mag = torch.relu(F.linear(xc, (self.W_enc * torch.exp(self.r_mag)).T, self.b_mag))
-            return mag * gate.to(mag.dtype)
-        pre = F.linear(xc, self.W_enc.T, self.b_enc)  # one fused op, as the libraries' nn.Linear
-        if arch == "topk":
-            vals, idx = torch.topk(pre, self.k, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
-        if arch == "jumprelu":
-            return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
-        return torch.relu(pre)  # relu, nmf
+        return self.architecture_impl.encode(self, self._centered(x))
+
+    def encode_subset(self, x: Tensor, idx: Tensor, cache: dict | None = None) -> Tensor:
+        """The activations of latents ``idx`` (a long tensor) only, ``[..., len(idx)]``; ``cache``: a dict
+        the caller keeps for this dictionary and ``idx`` (see `Architecture.encode_subset`)."""
+        x = self._input(x, self.d_in, "input")
+        return self.architecture_impl.encode_subset(self, self._centered(x), idx, cache)
 
     def decode(self, acts: Tensor, x: Tensor | None = None) -> Tensor:
         """Reconstruction ``[..., d_out]`` from latents; ``x`` (the encoded input) is needed to undo a
         per-token normalization and for a skip connection."""
         acts = self._input(acts, self.d_sae, "latent activations")
-        y = acts @ self.W_dec + self.b_dec
+        y = self.architecture_impl.decode(self, acts)
         if x is not None:
             x = self._input(x, self.d_in, "input")
             if x.shape[:-1] != acts.shape[:-1]:
@@ -266,7 +265,7 @@ class Dictionary:
             if x is None:
                 raise DictionaryError(f"this dictionary normalizes each input ({self.normalize}); decoding back to "
                                       "activation scale needs that input: use decode(acts, x) or forward(x)")
-            _, shift, undo = self._norm_stats(x)  # type: ignore[misc]
+            _, shift, undo = self.norm_stats(x)  # type: ignore[misc]
             y = (y.float() * undo + shift).to(y.dtype)
         if self.W_skip is not None:
             if x is None:
@@ -336,20 +335,19 @@ class Dictionary:
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the SAELens v6 layout (cfg.json + sae_weights.safetensors) into folder ``path``."""
-        from .formats import save_saelens
-
-        return save_saelens(self, path)
+        return _file_io("save")(self, path)
 
     @classmethod
     def load(cls, path: str | Path, model: Any = None, **kwargs: Any) -> Dictionary:
         """Load any supported format (see `workbench.load_dictionary`)."""
-        from .formats import load_dictionary
-
-        return load_dictionary(path, model=model, **kwargs)
+        return _file_io("load")(path, model=model, **kwargs)
 
     # -- display ---------------------------------------------------------------------------
+    def _settings(self, sep: str) -> str:
+        return sep.join(f"{k}={v}" for k, v in self.architecture_impl.settings(self).items())
+
     def _summary(self) -> list[tuple[str, str]]:
-        arch = self.architecture + (f" (k={self.k})" if self.architecture == "topk" else "")
+        arch = self.architecture + (f" ({self._settings(', ')})" if self._settings(", ") else "")
         if self.W_skip is not None:
             arch += " + skip"
         rows = [("architecture", arch),
@@ -368,7 +366,7 @@ class Dictionary:
         return rows
 
     def __repr__(self) -> str:
-        arch = self.architecture + (f" k={self.k}" if self.architecture == "topk" else "")
+        arch = " ".join(filter(None, (self.architecture, self._settings(" "))))
         where = self.site + (f"->{self.out_site}" if self.out_site else "")
         src = f", from {self.meta['format']}" if self.meta.get("format") else ""
         return (f"Dictionary({arch}, {where}, d_in={self.d_in}, d_sae={self.d_sae}"

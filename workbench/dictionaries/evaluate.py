@@ -36,10 +36,10 @@ import torch
 from torch import Tensor
 
 from ..core.activations import token_windows
-from ..core.arch import Site
+from ..core.sites import Site
+from ..core.specs import Edit
 from .dictionary import Dictionary
 from .features import Splice, register_dictionary
-from ..core.specs import Edit
 
 __all__ = ["DictionaryEval", "evaluate_dictionary"]
 

@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.arch import WRITABLE, Site
+from ..core.program import Step, TraceOp, TraceProgram
+from ..core.sites import TOKEN_SITES, WRITABLE, Site
+from ..core.specs import Positions, Spec, Steer, as_list, register_spec_kind
 from .dictionary import Dictionary, DictionaryError
-from ..core.specs import Positions, Spec, Steer, _as_list, register_spec_kind
 
 __all__ = [
     "DictionarySpec", "FeatureEdit", "Splice", "register_dictionary", "get_dictionary", "unregister_dictionary",
@@ -60,8 +60,7 @@ __all__ = [
 
 FEATURE_OPS = ("zero", "scale", "set", "add")
 #: Sites a dictionary can be spliced into or edited at: one vector per token (``z``: heads flattened).
-DICTIONARY_SITES = frozenset({"embed", "resid_pre", "attn_out", "mlp_in", "neurons", "mlp_out", "resid_post",
-                              "final_norm", "z"})
+DICTIONARY_SITES = TOKEN_SITES | {"z"}
 _PER_TOKEN = ("constant_norm_rescale", "layer_norm")
 
 
@@ -236,8 +235,8 @@ class DictionarySpec(Spec):
     def is_noop(self) -> bool:
         return False
 
-    def compile_for(self, model: Any) -> list[tuple[str, Any]]:
-        """Check the dictionary against ``model``, then the engine's trace-time ops: ``[(site, op)]``."""
+    def compile(self, model: Any) -> list[TraceOp]:
+        """Check the dictionary against ``model``, then the trace-time ops (one per site it touches)."""
         self.check(model)
         if self.is_noop:
             return []
@@ -247,8 +246,8 @@ class DictionarySpec(Spec):
         same = Site.parse(self.write_site) == self.parsed_site
         op = DictionaryOp("edit" if isinstance(self, FeatureEdit) else "splice", d, getattr(self, "features", []),
                           getattr(self, "op", ""), getattr(self, "value", None), self.positions, self.rows,
-                          self.parsed_site.name == "z", same)
-        return [(self.site, op)] if same else [(self.site, op), (self.write_site, WriteBackOp(op))]
+                          self.parsed_site.name == "z", same, self.site, self.describe())
+        return [op] if same else [op, WriteBackOp(op, self.write_site)]
 
     def check(self, model: Any) -> None:
         """Raise `DictionaryError` unless the dictionary fits the model (sites, widths)."""
@@ -279,7 +278,7 @@ class FeatureEdit(DictionarySpec):
         super().__post_init__()
         if self.op not in FEATURE_OPS:
             raise ValueError(f"unknown op {self.op!r}: a feature edit is one of {', '.join(FEATURE_OPS)}")
-        feats = _as_list(self.features)
+        feats = as_list(self.features)
         feats = [feats] if isinstance(feats, int | float) else list(feats or [])
         if any(isinstance(i, bool) or not isinstance(i, int | float) or int(i) != i for i in feats):
             raise ValueError(f"features are integer latent indices, not {self.features!r}")
@@ -298,7 +297,7 @@ class FeatureEdit(DictionarySpec):
         else:
             if self.value is None:
                 raise ValueError(f"op {self.op!r} needs a value")
-            v = _as_list(self.value)
+            v = as_list(self.value)
             vals = v if isinstance(v, list) else [v]
             if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vals):
                 raise ValueError(f"op {self.op!r} takes a number or one number per feature as value, not {self.value!r}")
@@ -307,7 +306,7 @@ class FeatureEdit(DictionarySpec):
             if not all(math.isfinite(x) for x in vals):
                 raise ValueError(f"feature edit values must be finite, not {v!r}")
             self.value = [float(x) for x in v] if isinstance(v, list) else float(v)
-        self.positions = None if self.positions is None else [int(p) for p in _as_list(self.positions)]
+        self.positions = None if self.positions is None else [int(p) for p in as_list(self.positions)]
 
     @property
     def is_noop(self) -> bool:
@@ -333,7 +332,7 @@ class Splice(DictionarySpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.positions = None if self.positions is None else [int(p) for p in _as_list(self.positions)]
+        self.positions = None if self.positions is None else [int(p) for p in as_list(self.positions)]
 
     def describe(self) -> str:
         return f"splice {self.dictionary} @ {self.write_site}"
@@ -352,14 +351,14 @@ def feature_delta(d: Dictionary, x: Tensor, features: list[int], op: str, value:
     """``decode(edited) - decode(acts)`` for inputs ``x [..., d_in]``: what `FeatureEdit` adds.
 
     Computed through the edited latents' ``W_dec`` rows only (exact up to float rounding);
-    for non-top-k architectures only the edited latents are encoded. Returns ``[..., d_out]``
-    in the dictionary's dtype.
+    the architecture encodes only the edited latents where it can (`Architecture.encode_subset`:
+    all but top-k). Returns ``[..., d_out]`` in the dictionary's dtype.
     """
     cache = {} if cache is None else cache
     x = x.to(dtype=d.dtype)
     dev, key = x.device, (id(d), x.device, tuple(features))
     idx = _sub(cache, ("idx",) + key, lambda: torch.tensor(features, device=dev, dtype=torch.long))
-    st = d._norm_stats(x) if d.normalize in _PER_TOKEN else None
+    st = d.norm_stats(x) if d.normalize in _PER_TOKEN else None
     if d.normalize == "expected_average_only_in":
         xn = x * d.norm_scale if d.norm_scale not in (None, 1.0) else x
     elif st is not None:
@@ -368,24 +367,7 @@ def feature_delta(d: Dictionary, x: Tensor, features: list[int], op: str, value:
     else:
         xn = x
     xc = xn - d.b_pre if d.b_pre is not None else xn
-    arch = d.architecture
-    if arch == "topk":  # whether a latent is active depends on all the others
-        pre = F.linear(xc, d.W_enc.T, d.b_enc)
-        vals, top = torch.topk(pre, d.k, dim=-1, sorted=False)
-        acts = torch.zeros_like(pre).scatter_(-1, top, torch.relu(vals)).index_select(-1, idx)
-    elif arch == "gated":
-        Wg = _sub(cache, ("Wg",) + key, lambda: d.W_enc.index_select(1, idx).T.contiguous())
-        Wm = _sub(cache, ("Wm",) + key,
-                  lambda: (d.W_enc.index_select(1, idx) * torch.exp(d.r_mag[idx])).T.contiguous())
-        gate = F.linear(xc, Wg, d.b_gate[idx]) > 0
-        mag = torch.relu(F.linear(xc, Wm, d.b_mag[idx]))
-        acts = mag * gate.to(mag.dtype)
-    else:
-        We = _sub(cache, ("We",) + key, lambda: d.W_enc.index_select(1, idx).T.contiguous())
-        pre = F.linear(xc, We, d.b_enc[idx])
-        acts = torch.relu(pre)
-        if arch == "jumprelu":
-            acts = acts * (pre > d.threshold[idx]).to(pre.dtype)
+    acts = d.architecture_impl.encode_subset(d, xc, idx, _sub(cache, ("encode",) + key, dict))
     if op == "zero":
         delta = -acts
     else:
@@ -409,26 +391,32 @@ def feature_delta(d: Dictionary, x: Tensor, features: list[int], op: str, value:
     return y
 
 
-class DictionaryOp:
-    """The trace-time half of a dictionary spec, placed at its read site by `DictionarySpec.compile_for`.
+class DictionaryOp(TraceOp):
+    """The trace-time half of a dictionary spec, placed at its read site by `DictionarySpec.compile`.
 
     Remote runs pickle it by value (with the functions it calls): it refers to the dictionary,
     plain numbers and torch only, never to the specs or the registry.
     """
 
     def __init__(self, mode: str, d: Dictionary, features: list[int], op: str, value: Any,
-                 positions: list[int] | None, rows: list[int] | None, zsite: bool, writes_here: bool):
+                 positions: list[int] | None, rows: list[int] | None, zsite: bool, writes_here: bool,
+                 site: str, label: str):
+        self.site, self.label = site, label
         self.mode, self.d, self.features, self.op, self.value = mode, d, features, op, value
         self.positions, self.rows, self.zsite, self.writes_here = positions, rows, zsite, writes_here
         self.cache: dict = {}
         self.pending: list = []  # a transcoder's outputs, waiting for its out_site
 
-    def run_in_trace(self, program: Any, x: Tensor, st: Any) -> None:
+    def check(self, program: TraceProgram) -> None:
+        program.check_rows(self.label, self.rows)
+        program.check_positions(self.label, self.positions)
+
+    def apply(self, program: TraceProgram, x: Tensor, st: Step) -> None:
         d = self.d
         if d.device != x.device:  # a remote model's device is only known here
             d = self.d = d.to(x.device)
         self.pending = []
-        for rows, pos in program._rows_positions(self.positions, st, x.shape[1], self.rows):
+        for rows, pos in program.targets(self.positions, st, x.shape[1], self.rows):
             xs = x[rows, pos]
             if self.zsite:
                 xs = xs.flatten(-2)
@@ -442,13 +430,14 @@ class DictionaryOp:
                 self.pending.append((rows, pos, out))
 
 
-class WriteBackOp:
+class WriteBackOp(TraceOp):
     """A transcoder op's second half, at its out_site: write what the read site computed."""
 
-    def __init__(self, src: DictionaryOp):
+    def __init__(self, src: DictionaryOp, site: str):
         self.src = src
+        self.site = site
 
-    def run_in_trace(self, program: Any, x: Tensor, st: Any) -> None:
+    def apply(self, program: TraceProgram, x: Tensor, st: Step) -> None:
         for rows, pos, out in self.src.pending:
             _write(x, rows, pos, out, self.src.mode, False)
         self.src.pending = []
@@ -466,7 +455,7 @@ def _write(x: Tensor, rows: Any, pos: Any, out: Tensor, mode: str, zsite: bool) 
 
 # -- helpers that read like the papers ----------------------------------------------------------------
 def _feats(idx: Any) -> list[int]:
-    v = _as_list(idx)
+    v = as_list(idx)
     return [v] if isinstance(v, int) else list(v)
 
 

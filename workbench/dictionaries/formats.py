@@ -15,6 +15,9 @@
 
 Hook names become workbench sites with `hook_to_site` (TransformerLens names, Hugging Face
 module paths, dictionary_learning submodule names). ``save_saelens`` writes the SAELens v6 layout.
+What depends on the architecture (its SAELens name, its encoder tensors and config keys) comes
+from its registered class (`workbench.dictionaries.architectures`). Importing this module
+installs `load_dictionary` and `save_saelens` behind `Dictionary.load` / `Dictionary.save`.
 """
 
 from __future__ import annotations
@@ -24,14 +27,20 @@ import math
 import pickle
 import re
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..core.arch import Site
-from .dictionary import Dictionary, DictionaryError, DictionaryWarning
+from ..core.sites import Site, site_to_hook
+from .architectures import ARCHITECTURES, SAELensSource, get_architecture, saelens_architectures
+from .dictionary import Dictionary, set_file_io
+from .errors import DictionaryError, DictionaryWarning
+
+__all__ = ["load_dictionary", "save_saelens", "detect_format", "hook_to_site", "site_to_hook",
+           "SAELENS_LAYOUT_VERSION"]
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -43,32 +52,12 @@ DL_CFG = "config.json"
 #: The SAELens config layout `save_saelens` follows (SAELens reads configs older than 6.0 differently).
 SAELENS_LAYOUT_VERSION = "6.0.0"
 
-# SAELens architecture -> (workbench architecture, transcoder?, skip connection?)
-_SAELENS_ARCHS = {
-    "standard": ("relu", False, False),
-    "topk": ("topk", False, False),
-    "jumprelu": ("jumprelu", False, False),
-    "jump_relu": ("jumprelu", False, False),
-    "gated": ("gated", False, False),
-    "transcoder": ("relu", True, False),
-    "skip_transcoder": ("relu", True, True),
-    "jumprelu_transcoder": ("jumprelu", True, False),
-    "jumprelu_skip_transcoder": ("jumprelu", True, True),
-}
 # SAELens metadata worth carrying through a save (JSON values describing how the SAE was trained).
 _SAELENS_KEEP = ("context_size", "prepend_bos", "dataset_path", "neuronpedia_id", "model_class_name",
                  "model_from_pretrained_kwargs", "exclude_special_tokens", "seqpos_slice")
 
 
-# -- hook names <-> sites ------------------------------------------------------------------------
-_TL_NAMES = {
-    "resid_pre": "blocks.{L}.hook_resid_pre", "resid_post": "blocks.{L}.hook_resid_post",
-    "attn_out": "blocks.{L}.hook_attn_out", "mlp_out": "blocks.{L}.hook_mlp_out",
-    "neurons": "blocks.{L}.mlp.hook_post", "mlp_in": "blocks.{L}.ln2.hook_normalized",
-    "z": "blocks.{L}.attn.hook_z", "head_out": "blocks.{L}.attn.hook_result",
-    "pattern": "blocks.{L}.attn.hook_pattern", "embed": "hook_embed",
-    "final_norm": "ln_final.hook_normalized", "logits": "logits",
-}
+# -- hook names <-> sites (TransformerLens names: the site table, `workbench.core.sites`) --------------
 # Submodule of a layer -> (site of its output, site of its input or None)
 _HF_SUB = {
     None: ("resid_post", "resid_pre"),
@@ -89,12 +78,6 @@ _NO_SITE = {"hook_resid_mid": "the residual stream between attention and MLP (re
             "mlp.hook_pre_linear": "the MLP's linear (up) branch", "attn.hook_q": "queries",
             "attn.hook_k": "keys", "attn.hook_v": "values", "attn.hook_attn_scores": "attention scores",
             "ln1.hook_normalized": "the attention input (after the first norm)"}
-
-
-def site_to_hook(site: str | Site) -> str:
-    """The TransformerLens hook name of a workbench site (``"resid_post.3"`` -> ``"blocks.3.hook_resid_post"``)."""
-    s = Site.parse(site)
-    return _TL_NAMES[s.name].format(L=s.layer)
 
 
 def hook_to_site(name: str, io: str = "output") -> str:
@@ -367,12 +350,16 @@ def _load_saelens(p: Path, *, site: str | None, out_site: str | None) -> Diction
         raw_arch = "topk" if act_fn == "topk" else "standard"
     elif raw_arch == "standard" and act_fn == "topk":
         raw_arch = "topk"
-    if not isinstance(raw_arch, str) or raw_arch not in _SAELENS_ARCHS:
+    table = saelens_architectures()
+    if not isinstance(raw_arch, str) or raw_arch not in table:
         raise DictionaryError(f"{cfg_file}: unknown or unsupported SAELens architecture {raw_arch!r}; supported: "
-                              f"{', '.join(sorted(_SAELENS_ARCHS))}")
+                              f"{', '.join(sorted(table))}")
     if act_fn not in ("relu", "topk"):
         raise DictionaryError(f"{cfg_file}: unsupported activation function {act_fn!r} (relu and topk are supported)")
-    arch, transcoder, skip = _SAELENS_ARCHS[raw_arch]
+    arch, transcoder, skip = table[raw_arch]
+    if wb.get("architecture") in ARCHITECTURES and raw_arch in ARCHITECTURES[wb["architecture"]].saelens_names():
+        arch = wb["architecture"]  # e.g. nmf, which SAELens reads as a standard SAE
+    impl = get_architecture(arch)
     d_in = _int_key(cfg, "d_in", cfg_file)
     d_sae = _int_key(cfg, "d_sae", cfg_file)
     sd = _read_safetensors(w_file)
@@ -396,32 +383,15 @@ def _load_saelens(p: Path, *, site: str | None, out_site: str | None) -> Diction
         _check_shape(b_dec, "b_dec", (d_out,), w_file, says)
         apply_b = cfg.get("apply_b_dec_to_input", True)
         b_pre = b_dec if (apply_b and not transcoder) else None
-    kw: dict[str, Any] = {}
     vec = (d_sae,)
-    if arch == "gated":
-        for name, ours in (("b_gate", "b_gate"), ("b_mag", "b_mag"), ("r_mag", "r_mag")):
-            kw[ours] = _need(sd, name, w_file, "by a gated SAE")
-            _check_shape(kw[ours], name, vec, w_file, says)
-        b_enc = kw["b_gate"]
-    else:
-        b_enc = _need(sd, "b_enc", w_file, f"by a {raw_arch} SAE")
-        _check_shape(b_enc, "b_enc", vec, w_file, says)
-    if arch == "jumprelu":
-        if "threshold" in sd:
-            thr = sd["threshold"]
-        elif "log_threshold" in sd:
-            thr = torch.exp(sd["log_threshold"].float()).to(sd["log_threshold"].dtype)
-        else:
-            thr = _need(sd, "threshold", w_file, "by a jumprelu SAE")
-        _check_shape(thr, "threshold", vec, w_file, says)
-        kw["threshold"] = thr
-    k = None
-    if arch == "topk":
-        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
-        if k is None:
-            raise DictionaryError(f"{cfg_file}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
-        if isinstance(k, float) and k.is_integer():
-            k = int(k)
+
+    def latent(name: str, why: str, t: Tensor | None = None) -> Tensor:
+        t = _need(sd, name, w_file, why) if t is None else t
+        _check_shape(t, name, vec, w_file, says)
+        return t
+
+    src = SAELensSource(name=raw_arch, cfg=cfg, tensors=sd, latent=latent, where=str(cfg_file))
+    fields: dict[str, Any] = {"W_enc": W_enc, "W_dec": W_dec, **impl.read_saelens(src)}
     W_skip = None
     if skip or "W_skip" in sd:
         W_skip = _need(sd, "W_skip", w_file, "by a skip transcoder")
@@ -432,12 +402,8 @@ def _load_saelens(p: Path, *, site: str | None, out_site: str | None) -> Diction
             raise DictionaryError(f"{w_file.name} has a scaling_factor tensor that is not all ones but "
                                   f"{cfg_file.name} has finetuning_scaling_factor false (SAELens refuses this too)")
         _check_shape(sd["scaling_factor"], "scaling_factor", vec, w_file, says)
-        W_dec = W_dec * sd["scaling_factor"].to(W_dec.dtype)[:, None]  # decode used acts * scaling_factor
-    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
-        norms = W_dec.float().norm(dim=-1).clamp_min(1e-8)  # fold as SAELens's fold_W_dec_norm
-        W_enc = (W_enc.float() * norms).to(W_enc.dtype)
-        b_enc = (b_enc.float() * norms).to(b_enc.dtype)
-        W_dec = (W_dec.float() / norms[:, None]).to(W_dec.dtype)
+        fields["W_dec"] = W_dec * sd["scaling_factor"].to(W_dec.dtype)[:, None]  # decode used acts * scaling_factor
+    impl.finish_saelens(src, fields)
 
     normalize = cfg.get("normalize_activations")
     if isinstance(normalize, bool):  # pre-6 boolean
@@ -480,12 +446,9 @@ def _load_saelens(p: Path, *, site: str | None, out_site: str | None) -> Diction
         else:
             warnings.warn(f"{sparsity_file} has no 'sparsity' tensor of shape [{d_sae}]; ignored",
                           DictionaryWarning, stacklevel=3)
-    if wb.get("architecture") == "nmf" and arch == "relu":
-        arch = "nmf"
     labels = wb.get("labels") or {}
-    return _build(cfg_file, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec, architecture=arch, site=s,
-                  out_site=o, k=k, b_pre=b_pre, normalize=normalize, norm_scale=norm_scale, W_skip=W_skip,
-                  labels=labels, meta=meta, **kw)
+    return _build(cfg_file, b_dec=b_dec, architecture=arch, site=s, out_site=o, b_pre=b_pre, normalize=normalize,
+                  norm_scale=norm_scale, W_skip=W_skip, labels=labels, meta=meta, **fields)
 
 
 # -- sparsify --------------------------------------------------------------------------------------
@@ -646,8 +609,7 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    from .. import __version__
-
+    impl = get_architecture(d.architecture)
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise DictionaryError(f"cannot save a dictionary to {folder}: it is a file, not a folder")
@@ -667,26 +629,9 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
         normalize = None
     apply_b = bool(same_center and not d.is_transcoder)
     if f64["b_pre"] is not None and not apply_b:  # fold the centering into the encoder biases
-        shift = f64["b_pre"] @ f64["W_enc"]
-        if d.architecture == "gated":
-            f64["b_gate"] = f64["b_gate"] - shift
-            f64["b_mag"] = f64["b_mag"] - shift * torch.exp(f64["r_mag"])
-        else:
-            f64["b_enc"] = f64["b_enc"] - shift
-    if d.is_transcoder:
-        name = {"relu": "transcoder", "nmf": "transcoder", "jumprelu": "jumprelu_transcoder"}.get(d.architecture)
-        if name and d.W_skip is not None:
-            name = name.replace("transcoder", "skip_transcoder")
-        name = name or d.architecture
-    else:
-        name = {"relu": "standard", "nmf": "standard"}.get(d.architecture, d.architecture)
-    tensors = {"W_enc": f64["W_enc"], "W_dec": f64["W_dec"], "b_dec": f64["b_dec"]}
-    if d.architecture == "gated":
-        tensors.update(b_gate=f64["b_gate"], b_mag=f64["b_mag"], r_mag=f64["r_mag"])
-    else:
-        tensors["b_enc"] = f64["b_enc"]
-    if d.architecture == "jumprelu":
-        tensors["threshold"] = f64["threshold"]
+        impl.fold_input_shift(f64, f64["b_pre"] @ f64["W_enc"])
+    name = impl.saelens_name(d.is_transcoder, d.W_skip is not None)
+    tensors = {"W_enc": f64["W_enc"], "W_dec": f64["W_dec"], "b_dec": f64["b_dec"], **impl.saelens_tensors(f64)}
     if f64["W_skip"] is not None:
         tensors["W_skip"] = f64["W_skip"].T
     tensors = {k: v.to(dt).contiguous() for k, v in tensors.items()}
@@ -702,7 +647,7 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
     if d.is_transcoder:
         metadata["hook_name_out"] = site_to_hook(d.out_site)  # type: ignore[arg-type]
     metadata["workbench"] = {
-        "version": __version__, "site": d.site, "out_site": d.out_site, "architecture": d.architecture,
+        "version": _version(), "site": d.site, "out_site": d.out_site, "architecture": d.architecture,
         "source_format": d.meta.get("format"), "labels": {str(i): v for i, v in sorted(d.labels.items())},
     }
     cfg: dict[str, Any] = {
@@ -710,8 +655,7 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
         "device": "cpu", "apply_b_dec_to_input": apply_b, "normalize_activations": normalize or "none",
         "reshape_activations": "hook_z" if d.meta.get("reshape") == "hook_z" else "none",
     }
-    if d.architecture == "topk":
-        cfg.update(k=d.k, rescale_acts_by_decoder_norm=False)
+    cfg.update(impl.saelens_config(d))
     if d.is_transcoder:
         cfg["d_out"] = d.d_out
     cfg["metadata"] = metadata
@@ -723,9 +667,20 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
     return folder
 
 
+def _version() -> str | None:
+    """The installed workbench version (None when running from an uninstalled source tree)."""
+    try:
+        return metadata.version("interp-workbench")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _jsonable(v: Any) -> bool:
     try:
         json.dumps(v)
     except (TypeError, ValueError):
         return False
     return True
+
+
+set_file_io(save=save_saelens, load=load_dictionary)

@@ -3,6 +3,8 @@
     sae = wb.train_sae(model, "resid_post.9")                          # defaults: 10-25 min on 2 CPU cores
     tc = wb.train_sae(model, "mlp_in.9", out_site="mlp_out.9")        # a transcoder
     sae = wb.train_sae(model, "resid_post.9", checkpoint="runs/sae9")  # Ctrl-C, then the same call resumes
+    cfg = wb.TrainerConfig(k=64, expansion=16, max_tokens=4_000_000)  # every setting, in one object
+    sae = wb.train_sae(model, "resid_post.9", config=cfg, seed=1)       # keywords override its fields
 
 The recipe. ``x`` is an activation of ``site`` and ``y`` the target (``x`` itself for an SAE,
 the activation of ``out_site`` for a transcoder)::
@@ -59,7 +61,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +69,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.activations import ActivationBuffer, ActivationStream, _prefix_ids, parse_sites, token_windows
-from ..core.arch import Site
-from ..core.corpus import Fingerprint
-from .dictionary import Dictionary
+from ..core.activations import (
+    ActivationBuffer,
+    ActivationStream,
+    parse_sites,
+    prefix_ids,
+    token_windows,
+)
+from ..core.corpus import Fingerprint, corpus_name
+from ..core.errors import Cancelled, WorkbenchError
 from ..core.fileio import atomic_json, atomic_tensors
+from ..core.sites import Site
+from .architectures import TopK
+from .dictionary import Dictionary
+
+__all__ = ["train_sae", "TrainerConfig", "TopKTrainer", "TrainingCancelled", "CheckpointError", "geometric_median"]
 
 FORMAT = "workbench-sae-train"
 VERSION = 1
@@ -79,26 +91,42 @@ STATE_JSON = "state.json"
 DATA_FILE = "activations.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WorkbenchError, ValueError):
     """A training checkpoint is unreadable, corrupt or inconsistent."""
 
 
-class TrainingCancelled(Exception):
+class TrainingCancelled(Cancelled):
     """Raised by `train_sae` when its ``cancel`` event was set: ``.step``, ``.checkpoint`` (folder or
-    None) and ``.dictionary`` (the dictionary as trained so far, or None while collecting)."""
+    None) and ``.dictionary`` (the dictionary as trained so far, or None while collecting), which is
+    also ``.partial``. The same call resumes from the checkpoint."""
 
     def __init__(self, step: int, checkpoint: Path | None, dictionary: Dictionary | None):
         where = f"; resume from {checkpoint}" if checkpoint else ""
-        super().__init__(f"training cancelled at step {step}{where}")
+        super().__init__(f"training cancelled at step {step}{where}", partial=dictionary)
         self.step, self.checkpoint, self.dictionary = step, checkpoint, dictionary
 
 
 # -- settings --------------------------------------------------------------------------------------
+#: The fields of `TrainerConfig` that define the trained weights: a checkpoint resumes only with the same ones.
+RECIPE = ("n_latents", "k", "batch_size", "max_tokens", "lr", "lr_decay", "auxk_alpha", "k_aux", "dead_tokens",
+          "b_dec_init", "betas", "eps", "seed", "transcoder")
+
+
 @dataclass
 class TrainerConfig:
-    """Hyperparameters of a TopK SAE / transcoder run (``None`` fields are filled by `resolved`)."""
+    """Every setting of a TopK SAE / transcoder run (``None`` fields are filled by `resolved`).
 
-    n_latents: int
+    The recipe (`RECIPE`): ``n_latents`` (None: ``expansion * d_in``), ``k``, ``batch_size``,
+    ``max_tokens`` (training token-steps), ``lr`` (None: ``8e-4 / sqrt(n_latents / 2**14)``),
+    ``lr_decay``, ``auxk_alpha``, ``k_aux``, ``dead_tokens``, ``b_dec_init``, Adam's ``betas`` and
+    ``eps``, ``seed``, ``transcoder`` (set by `train_sae` from ``out_site``). The data (part of a
+    checkpoint's data signature): ``data_tokens`` (collected once and reused over epochs; None: the
+    whole corpus), ``holdout_tokens``, ``buffer_tokens`` (stream through a shuffling buffer
+    instead), ``context``, ``collect_batch_size``, ``via``. The run: ``checkpoint_every`` (steps),
+    ``device``.
+    """
+
+    n_latents: int | None = None
     k: int = 32
     batch_size: int = 4096
     max_tokens: int = 1_000_000
@@ -112,15 +140,28 @@ class TrainerConfig:
     eps: float = 1e-8
     seed: int = 0
     transcoder: bool = False
+    expansion: int = 8
+    data_tokens: int | None = 250_000
+    holdout_tokens: int = 8192
+    buffer_tokens: int | None = None
+    context: int = 64
+    collect_batch_size: int = 16
+    via: str = "auto"
+    checkpoint_every: int = 50
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        ints = {"n_latents": 1, "k": 1, "batch_size": 1, "max_tokens": 1}
+        if isinstance(self.device, torch.device):
+            self.device = str(self.device)
+        ints = {"k": 1, "batch_size": 1, "max_tokens": 1, "expansion": 1}
+        if self.n_latents is not None:
+            ints = {"n_latents": 1, **ints}
         for name, lo in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, not {v!r}")
-        if self.k > self.n_latents:
+        if self.n_latents is not None and self.k > self.n_latents:
             raise ValueError(f"k={self.k} is larger than n_latents={self.n_latents}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, not {self.lr!r}")
@@ -134,6 +175,12 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be a positive integer or None, not {v!r}")
         if self.b_dec_init not in ("median", "mean", "zero"):
             raise ValueError(f"b_dec_init must be 'median', 'mean' or 'zero', not {self.b_dec_init!r}")
+        if self.buffer_tokens is not None and self.buffer_tokens < self.batch_size:
+            raise ValueError(f"buffer_tokens ({self.buffer_tokens}) must be at least batch_size ({self.batch_size})")
+        if self.checkpoint_every < 1 or self.collect_batch_size < 1 or self.holdout_tokens < 0:
+            raise ValueError("checkpoint_every and collect_batch_size must be >= 1, holdout_tokens >= 0")
+        if self.data_tokens is not None and self.data_tokens < 1:
+            raise ValueError(f"data_tokens must be at least 1 (or None for the whole corpus), not {self.data_tokens}")
 
     @property
     def steps(self) -> int:
@@ -141,10 +188,16 @@ class TrainerConfig:
 
     def resolved(self, d_in: int) -> TrainerConfig:
         """A copy with the defaults that depend on sizes filled in (see the module docstring)."""
-        lr = self.lr if self.lr is not None else 8e-4 / math.sqrt(self.n_latents / 2**14)
+        n = self.n_latents if self.n_latents is not None else self.expansion * d_in
+        lr = self.lr if self.lr is not None else 8e-4 / math.sqrt(n / 2**14)
         k_aux = self.k_aux if self.k_aux is not None else max(1, d_in // 2)
         dead = self.dead_tokens if self.dead_tokens is not None else min(10_000_000, max(self.batch_size, self.max_tokens // 5))
-        return replace(self, lr=float(lr), k_aux=int(k_aux), dead_tokens=int(dead))
+        return replace(self, n_latents=int(n), lr=float(lr), k_aux=int(k_aux), dead_tokens=int(dead))
+
+    def recipe(self) -> dict[str, Any]:
+        """The `RECIPE` fields (what a checkpoint stores and must match to resume)."""
+        d = self.to_dict()
+        return {k: d[k] for k in RECIPE}
 
     def lr_at(self, step: int) -> float:
         """The learning rate at a step: constant, then a linear decay to 0 over the last ``lr_decay`` of steps."""
@@ -216,12 +269,13 @@ class TopKTrainer:
     with data collection, progress, checkpoints and resumption.
     """
 
-    def __init__(self, cfg: TrainerConfig, d_in: int, d_out: int | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: TrainerConfig, d_in: int, d_out: int | None = None,
+                 device: str | torch.device | None = None):
         self.cfg = cfg.resolved(d_in)
         self.d_in, self.d_out = d_in, d_out if d_out is not None else d_in
         if not self.cfg.transcoder and self.d_out != d_in:
             raise ValueError(f"an SAE reconstructs its input: d_out={self.d_out} must equal d_in={d_in}")
-        self.device = torch.device(device)
+        self.device = torch.device(self.cfg.device if device is None else device)
         n = self.cfg.n_latents
         g = torch.Generator().manual_seed(int(self.cfg.seed))
         W_dec = torch.randn(n, self.d_out, generator=g)
@@ -410,7 +464,7 @@ class TopKTrainer:
         meta = dict(meta or {})
         if self.fire_tokens:
             meta["sparsity"] = torch.log10(self.fire_count.cpu().double() / self.fire_tokens + 1e-10).float()
-        return Dictionary(W_enc=t["W_enc"], b_enc=t["b_enc"], W_dec=t["W_dec"], b_dec=t["b_dec"], architecture="topk",
+        return Dictionary(W_enc=t["W_enc"], b_enc=t["b_enc"], W_dec=t["W_dec"], b_dec=t["b_dec"], architecture=TopK.name,
                           site=site, out_site=out_site, k=self.cfg.k, b_pre=t["b_dec"].clone() if self.tied else None,
                           meta=meta)
 
@@ -529,8 +583,6 @@ class _Interrupts:
 
 def _data_signature(model: Any, sites: list[str], corpus: Any, context: int, data_tokens: int | None,
                     holdout_tokens: int, buffer_tokens: int | None, activations: Any) -> dict[str, Any]:
-    from ..core.corpus import corpus_name
-
     if activations is not None:
         ts = activations if isinstance(activations, tuple) else (activations,)
         return {"source": "activations", "sites": sites, "shapes": [list(t.shape) for t in ts],
@@ -632,28 +684,44 @@ def _stream_batches(model: Any, sites: list[str], corpus: Any, *, context: int, 
 
 
 # -- the entry point ---------------------------------------------------------------------------------
-def train_sae(model: Any, site: str, corpus: Any = None, *, n_latents: int | None = None, k: int = 32,
-              out_site: str | None = None, max_tokens: int = 1_000_000, batch_size: int = 4096,
-              lr: float | None = None, lr_decay: float = 0.2, auxk_alpha: float = 1 / 32, k_aux: int | None = None,
-              dead_tokens: int | None = None, data_tokens: int | None = 250_000, holdout_tokens: int = 8192,
-              buffer_tokens: int | None = None, context: int = 64, collect_batch_size: int = 16,
-              checkpoint: str | Path | None = None, checkpoint_every: int = 50, resume: bool = True,
-              device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
-              cancel: threading.Event | None = None, on_step: Callable[[dict[str, float]], None] | None = None,
-              activations: Tensor | tuple[Tensor, Tensor] | None = None, via: str = "auto") -> Dictionary:
+_CALL_OPTIONS = ("out_site", "activations", "checkpoint", "resume", "cancel", "on_step", "progress")
+
+
+def _config(config: TrainerConfig | None, options: dict[str, Any]) -> TrainerConfig:
+    """``config`` (default: `TrainerConfig()`) with the keyword ``options`` overriding its fields."""
+    if config is not None and not isinstance(config, TrainerConfig):
+        raise TypeError(f"config must be a TrainerConfig, not {type(config).__name__}")
+    names = {f.name for f in fields(TrainerConfig)} - {"transcoder"}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"train_sae() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; valid: "
+                        f"{', '.join(sorted(names | set(_CALL_OPTIONS)))}")
+    return replace(config, **options) if config is not None else TrainerConfig(**options)
+
+
+def train_sae(model: Any, site: str, corpus: Any = None, config: TrainerConfig | None = None, *,
+              out_site: str | None = None, activations: Tensor | tuple[Tensor, Tensor] | None = None,
+              checkpoint: str | Path | None = None, resume: bool = True, cancel: threading.Event | None = None,
+              on_step: Callable[[dict[str, float]], None] | None = None, progress: bool = True,
+              **options: Any) -> Dictionary:
     """Train a TopK SAE on ``site`` (a transcoder ``site -> out_site`` when ``out_site`` is given).
 
-    See the module docstring for the recipe and the defaults. ``max_tokens``: training
-    token-steps; ``data_tokens``: activations collected once and reused over epochs (``None``: the
-    whole corpus); ``buffer_tokens``: stream through a shuffling buffer instead. ``activations``:
+    The settings are a `TrainerConfig` (see it and the module docstring for the recipe and the
+    defaults); any of its fields may also be given as a keyword, overriding ``config``:
+    ``train_sae(model, site, corpus, n_latents=4608, k=32, max_tokens=2_000_000, lr=1e-3, seed=1,
+    batch_size=4096, data_tokens=..., buffer_tokens=..., device="cuda")``. ``activations``:
     pre-collected ``[n, d_in]`` inputs (or ``(inputs, targets)`` for a transcoder) instead of a
     corpus; ``model`` may then be None. ``on_step(stats)`` is called after every step with
     ``step, fvu, fvu_ema, auxk, l0, n_dead, dead_fraction, lr``. ``checkpoint``: a folder to
     checkpoint into and resume from (``resume=False`` starts over). ``cancel`` (a
     `threading.Event`) stops after the current step with a checkpoint and raises
-    `TrainingCancelled`; Ctrl-C checkpoints and re-raises `KeyboardInterrupt`.
-    Returns a `Dictionary` (architecture ``"topk"``) with training facts in ``meta["training"]``.
+    `TrainingCancelled` (``.partial``: the dictionary so far); Ctrl-C checkpoints and re-raises
+    `KeyboardInterrupt`. Returns a `Dictionary` (architecture ``"topk"``) with training facts in
+    ``meta["training"]``.
     """
+    base = _config(config, options)
+    context, data_tokens, holdout_tokens = base.context, base.data_tokens, base.holdout_tokens
+    buffer_tokens, collect_batch_size, via = base.buffer_tokens, base.collect_batch_size, base.via
     sites = [site] + ([out_site] if out_site is not None else [])
     sites = parse_sites(model, sites)
     site_s, out_s = sites[0], (sites[1] if out_site is not None else None)
@@ -677,15 +745,7 @@ def train_sae(model: Any, site: str, corpus: Any = None, *, n_latents: int | Non
     else:
         widths = [model.arch.size(Site.parse(s)) for s in sites]
     d_in, d_out = widths[0], widths[-1]
-    if buffer_tokens is not None and buffer_tokens < batch_size:
-        raise ValueError(f"buffer_tokens ({buffer_tokens}) must be at least batch_size ({batch_size})")
-    if checkpoint_every < 1 or collect_batch_size < 1 or holdout_tokens < 0:
-        raise ValueError("checkpoint_every and collect_batch_size must be >= 1, holdout_tokens >= 0")
-    if data_tokens is not None and data_tokens < 1:
-        raise ValueError(f"data_tokens must be at least 1 (or None for the whole corpus), not {data_tokens}")
-    cfg = TrainerConfig(n_latents=n_latents if n_latents is not None else 8 * d_in, k=k, batch_size=batch_size,
-                        max_tokens=max_tokens, lr=lr, lr_decay=lr_decay, auxk_alpha=auxk_alpha, k_aux=k_aux,
-                        dead_tokens=dead_tokens, seed=seed, transcoder=out_s is not None).resolved(d_in)
+    cfg = replace(base, transcoder=out_s is not None).resolved(d_in)
     sig = _data_signature(model, sites, corpus, context, data_tokens, holdout_tokens, buffer_tokens, activations)
     ck = _Checkpoint(checkpoint) if checkpoint is not None else None
     info: dict[str, Any] | None = None
@@ -693,7 +753,7 @@ def train_sae(model: Any, site: str, corpus: Any = None, *, n_latents: int | Non
     if ck is not None and ck.exists():
         if resume:
             info, tensors = ck.read()
-            diff = [f"{key}: {info['config'].get(key)!r} there, {v!r} now" for key, v in cfg.to_dict().items()
+            diff = [f"{key}: {info['config'].get(key)!r} there, {v!r} now" for key, v in cfg.recipe().items()
                     if info["config"].get(key) != v]
             diff += [f"data {key}: {info['data'].get(key)!r} there, {v!r} now" for key, v in sig.items()
                      if info["data"].get(key) != v]
@@ -702,15 +762,13 @@ def train_sae(model: Any, site: str, corpus: Any = None, *, n_latents: int | Non
                                  "pass resume=False to start over, or another checkpoint folder")
         else:
             ck.clear()
-    trainer = TopKTrainer(cfg, d_in, d_out, device)
+    trainer = TopKTrainer(cfg, d_in, d_out)
     extra: dict[str, Any] = dict(info.get("extra", {})) if info else {"time_s": 0.0}
     if info is not None:
         trainer.load_state(tensors, info["trainer"])
 
     def meta() -> dict[str, Any]:
-        from ..core.corpus import corpus_name
-
-        prefix = bool(_prefix_ids(model.tokenizer)) if model is not None else None
+        prefix = bool(prefix_ids(model.tokenizer)) if model is not None else None
         training = {"trainer": "topk", "steps": trainer.step_count, "tokens": trainer.step_count * cfg.batch_size,
                     "batch_size": cfg.batch_size, "n_latents": cfg.n_latents, "k": cfg.k, "lr": cfg.lr,
                     "lr_decay": cfg.lr_decay, "auxk_alpha": cfg.auxk_alpha, "k_aux": cfg.k_aux,
@@ -783,7 +841,7 @@ def train_sae(model: Any, site: str, corpus: Any = None, *, n_latents: int | Non
             if ck is None:
                 return
             ts = trainer.state_tensors()
-            st = {"step": trainer.step_count, "config": cfg.to_dict(), "data": sig, "trainer": trainer.state_info(),
+            st = {"step": trainer.step_count, "config": cfg.recipe(), "data": sig, "trainer": trainer.state_info(),
                   "extra": {**extra, "time_s": extra.get("time_s", 0.0) + (time.time() - t_start)},
                   "complete": complete, "buffer": None, "site": site_s, "out_site": out_s}
             if buf_state is not None:
@@ -818,7 +876,7 @@ def train_sae(model: Any, site: str, corpus: Any = None, *, n_latents: int | Non
                                 dead=f"{stats['dead_fraction']:.1%}", refresh=False)
                 if on_step is not None:
                     on_step(stats)
-                if trainer.step_count % checkpoint_every == 0 and trainer.step_count < cfg.steps:
+                if trainer.step_count % cfg.checkpoint_every == 0 and trainer.step_count < cfg.steps:
                     save()
         except KeyboardInterrupt:
             if not in_step:

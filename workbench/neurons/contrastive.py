@@ -30,134 +30,23 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..core.viewers import Showable
+from .stats import auroc_and_pvalues, average_ranks, permutation_indices
+from .streaming import length_batches, progress_bar, run_reduced, token_lengths, valid_mask
 
-__all__ = ["ContrastiveResult", "contrastive_neurons"]
+__all__ = ["ContrastiveResult", "contrastive_neurons", "lape_entropy", "auroc_and_pvalues", "average_ranks",
+           "permutation_indices"]
 
 REDUCES = ("mean", "max")
 #: The AUROC / permutation test works on at most this many (text, unit) values at a time.
 _RANK_ELEMENTS = 1 << 24
 RANK_BY = ("auroc", "diff", "p_value", "lape_entropy")
-
-
-# -- shared helpers (also used by probing.py) --------------------------------------------------
-def _token_lengths(model: Any, texts: Sequence[str]) -> list[int]:
-    """Number of tokens of each text as `Model.tokenize` makes them (special tokens included)."""
-    if not texts:
-        return []
-    enc = model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    return [len(ids) for ids in enc]
-
-
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Text indices in batches of similar length (sorted by length: little padding)."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _valid_mask(lengths: Sequence[int], skip_first: bool) -> torch.Tensor:
-    """``[b, max_len]`` bool: real tokens (no padding), without position 0 if ``skip_first``."""
-    width = max(lengths)
-    pos = torch.arange(width)[None, :]
-    mask = pos < torch.tensor(list(lengths))[:, None]
-    if skip_first:
-        mask &= pos >= 1
-    return mask
-
-
-def _run_reduced(model: Any, texts: list[str], layers: list[int], reducer: Callable[[torch.Tensor], torch.Tensor],
-                 remote: bool | str | None) -> dict[int, torch.Tensor]:
-    """One batch through the model; ``reducer`` runs inside the trace on each ``neurons.L``."""
-    caps = {f"neurons.{L}": reducer for L in layers}
-    res = model.run(texts, capture=caps, top_k=0, logits=None, remote=remote)  # top_k=0: no unembedding
-    return {L: res.activations[f"neurons.{L}"].detach().cpu() for L in layers}
-
-
-def _progress(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False)
-
-
-def _doubled_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Twice the average ranks along dim 0 (integers), as int64 ``[n, U]`` for ``values [n, U]``."""
-    n = values.shape[0]
-    flat = values.reshape(n, -1).T.contiguous()  # [U, n]: sort along contiguous rows
-    srt, order = flat.sort(dim=1)
-    idx = torch.arange(n).expand_as(srt)
-    same = srt[:, 1:] == srt[:, :-1]  # tied with the previous value
-    if bool(same.any()):  # a tie group's rank is (first + last) / 2 of its sorted positions
-        start = torch.ones_like(srt, dtype=torch.bool)
-        start[:, 1:] = ~same
-        end = torch.ones_like(srt, dtype=torch.bool)
-        end[:, :-1] = ~same
-        first = torch.where(start, idx, 0).cummax(1).values
-        last = torch.where(end, idx, n - 1).flip(1).cummin(1).values.flip(1)
-        r2 = first + last + 2
-    else:
-        r2 = 2 * idx + 2
-    return torch.empty_like(order).scatter_(1, order, r2).T.contiguous()
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks along dim 0 (1 = smallest), ties getting the average of their ranks.
-
-    ``values``: ``[n, ...]``; returns float64 of the same shape.
-    """
-    return (_doubled_ranks(values).double() / 2).reshape(values.shape)
-
-
-def permutation_indices(n: int, permutations: int, seed: int = 0) -> torch.Tensor:
-    """``[permutations, n]`` random index permutations (row p shuffles the text labels)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.argsort(torch.rand(int(permutations), n, generator=gen), dim=1)
-
-
-def auroc_and_pvalues(values: torch.Tensor, in_set: torch.Tensor, permutations: int = 1000, seed: int = 0,
-                      perms: torch.Tensor | None = None, max_elements: int = 1 << 19) -> tuple[torch.Tensor, torch.Tensor]:
-    """AUROC of ``values[n, U]`` for the texts ``in_set`` (bool ``[n]``) against the rest, and
-    two-sided permutation p-values (NaN when ``permutations`` is 0).
-
-    Every unit is tested with the same shuffles: permuted rank sums are one matrix product of
-    the ``[permutations, n]`` label matrix with the ``[n, U]`` ranks. ``perms`` (``[P, n]``
-    index permutations) overrides ``permutations`` / ``seed``.
-    """
-    values = values.reshape(values.shape[0], -1)
-    n = values.shape[0]
-    in_set = in_set.bool()
-    n1 = int(in_set.sum())
-    n0 = n - n1
-    if n1 == 0 or n0 == 0:
-        raise ValueError("AUROC needs texts both in and out of the set")
-    # Doubled ranks are integers: rank sums compare exactly (float32 is exact below 2**24).
-    ranks2 = _doubled_ranks(values)
-    r = ranks2.float() if n * (n + 1) < (1 << 24) else ranks2.double()
-    lab = in_set.to(r.dtype)
-    obs = lab @ r  # doubled rank sums [U]
-    auroc = ((obs.double() / 2 - n1 * (n1 + 1) / 2) / (n1 * n0)).float()
-    if perms is None:
-        if permutations <= 0:
-            return auroc, torch.full_like(auroc, float("nan"))
-        perms = permutation_indices(n, permutations, seed)
-    P = perms.shape[0]
-    M = in_set[perms].to(r.dtype)  # [P, n]: row p = the labels after shuffle p
-    centre = n1 * (n + 1)  # expected doubled rank sum
-    dev = (obs - centre).abs()
-    hits = torch.zeros(r.shape[1], dtype=torch.long)
-    chunk = max(64, max_elements // max(1, P))  # [P, chunk] products stay in cache
-    for u0 in range(0, r.shape[1], chunk):
-        pr = M @ r[:, u0:u0 + chunk]  # [P, chunk]
-        hits[u0:u0 + chunk] = ((pr - centre).abs() >= dev[u0:u0 + chunk]).sum(0)
-    pvals = ((1 + hits).double() / (1 + P)).float()
-    return auroc, pvals
 
 
 def lape_entropy(p_act: torch.Tensor) -> torch.Tensor:
@@ -341,7 +230,7 @@ def contrastive_neurons(model: Any, sets: Mapping[str, Sequence[str]], layers: I
     if math.isnan(threshold):
         raise ValueError("threshold is NaN")
     Ls = model.arch.layer_list(layers)
-    lengths = _token_lengths(model, texts)
+    lengths = token_lengths(model, texts)
     counted = [L - int(skip_first) for L in lengths]
     for t, c in enumerate(counted):
         if c < 1:
@@ -354,12 +243,12 @@ def contrastive_neurons(model: Any, sets: Mapping[str, Sequence[str]], layers: I
     values = torch.zeros(N, nL, d, dtype=torch.float32)
     active = torch.zeros(S, nL, d, dtype=torch.float64)
     lab = torch.tensor(labels, dtype=torch.long)
-    batches = _batches(lengths, batch_size)
-    bar = _progress(len(batches), "contrastive neurons", progress)
+    batches = length_batches(lengths, batch_size)
+    bar = progress_bar(len(batches), "contrastive neurons", progress)
     use_max = reduce == "max"
     try:
         for rows in batches:
-            mask = _valid_mask([lengths[i] for i in rows], skip_first)
+            mask = valid_mask([lengths[i] for i in rows], skip_first)
 
             def reducer(x: torch.Tensor, mask: torch.Tensor = mask) -> torch.Tensor:
                 m = mask.to(x.device)[:, : x.shape[1], None]
@@ -368,7 +257,7 @@ def contrastive_neurons(model: Any, sets: Mapping[str, Sequence[str]], layers: I
                 act = ((xf > threshold) & m).sum(1).float()
                 return torch.stack([val, act], 1)  # [b, 2, d]
 
-            out = _run_reduced(model, [texts[i] for i in rows], Ls, reducer, remote)
+            out = run_reduced(model, [texts[i] for i in rows], Ls, reducer, remote)
             idx = torch.tensor(rows)
             for i, L in enumerate(Ls):
                 o = out[L].float()

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .stats import pearson, wilson_interval
+
 __all__ = ["Hypothesis", "HypothesisResult", "Counterexample", "test_hypothesis", "compare_hypotheses",
            "unit_activations", "wilson_interval"]
 
@@ -92,12 +94,12 @@ _ACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # store -> {(key
 
 
 def _key_unit(store: Any, site: str | int, unit: int) -> tuple[str, int]:
-    key = store._key(site)  # KeyError naming the store's sites
-    return key, store._unit(key, unit)  # IndexError naming the range
+    key = store.site_key(site)  # KeyError naming the store's sites
+    return key, store.unit_index(key, unit)  # IndexError naming the range
 
 
 def _all_windows(store: Any) -> list[int]:
-    return sorted(store._index())
+    return sorted(store.window_index())
 
 
 def unit_activations(store: Any, site: str | int, unit: int, windows: Sequence[int] | str = "all", *,
@@ -122,7 +124,7 @@ def unit_activations(store: Any, site: str | int, unit: int, windows: Sequence[i
     if todo:
         model = store.model
         site_name = store.meta["sites"][key].get("site", key)
-        transform = store._transform(key)
+        transform = store.site_transform(key)
         specs = store.meta.get("interventions") or None
         rows = {w: store.window_tokens(w) for w in todo}
         order = sorted(todo, key=lambda w: len(rows[w]))
@@ -150,17 +152,6 @@ def unit_activations(store: Any, site: str | int, unit: int, windows: Sequence[i
 
 
 # -- results ----------------------------------------------------------------------------------
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (95% by default); (nan, nan) when n == 0."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
 @dataclass
 class Counterexample:
     """A token where the hypothesis and the unit disagree, with its context."""
@@ -321,16 +312,6 @@ def _threshold(store: Any, key: str, u: int, threshold: float | str | None) -> t
     return t, "given"
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x = x.astype(np.float64)
-    y = y.astype(np.float64)
-    if len(x) < 2:
-        return math.nan
-    dx, dy = x - x.mean(), y - y.mean()
-    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    return float(dx @ dy) / den if den > 0 else math.nan
-
-
 def _decoder(store: Any) -> Callable[[int], str]:
     tok = store.model.tokenizer
     memo: dict[int, str] = {}
@@ -408,7 +389,7 @@ def test_hypothesis(store: Any, site: str | int, unit: int, hyp: Hypothesis | Ca
     fp_idx = fp_idx[np.argsort(A[fp_idx], kind="stable")]  # least active first: the clearest mistakes
     fn_idx = np.nonzero(active & ~pred)[0]
     fn_idx = fn_idx[np.argsort(-A[fn_idx], kind="stable")]  # most active first
-    return HypothesisResult(key, u, hyp.name, thr, rule, len(A), len(acts), tp, fp, fn, tn, _pearson(P, A),
+    return HypothesisResult(key, u, hyp.name, thr, rule, len(A), len(acts), tp, fp, fn, tn, pearson(P, A),
                             ce("false positive", fp_idx), ce("false negative", fn_idx),
                             A.astype(np.float32), P.astype(np.float32))
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from .contrastive import _batches, _progress, _run_reduced, _valid_mask
 from ..core.viewers import Showable
+from .streaming import length_batches, progress_bar, run_reduced, token_lengths, valid_mask
 
 __all__ = ["ProbeResult", "fit_logistic", "sparse_probe"]
 
@@ -284,8 +284,7 @@ def sparse_probe(model: Any, texts: Sequence[str], labels: Any, ks: Iterable[int
     K = max(ks)
     if K > nL * d:
         raise ValueError(f"k = {K} is more than the {nL * d} neurons of the layers probed")
-    enc = model.tokenizer(texts, add_special_tokens=True)["input_ids"]
-    lengths = [len(ids) for ids in enc]
+    lengths = token_lengths(model, texts)
     if skip_first and level == "text":
         short = [i for i, L in enumerate(lengths) if L < 2]
         if short:
@@ -346,14 +345,14 @@ def sparse_probe(model: Any, texts: Sequence[str], labels: Any, ks: Iterable[int
 
     # Pass 1 (training texts): class-conditional sums and sums of squares, reduced in the trace.
     sums = torch.zeros(nL, 4, d, dtype=torch.float64)
-    batches1 = _batches([lengths[i] for i in train], batch_size)
-    batches2 = _batches(lengths, batch_size)
-    bar = _progress(len(batches1) + len(batches2), "sparse probe", progress)
+    batches1 = length_batches([lengths[i] for i in train], batch_size)
+    batches2 = length_batches(lengths, batch_size)
+    bar = progress_bar(len(batches1) + len(batches2), "sparse probe", progress)
     try:
         for b in batches1:
             rows = [train[j] for j in b]
             lab = label_rows(rows)
-            mask = _valid_mask([lengths[i] for i in rows], skip_first)
+            mask = valid_mask([lengths[i] for i in rows], skip_first)
 
             def reducer1(x: torch.Tensor, lab: torch.Tensor = lab, mask: torch.Tensor = mask) -> torch.Tensor:
                 if level == "text":
@@ -368,7 +367,7 @@ def sparse_probe(model: Any, texts: Sequence[str], labels: Any, ks: Iterable[int
                 return torch.stack([(xd * mp).sum((0, 1)), (xd * xd * mp).sum((0, 1)),
                                     (xd * mn).sum((0, 1)), (xd * xd * mn).sum((0, 1))])
 
-            out = _run_reduced(model, [texts[i] for i in rows], Ls, reducer1, remote)
+            out = run_reduced(model, [texts[i] for i in rows], Ls, reducer1, remote)
             for i, L in enumerate(Ls):
                 sums[i] += out[L].double()
             bar.update(1)
@@ -399,7 +398,7 @@ def sparse_probe(model: Any, texts: Sequence[str], labels: Any, ks: Iterable[int
 
         feats: list[torch.Tensor | None] = [None] * len(texts)
         for rows in batches2:
-            mask = _valid_mask([lengths[i] for i in rows], skip_first)
+            mask = valid_mask([lengths[i] for i in rows], skip_first)
             caps = {f"neurons.{L}": gather(torch.tensor(by_layer[L]), mask) for L in layers2}
             res = model.run([texts[i] for i in rows], capture=caps, top_k=0, logits=None, remote=remote)
             for j, i in enumerate(rows):

@@ -20,7 +20,6 @@ From a terminal (progress bar with tokens/s and time left; Ctrl-C checkpoints)::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
 import threading
@@ -33,9 +32,10 @@ from typing import Any
 
 import torch
 
-from ..core.arch import Site
 from ..core.corpus import Fingerprint, corpus_name, iter_texts
-from ..core.fileio import atomic_json, atomic_tensors
+from ..core.errors import Cancelled
+from ..core.fileio import atomic_tensors
+from ..core.sites import SITES, TOKEN_SITES, Site
 from .store import (
     FORMAT,
     HIST,
@@ -45,9 +45,19 @@ from .store import (
     ScanStore,
     StoreError,
     window_priority,
+    write_store,
 )
 
-SCAN_SITES = frozenset({"embed", "resid_pre", "attn_out", "mlp_in", "neurons", "mlp_out", "resid_post", "final_norm"})
+__all__ = ["scan", "ScanCancelled", "SCAN_SITES", "Window", "iter_windows"]
+
+#: The sites a scan reads: the per-token ``[batch, seq, width]`` sites of the site table.
+SCAN_SITES = TOKEN_SITES
+
+
+class ScanCancelled(Cancelled):
+    """A scan stopped by its ``cancel`` event after a checkpoint; ``partial`` is the partial `ScanStore`.
+
+    Calling `scan` again with the same arguments resumes it."""
 
 
 @dataclass
@@ -97,7 +107,7 @@ def _expand_sites(model: Any, sites: str | Sequence[str]) -> list[str]:
         sites = [sites]
     out: list[str] = []
     for s in sites:
-        if s in SCAN_SITES and s not in ("embed", "final_norm"):
+        if s in SCAN_SITES and SITES[s].layered:  # a family: every layer
             out += [f"{s}.{L}" for L in range(model.arch.n_layers)]
             continue
         site = Site.parse(s)
@@ -166,21 +176,6 @@ def _deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
         if hit:
             raise KeyboardInterrupt
-
-
-def write_store(path: Path, meta: dict, states: dict[str, KeyState], sample: Sample, step: int) -> None:
-    """Write the state file, then meta.json (the commit point), then drop older state files."""
-    tensors: dict[str, torch.Tensor] = {"sample.window": sample.windows, "sample.priority": sample.priority}
-    for key, st in states.items():
-        tensors.update(st.tensors(key))
-    name = f"state-{step:08d}.safetensors"
-    atomic_tensors(path / name, tensors)
-    meta["state"] = name
-    meta["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_json(path / "meta.json", meta)
-    for old in path.glob("state-*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
 
 
 def _model_info(model: Any) -> dict[str, Any]:
@@ -324,7 +319,8 @@ def scan(model: Any, corpus: Any = None, path: str | Path | None = None, *, site
     ``max_tokens`` stops after that many counted tokens. ``shard=(i, n)`` takes windows
     ``i, i+n, ...`` (merge the shards with `ScanStore.merge`). ``checkpoint_every`` windows,
     the store is checkpointed; ``cancel`` (a `threading.Event`) stops after the current batch
-    with a checkpoint and returns the partial store; Ctrl-C checkpoints and re-raises.
+    with a checkpoint and raises `ScanCancelled` (``.partial``: the partial store; the same
+    call resumes); Ctrl-C checkpoints and re-raises.
     """
     from ..core.engine import Model
 
@@ -345,7 +341,7 @@ def scan(model: Any, corpus: Any = None, path: str | Path | None = None, *, site
             raise ValueError(f"feature name {key!r} collides with a site name")
     if not site_list and not features:
         raise ValueError("nothing to scan: give sites or features")
-    specs = model._specs(interventions)
+    specs = model.specs(interventions)
     if path is None:
         import tempfile
 
@@ -429,7 +425,9 @@ def scan(model: Any, corpus: Any = None, path: str | Path | None = None, *, site
                     if cancel is not None and cancel.is_set():
                         job.checkpoint()
                         bar.close()
-                        return _opened(path, model, features)
+                        raise ScanCancelled(f"scan cancelled after {meta['n_windows']} windows; the checkpoint is in "
+                                            f"{path}: run the same call again to resume",
+                                            partial=_opened(path, model, features))
             else:
                 if not resumed_check and fp.hexdigest() != meta["fingerprint"]:
                     raise StoreError(f"{path}: the corpus is shorter than the one this scan started on")
@@ -470,40 +468,3 @@ def _count_tokens(model: Any, corpus: Any, window: int, skip_first: bool, shard:
         return None
     return min(total, max_tokens) if max_tokens else total
 
-
-# -- command line -----------------------------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m workbench scan|merge``: scan a corpus into a store, or merge shard stores."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["merge"]:
-        p = argparse.ArgumentParser(prog="python -m workbench merge", description="merge shard stores")
-        p.add_argument("out")
-        p.add_argument("stores", nargs="+")
-        p.add_argument("--overwrite", action="store_true")
-        a = p.parse_args(argv[1:])
-        print(ScanStore.merge(a.stores, a.out, overwrite=a.overwrite))
-        return
-    p = argparse.ArgumentParser(prog="python -m workbench scan", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="store folder (an existing partial scan resumes)")
-    p.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2)")
-    p.add_argument("--corpus", nargs="*", default=None, help=".txt files or folders (default: pydoc_data.topics)")
-    p.add_argument("--sites", nargs="*", default=["neurons"])
-    p.add_argument("--k", type=int, default=20)
-    p.add_argument("--window", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=None)
-    p.add_argument("--shard", default=None, help="i/n: this job's shard")
-    p.add_argument("--checkpoint-every", type=int, default=256, help="windows between checkpoints")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None)
-    a = p.parse_args(argv)
-    from ..core.loading import load
-
-    model = load(a.model, device=a.device, **({"dtype": a.dtype} if a.dtype else {}))
-    shard = tuple(int(x) for x in a.shard.split("/")) if a.shard else None
-    corpus = [Path(c) for c in a.corpus] if a.corpus else None
-    store = scan(model, corpus, a.out, sites=a.sites, k=a.k, window=a.window, batch_size=a.batch_size,
-                 max_tokens=a.max_tokens, shard=shard, checkpoint_every=a.checkpoint_every)  # type: ignore[arg-type]
-    print(store)

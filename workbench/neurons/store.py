@@ -28,6 +28,7 @@ import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..core.errors import WorkbenchError
+from ..core.fileio import atomic_json, atomic_tensors
+from ..core.sites import Site
 from ..core.viewers import Showable
 
 FORMAT = "interp-workbench/scan"
 VERSION = 1
 
 
-class StoreError(Exception):
+class StoreError(WorkbenchError):
     """A scan store that cannot be read or does not fit the request (with the reason)."""
 
 
@@ -252,6 +256,21 @@ class Sample:
             st.sample_pos = torch.cat([st.sample_pos, p.int()])[order]
 
 
+def write_store(path: Path, meta: dict, states: dict[str, KeyState], sample: Sample, step: int) -> None:
+    """Write the state file, then meta.json (the commit point), then drop older state files."""
+    tensors: dict[str, torch.Tensor] = {"sample.window": sample.windows, "sample.priority": sample.priority}
+    for key, st in states.items():
+        tensors.update(st.tensors(key))
+    name = f"state-{step:08d}.safetensors"
+    atomic_tensors(path / name, tensors)
+    meta["state"] = name
+    meta["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_json(path / "meta.json", meta)
+    for old in path.glob("state-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
 # -- reading helpers ---------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
     try:
@@ -357,8 +376,6 @@ class ScanStore(Showable):
         want = self.meta.get("model", {})
         a = model.arch
         for key, info in self.meta["sites"].items():
-            from ..core.arch import Site
-
             site = Site.parse(info.get("site", key))
             if site.layer is not None and site.layer >= a.n_layers:
                 raise StoreError(f"the store has {key} but the model has {a.n_layers} layers")
@@ -374,7 +391,7 @@ class ScanStore(Showable):
         return list(self.meta["sites"])
 
     def width(self, site: str) -> int:
-        return int(self.meta["sites"][self._key(site)]["width"])
+        return int(self.meta["sites"][self.site_key(site)]["width"])
 
     @property
     def n_tokens(self) -> int:
@@ -392,13 +409,14 @@ class ScanStore(Showable):
     def k(self) -> int:
         return int(self.meta["k"])
 
-    def _key(self, site: str | int) -> str:
+    def site_key(self, site: str | int) -> str:
+        """The store's key of a site: ``3`` -> ``"neurons.3"``, ``"blocks.3.mlp.hook_post"`` -> ``"neurons.3"``.
+
+        Raises `KeyError` naming the store's sites when it has no such site."""
         if isinstance(site, int):  # a layer: the MLP neurons there
             site = f"neurons.{site}"
         if site in self.meta["sites"]:
             return site
-        from ..core.arch import Site
-
         try:
             key = str(Site.parse(site))
         except (ValueError, TypeError):
@@ -407,7 +425,8 @@ class ScanStore(Showable):
             raise KeyError(f"the store has no {site!r}; it has {', '.join(self.sites[:6])}{'…' if len(self.sites) > 6 else ''}")
         return key
 
-    def _unit(self, key: str, unit: int) -> int:
+    def unit_index(self, key: str, unit: int) -> int:
+        """``unit`` as an int after checking it is in range for ``key`` (else `IndexError` naming the range)."""
         w = self.width(key)
         if not isinstance(unit, int | np.integer) or not 0 <= unit < w:
             raise IndexError(f"unit {unit!r} is out of range for {key} (0..{w - 1})")
@@ -430,9 +449,7 @@ class ScanStore(Showable):
         """Per-unit statistics (excess kurtosis) as a pandas DataFrame."""
         import pandas as pd
 
-        from ..core.arch import Site
-
-        keys = [self._key(site)] if site is not None else self.sites
+        keys = [self.site_key(site)] if site is not None else self.sites
         frames = []
         for key in keys:
             m = self._moments(key)
@@ -450,24 +467,25 @@ class ScanStore(Showable):
         return pd.concat(frames, ignore_index=True)
 
     def unit_stats(self, site: str | int, unit: int) -> dict[str, float]:
-        key = self._key(site)
-        u = self._unit(key, unit)
+        key = self.site_key(site)
+        u = self.unit_index(key, unit)
         return {name: float(v[u]) for name, v in self._moments(key).items()}
 
     def histogram(self, site: str | int, unit: int) -> tuple[np.ndarray, np.ndarray]:
-        key = self._key(site)
-        return self.bins.edges(), self.states[key].hist[self._unit(key, unit)].numpy().copy()
+        key = self.site_key(site)
+        return self.bins.edges(), self.states[key].hist[self.unit_index(key, unit)].numpy().copy()
 
     def top(self, site: str | int, unit: int) -> list[tuple[float, int, int]]:
         """The top windows of a unit: (value, window id, position), best first."""
-        key = self._key(site)
-        u = self._unit(key, unit)
+        key = self.site_key(site)
+        u = self.unit_index(key, unit)
         st = self.states[key]
         return [(float(v), int(w), int(p)) for v, w, p in
                 zip(st.top_values[:, u], st.top_window[:, u], st.top_pos[:, u], strict=True) if w >= 0]
 
     # -- windows and exemplars -----------------------------------------------------------------
-    def _index(self) -> dict[int, tuple[str, int]]:
+    def window_index(self) -> dict[int, tuple[str, int]]:
+        """Every scanned window id -> ``(chunk file, row)`` (read once, then cached)."""
         if self._windows is None:
             idx: dict[int, tuple[str, int]] = {}
             for chunk in self.meta["chunks"]:
@@ -491,30 +509,31 @@ class ScanStore(Showable):
     def window_tokens(self, window: int) -> list[int]:
         """Token ids of a scanned window."""
         try:
-            chunk, row = self._index()[int(window)]
+            chunk, row = self.window_index()[int(window)]
         except KeyError:
             raise KeyError(f"window {window} is not in this store") from None
         ids = self._chunk(chunk)["ids"][row]
         return [int(i) for i in ids[ids >= 0]]
 
     def window_info(self, window: int) -> dict[str, int]:
-        chunk, row = self._index()[int(window)]
+        chunk, row = self.window_index()[int(window)]
         t = self._chunk(chunk)
         return {"window": int(window), "doc": int(t["doc"][row]), "start": int(t["start"][row])}
 
-    def _need_model(self) -> Any:
+    def require_model(self) -> Any:
+        """The store's model, or a `RuntimeError` saying how to attach one."""
         if self.model is None:
             raise RuntimeError("exemplar activations rerun the windows through the model: "
                                "ScanStore.open(path, model=model) or store.model = model")
         return self.model
 
-    def _unit_acts(self, key: str, unit: int, windows: Sequence[int]) -> list[np.ndarray]:
+    def unit_activations(self, key: str, unit: int, windows: Sequence[int]) -> list[np.ndarray]:
         """A unit's activation on every token of some windows (rerun through the model, cached)."""
         todo = [w for w in dict.fromkeys(windows) if (key, unit, w) not in self._acts_cache]
         if todo:
-            model = self._need_model()
+            model = self.require_model()
             site = self.meta["sites"][key].get("site", key)
-            transform = self._transform(key)
+            transform = self.site_transform(key)
             rows = [self.window_tokens(w) for w in todo]
 
             def pick(x: torch.Tensor, transform=transform, unit=unit) -> torch.Tensor:
@@ -531,7 +550,8 @@ class ScanStore(Showable):
                     self._acts_cache[(key, unit, w)] = acts[j, : len(rows[i + j])].numpy()
         return [self._acts_cache[(key, unit, w)] for w in windows]
 
-    def _transform(self, key: str) -> Any:
+    def site_transform(self, key: str) -> Any:
+        """The encoder ``key`` was scanned through (None for a plain site); `RuntimeError` when it is not set."""
         if self.meta["sites"][key].get("transform") is None:
             return None
         fn = self.transforms.get(key)
@@ -540,9 +560,10 @@ class ScanStore(Showable):
                                f"set store.transforms[{key!r}] to it to rerun exemplars")
         return fn
 
-    def _exemplars(self, key: str, unit: int, picks: list[tuple[float, int, int]]) -> list[Exemplar]:
-        acts = self._unit_acts(key, unit, [w for _, w, _ in picks])
-        tok = self._need_model().tokenizer
+    def window_exemplars(self, key: str, unit: int, picks: Sequence[tuple[float, int, int]]) -> list[Exemplar]:
+        """Exemplars of a unit for chosen ``(value, window, position)`` picks (needs the model)."""
+        acts = self.unit_activations(key, unit, [w for _, w, _ in picks])
+        tok = self.require_model().tokenizer
         out = []
         for (v, w, p), a in zip(picks, acts, strict=True):
             out.append(Exemplar(w, p, v, [tok.decode([i]) for i in self.window_tokens(w)], a))
@@ -550,9 +571,9 @@ class ScanStore(Showable):
 
     def exemplars(self, site: str | int, unit: int, n: int = 10) -> list[Exemplar]:
         """The top-n windows of a unit with its activation on every token (needs the model)."""
-        key = self._key(site)
-        u = self._unit(key, unit)
-        return self._exemplars(key, u, self.top(key, u)[:n])
+        key = self.site_key(site)
+        u = self.unit_index(key, unit)
+        return self.window_exemplars(key, u, self.top(key, u)[:n])
 
     def quantile_exemplars(self, site: str | int, unit: int, groups: int = 4, per_group: int = 2) -> list[QuantileGroup]:
         """Exemplars across the quantiles of a unit's window maxima in the random window sample.
@@ -560,8 +581,8 @@ class ScanStore(Showable):
         The sample's maxima are sorted and cut into ``groups`` equal-count ranges (highest
         first); ``per_group`` windows are taken evenly from each range.
         """
-        key = self._key(site)
-        u = self._unit(key, unit)
+        key = self.site_key(site)
+        u = self.unit_index(key, unit)
         st = self.states[key]
         ok = self.sample.windows >= 0
         vals, wins, pos = st.sample_values[ok, u], self.sample.windows[ok], st.sample_pos[ok, u]
@@ -579,15 +600,13 @@ class ScanStore(Showable):
             picks = [(float(vals[i]), int(wins[i]), int(pos[i])) for i in idx]
             hi_q, lo_q = 1 - g / groups, 1 - (g + 1) / groups
             out.append(QuantileGroup(f"q{lo_q:.2f}–{hi_q:.2f}", float(vals[b - 1]), float(vals[a]),
-                                     self._exemplars(key, u, picks)))
+                                     self.window_exemplars(key, u, picks)))
         return out
 
     # -- merging --------------------------------------------------------------------------------
     @classmethod
     def merge(cls, stores: Sequence[ScanStore | str | Path], path: str | Path, overwrite: bool = False) -> ScanStore:
         """Merge stores of disjoint shards of one corpus into a new store at ``path``."""
-        from .scan import write_store
-
         stores = [s if isinstance(s, ScanStore) else cls.open(s) for s in stores]
         if len(stores) < 2:
             raise ValueError("merge needs at least two stores")
@@ -598,7 +617,7 @@ class ScanStore(Showable):
                     raise StoreError(f"cannot merge {s.path} into {first.path}: they differ in {f!r}")
         seen: dict[int, Path] = {}
         for s in stores:
-            for w in s._index():
+            for w in s.window_index():
                 if w in seen:
                     raise StoreError(f"window {w} is in both {seen[w]} and {s.path}: merge needs disjoint shards")
                 seen[w] = s.path
@@ -648,7 +667,7 @@ class ScanStore(Showable):
         ax.set_xticks(range(0, hi - lo, step), labels[::step], rotation=45)
         ax.set_xlabel("activation (bin lower edge, signed log bins)")
         ax.set_ylabel("tokens")
-        ax.set_title(f"{self._key(site)} unit {unit}")
+        ax.set_title(f"{self.site_key(site)} unit {unit}")
         return ax.figure
 
     def __repr__(self) -> str:

@@ -83,7 +83,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.arch import ArchMap
+from ..core.arch import ArchMap, resolve
+from ..core.errors import WorkbenchError
 from ..core.viewers import Showable
 
 FORMAT = "workbench-neuron-weights"
@@ -119,19 +120,13 @@ _IO_COLORS = {
 }
 
 
-class NeuronWeightsFileError(ValueError):
+class NeuronWeightsFileError(WorkbenchError, ValueError):
     """A saved `NeuronWeights` file is missing, truncated, corrupt or not of this format."""
-
-
-def _get(root: Any, path: str) -> Any:
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root
 
 
 # -- reading the weights ------------------------------------------------------------------
 @dataclass
-class _Layout:
+class MLPLayout:
     """How to read one layer's MLP: module paths (relative to a layer) and fused-ness."""
 
     gate: str | None  # gated: the gate projection (None for plain MLPs)
@@ -145,9 +140,9 @@ _FUSED = ("gate_up_proj",)
 _PLAIN = ("c_fc", "dense_h_to_4h", "fc1", "fc_in")
 
 
-def _layout(hf: Any, arch: ArchMap) -> _Layout:
+def mlp_layout(hf: Any, arch: ArchMap) -> MLPLayout:
     """Find the MLP input projections of this model (or raise a clear error)."""
-    layer0 = _get(hf, arch.layers)[0]
+    layer0 = resolve(hf, arch.layers)[0]
     ex = arch.extra or {}
     if "mlp_up_proj" in ex or "mlp_in_proj" in ex:
         up = ex.get("mlp_up_proj") or ex["mlp_in_proj"]
@@ -155,25 +150,25 @@ def _layout(hf: Any, arch: ArchMap) -> _Layout:
         for p in (up, gate):
             if p is not None:
                 try:
-                    _get(layer0, p)
+                    resolve(layer0, p)
                 except AttributeError:
                     raise NotImplementedError(f"ArchMap.extra names the MLP projection {p!r}, which layer 0 "
                                               f"({type(layer0).__name__}) does not have") from None
-        return _Layout(gate, up, False, arch.mlp_out_proj)
+        return MLPLayout(gate, up, False, arch.mlp_out_proj)
     try:
-        mlp = _get(layer0, arch.mlp)
+        mlp = resolve(layer0, arch.mlp)
     except AttributeError:
         raise NotImplementedError(f"layer 0 has no MLP module at {arch.mlp!r}") from None
     names = {n for n, _ in mlp.named_children()}
     for g, u in _GATED_PAIRS:
         if g in names and u in names:
-            return _Layout(f"{arch.mlp}.{g}", f"{arch.mlp}.{u}", False, arch.mlp_out_proj)
+            return MLPLayout(f"{arch.mlp}.{g}", f"{arch.mlp}.{u}", False, arch.mlp_out_proj)
     for f in _FUSED:
         if f in names:
-            return _Layout(None, f"{arch.mlp}.{f}", True, arch.mlp_out_proj)
+            return MLPLayout(None, f"{arch.mlp}.{f}", True, arch.mlp_out_proj)
     for p in _PLAIN:
         if p in names:
-            return _Layout(None, f"{arch.mlp}.{p}", False, arch.mlp_out_proj)
+            return MLPLayout(None, f"{arch.mlp}.{p}", False, arch.mlp_out_proj)
     raise NotImplementedError(
         f"cannot read the MLP layout of {type(mlp).__name__} (children: {sorted(names) or 'none'}): "
         "neuron_weights knows gate_proj+up_proj, w1+w3, fused gate_up_proj, c_fc, dense_h_to_4h, fc1 and fc_in "
@@ -203,21 +198,21 @@ def _rows(module: Any, what: str, n: int, d: int, *, out: bool) -> torch.Tensor:
     return rows.float()
 
 
-def _layer_vectors(hf: Any, arch: ArchMap, lay: _Layout, L: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+def layer_vectors(hf: Any, arch: ArchMap, lay: MLPLayout, L: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """``(w_gate or None, w_in, w_out)`` of layer ``L`` as ``[d_mlp, d_model]`` float32 rows."""
-    layer = _get(hf, arch.layers)[L]
+    layer = resolve(hf, arch.layers)[L]
     n, d = arch.d_mlp, arch.d_model
-    w_out = _rows(_get(layer, lay.out), f"layer {L} {lay.out}", n, d, out=True)
+    w_out = _rows(resolve(layer, lay.out), f"layer {L} {lay.out}", n, d, out=True)
     if lay.fused:
-        both = _rows(_get(layer, lay.up), f"layer {L} {lay.up}", 2 * n, d, out=False)
+        both = _rows(resolve(layer, lay.up), f"layer {L} {lay.up}", 2 * n, d, out=False)
         return both[:n], both[n:], w_out
-    gate = None if lay.gate is None else _rows(_get(layer, lay.gate), f"layer {L} {lay.gate}", n, d, out=False)
-    return gate, _rows(_get(layer, lay.up), f"layer {L} {lay.up}", n, d, out=False), w_out
+    gate = None if lay.gate is None else _rows(resolve(layer, lay.gate), f"layer {L} {lay.gate}", n, d, out=False)
+    return gate, _rows(resolve(layer, lay.up), f"layer {L} {lay.up}", n, d, out=False), w_out
 
 
 def unembedding_weight(hf: Any, arch: ArchMap) -> torch.Tensor:
     """The unembedding matrix ``[vocab, d_model]`` (detached), or a clear error (missing / meta weights)."""
-    W_U = getattr(_get(hf, arch.unembed), "weight", None)
+    W_U = getattr(resolve(hf, arch.unembed), "weight", None)
     if not isinstance(W_U, torch.Tensor) or W_U.dim() != 2 or W_U.shape[1] != arch.d_model:
         raise NotImplementedError(f"the unembedding {arch.unembed!r} has no [vocab, d_model] weight")
     if W_U.device.type == "meta":
@@ -232,7 +227,7 @@ def final_norm_fold(hf: Any, arch: ArchMap) -> tuple[torch.Tensor, bool, str]:
     negligible): ``weight * x / rms(x)``, ``(1 + weight) * x / rms(x)`` (Gemma) or
     ``weight * (x - mean) / std + bias`` (LayerNorm).
     """
-    norm = _get(hf, arch.final_norm)
+    norm = resolve(hf, arch.final_norm)
     d = arch.d_model
     w = getattr(norm, "weight", None)
     w = w.detach().float().cpu() if isinstance(w, torch.Tensor) and tuple(w.shape) == (d,) else torch.ones(d)
@@ -737,9 +732,9 @@ def neuron_weights(model: Any, k: int = 10, layers: Iterable[int] | int | None =
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, not {chunk_size!r}")
     Ls = arch.layer_list(layers)
-    lay = _layout(hf, arch)
+    lay = mlp_layout(hf, arch)
     gain, center, norm_kind = final_norm_fold(hf, arch)
-    unembed = _get(hf, arch.unembed)
+    unembed = resolve(hf, arch.unembed)
     W_U = getattr(unembed, "weight", None)
     if not isinstance(W_U, torch.Tensor) or W_U.dim() != 2 or W_U.shape[1] != arch.d_model:
         raise NotImplementedError(f"the unembedding {arch.unembed!r} has no [vocab, d_model] weight")
@@ -769,7 +764,7 @@ def neuron_weights(model: Any, k: int = 10, layers: Iterable[int] | int | None =
             bar = tqdm(total=len(Ls), desc="neuron weights", unit="layer")
         try:
             for L in Ls:
-                w_gate, w_in, w_out = _layer_vectors(hf, arch, lay, L)
+                w_gate, w_in, w_out = layer_vectors(hf, arch, lay, L)
                 outs["io_cos"].append(_cos_rows(w_in, w_out).cpu())
                 if w_gate is not None:
                     outs["io_cos_gate"].append(_cos_rows(w_gate, w_out).cpu())
@@ -809,5 +804,5 @@ def neuron_weights(model: Any, k: int = 10, layers: Iterable[int] | int | None =
     )
 
 
-__all__ = ["NeuronWeights", "NeuronWeightsFileError", "neuron_weights", "final_norm_fold", "unembedding_weight", "io_classes", "vocab_classes",
-           "IO_CLASSES", "VOCAB_CLASSES"]
+__all__ = ["NeuronWeights", "NeuronWeightsFileError", "neuron_weights", "final_norm_fold", "unembedding_weight",
+           "io_classes", "vocab_classes", "IO_CLASSES", "VOCAB_CLASSES", "MLPLayout", "mlp_layout", "layer_vectors"]
