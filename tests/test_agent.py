@@ -210,7 +210,7 @@ def test_feature_unit_with_dictionary(model, tmp_path):
     assert agent.what == f"feature {unit} of sae"
     res = agent.run()
     assert [s.error for s in res.steps] == [None] * 4
-    name = wb.register_dictionary(d)
+    name = wb.dictionaries.register_dictionary(d)
     assert res.steps[1].python.startswith(f"spec = wb.zero_features({name!r}, [{unit}])")
     ns = run_python(res.steps[0], model, st, client)
     ref = d.encode(model.run("The cat sat.", capture=["resid_post.0"]).activations["resid_post.0"])[0, :, unit]

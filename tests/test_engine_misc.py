@@ -107,7 +107,7 @@ def test_tokens_of_a_batch(tiny):
     assert res.lengths == [len(model.tokenizer(p)["input_ids"]) for p in [PROMPT, "Hi"]]
     assert res.token_texts(1) == model.to_str_tokens("Hi")
     assert res.prompts == [PROMPT, "Hi"]
-    assert isinstance(res.tokens[0][0], wb.Token)
+    assert isinstance(res.tokens[0][0], wb.core.Token)
 
 
 # -- results ---------------------------------------------------------------------------------

@@ -122,3 +122,13 @@ def test_a_spec_without_compile_says_so(tiny):
 
     with pytest.raises(NotImplementedError, match="compile"):
         tiny("llama").run(PROMPT, [Bare("resid_post.0")])
+
+
+def test_the_extensions_run_remote_local(tiny, ext):
+    import nnsight
+
+    nnsight.register(ext)  # a module the server lacks travels by value (as the docs say)
+    local, remote = tiny("llama"), tiny("llama", remote="local")
+    spec = ext.Clamp("resid_post.0", limit=0.05, positions=[1])
+    torch.testing.assert_close(remote.run(PROMPT, [spec]).logits, local.run(PROMPT, [spec]).logits)
+    torch.testing.assert_close(ext.resid_norms(remote, PROMPT), ext.resid_norms(local, PROMPT))

@@ -290,7 +290,7 @@ def test_result_views(tiny):
 
 
 def test_exported_from_workbench():
-    assert wb.logit_lens is logit_lens and wb.TunedLens is TunedLens and wb.LensResult is LensResult
+    assert wb.logit_lens is logit_lens and wb.causal.TunedLens is TunedLens and wb.causal.LensResult is LensResult
 
 
 @pytest.mark.embedded

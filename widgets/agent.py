@@ -2,7 +2,7 @@
 
     agent = wb.Agent(model, store, unit=("neurons.12", 345))
     AgentTranscript(agent)            # press Run: steps stream in; Stop; edit the hypothesis; Continue
-    AgentTranscript(result)           # a saved transcript (wb.AgentResult.load(path)), read-only
+    AgentTranscript(result)           # a saved transcript (wb.agent.AgentResult.load(path)), read-only
     result.show()                     # the same
 
 Each step shows the model's thought and hypothesis, the tool call, its equivalent Python, and

@@ -5,7 +5,7 @@
     result.explanation, result.scores, result.to_pandas()
     print(result.steps[3].python)                                     # the same experiment, by hand
     agent.replay(result).ok                                           # rerun every tool call, compare
-    result.save("agent.json"); wb.AgentResult.load("agent.json")
+    result.save("agent.json"); wb.agent.AgentResult.load("agent.json")
     result2 = agent.resume(result, hypothesis="fires on plural nouns")  # your hypothesis, then go on
 
 The loop follows MAIA (Shaham et al. 2024, "A Multimodal Automated Interpretability Agent"):

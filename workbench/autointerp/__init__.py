@@ -3,7 +3,7 @@
     store = wb.ScanStore.open("scans/smol", model)
     [ex] = wb.explain(store, "neurons.12", 345)                 # the local SmolLM2 by default
     wb.score(store, "neurons.12", 345, ex)                      # detection, fuzzing, simulation, sasc
-    wb.ExplanationStore.for_store(store).to_pandas()            # every explanation and score so far
+    wb.autointerp.ExplanationStore.for_store(store).to_pandas()            # every explanation and score so far
 
 Modules: `explaining` (`explain`, `explain_units`; the explainer methods), `scoring` (`score`;
 the scorers), `records` (`Record`, `unit_records`, `holdout_split`), `prompts` (the prompt

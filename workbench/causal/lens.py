@@ -4,7 +4,7 @@
     res = wb.logit_lens(model, "The capital of France is", targets=[" Paris"])
     res.to_pandas(); res.plot(); res.show()        # table, heatmap, LogitLens widget
 
-    lens = wb.TunedLens.train(model, checkpoint="my-lens")   # CPU, a few minutes
+    lens = wb.causal.TunedLens.train(model, checkpoint="my-lens")   # CPU, a few minutes
     res = wb.tuned_lens(model, "The capital of France is", lens)
 
 For every layer L and position p the **logit lens** applies the model's final norm and
@@ -264,10 +264,10 @@ def _lens(model: Any, prompt: str, kind: str, *, targets: Sequence[str | int] | 
         lens.check(model)
         weight, bias = lens.weight.detach(), lens.bias.detach()
     program = _LensProgram(arch, Ls, Ps, tids, top_k, _softcap(model), weight, bias)
-    reader = model.program(batch)
+    reader, nn = model.program(batch), model.nn  # the trace body must not refer to `model` (remote runs pickle it)
     with model.lock, torch.inference_mode():
         with model.trace_batch(batch, remote=remote):
-            saved = nnsight.save(program.run(model.nn, reader))
+            saved = nnsight.save(program.run(nn, reader))
     top_ids = saved["top_ids"].long().cpu()
     tok = model.tokenizer
     cache: dict[int, str] = {}

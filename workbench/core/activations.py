@@ -31,11 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .arch import Site
 from .corpus import Fingerprint, iter_texts
-
-#: Sites with one vector per token ([batch, seq, width]); what a dictionary can read or write.
-TOKEN_SITES = frozenset({"embed", "resid_pre", "attn_out", "mlp_in", "neurons", "mlp_out", "resid_post", "final_norm"})
+from .sites import TOKEN_SITES, Site
 
 Acts = Tensor | tuple[Tensor, ...]
 
@@ -133,7 +130,7 @@ def _run_batch(model: Any, rows: list[list[int]], sites: list[str], skip_first: 
     dev = model.device
     inputs = {"input_ids": ids.to(dev), "attention_mask": (torch.arange(S)[None] < torch.tensor([len(r) for r in rows])[:, None]).long().to(dev)}
     order = sorted(sites, key=lambda s: Site.parse(s).order)
-    lock = getattr(model, "_lock", None) or contextlib.nullcontext()
+    lock = getattr(model, "lock", None) or contextlib.nullcontext()
     saved: dict[str, Tensor] = {}  # filled inside the trace (a dict made outside survives it)
     with lock, torch.inference_mode():
         with model.nn.trace(inputs) as tr:

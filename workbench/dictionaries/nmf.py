@@ -1,7 +1,7 @@
 """Semi-NMF of MLP neuron activations (Shafran et al. 2025; Ding, Li & Jordan 2010).
 
-    res = wb.semi_nmf((model, 9, corpus), n_components=64)   # neurons.9 over 20k tokens of a corpus
-    res = wb.semi_nmf(A, 64)                                  # or any A [d_mlp, n_tokens]
+    res = wb.dictionaries.semi_nmf((model, 9, corpus), n_components=64)   # neurons.9 over 20k tokens of a corpus
+    res = wb.dictionaries.semi_nmf(A, 64)                                  # or any A [d_mlp, n_tokens]
     res.plot(); res.to_pandas()                              # reconstruction error per iteration
     d = res.to_dictionary()                                  # a Dictionary(architecture="nmf")
 

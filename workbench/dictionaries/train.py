@@ -3,7 +3,7 @@
     sae = wb.train_sae(model, "resid_post.9")                          # defaults: 10-25 min on 2 CPU cores
     tc = wb.train_sae(model, "mlp_in.9", out_site="mlp_out.9")        # a transcoder
     sae = wb.train_sae(model, "resid_post.9", checkpoint="runs/sae9")  # Ctrl-C, then the same call resumes
-    cfg = wb.TrainerConfig(k=64, expansion=16, max_tokens=4_000_000)  # every setting, in one object
+    cfg = wb.dictionaries.TrainerConfig(k=64, expansion=16, max_tokens=4_000_000)  # every setting, in one object
     sae = wb.train_sae(model, "resid_post.9", config=cfg, seed=1)       # keywords override its fields
 
 The recipe. ``x`` is an activation of ``site`` and ``y`` the target (``x`` itself for an SAE,

@@ -5,7 +5,7 @@
     w.to_pandas()                             # one row per neuron (site, layer, unit, ...)
     w.unit(12, 345)                           # JSON-ready: statistics, classes, top tokens
     w.promoted(12, 345); w.suppressed(12, 345)
-    w.plot(); w.save("smollm2.weights.safetensors"); wb.NeuronWeights.load(...)
+    w.plot(); w.save("smollm2.weights.safetensors"); wb.neurons.NeuronWeights.load(...)
 
 No forward pass is run: everything is read from the weights.
 
