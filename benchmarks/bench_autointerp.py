@@ -35,7 +35,7 @@ from workbench import autointerp as A
 from workbench.llm import LocalChatClient
 
 
-def pick_units(store: wb.ScanStore, n: int, per_layer: int) -> list[tuple[str, int]]:
+def pick_units(store: wb.neurons.ScanStore, n: int, per_layer: int) -> list[tuple[str, int]]:
     df = store.stats()
     df = df[(df["std"] > 0) & np.isfinite(df["kurtosis"])]
     df = df.assign(ratio=df["max"] / df["std"]).sort_values("ratio", ascending=False)

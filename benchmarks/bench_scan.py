@@ -76,7 +76,7 @@ def main() -> None:
                 hf(input_ids=b.input_ids, attention_mask=b.attention_mask, **({"logits_to_keep": 1} if keep else {}))
         return time.perf_counter() - t
 
-    def do_scan(name: str, **kw) -> tuple[float, wb.ScanStore]:
+    def do_scan(name: str, **kw) -> tuple[float, wb.neurons.ScanStore]:
         shutil.rmtree(tmp / name, ignore_errors=True)
         t = time.perf_counter()
         st = wb.scan(model, corpus, tmp / name, k=20, window=W, batch_size=B, progress=False, **kw)
@@ -109,7 +109,7 @@ def main() -> None:
     t0, s0 = do_scan("s0", shard=(0, 2))
     t1, s1 = do_scan("s1", shard=(1, 2))
     t = time.perf_counter()
-    wb.ScanStore.merge([s0, s1], tmp / "merged", overwrite=True)
+    wb.neurons.ScanStore.merge([s0, s1], tmp / "merged", overwrite=True)
     tm = time.perf_counter() - t
     print(f"  two shards {t0:.2f} s + {t1:.2f} s; merge {tm:.2f} s ({tm / ts * 100:.1f}% of the whole scan)")
 

@@ -211,14 +211,14 @@ def test_feature_unit_with_dictionary(model, tmp_path):
     res = agent.run()
     assert [s.error for s in res.steps] == [None] * 4
     name = wb.dictionaries.register_dictionary(d)
-    assert res.steps[1].python.startswith(f"spec = wb.zero_features({name!r}, [{unit}])")
+    assert res.steps[1].python.startswith(f"spec = wb.dictionaries.zero_features({name!r}, [{unit}])")
     ns = run_python(res.steps[0], model, st, client)
     ref = d.encode(model.run("The cat sat.", capture=["resid_post.0"]).activations["resid_post.0"])[0, :, unit]
     assert close(res.steps[0].result["texts"][0]["acts"], ref) and close(ns["acts"][0], ref)
     check_effect(res.steps[1].result, run_python(res.steps[1], model, st, client),
-                 wb.zero_features(name, [unit]).to_dict())
+                 wb.dictionaries.zero_features(name, [unit]).to_dict())
     check_effect(res.steps[2].result, run_python(res.steps[2], model, st, client),
-                 wb.scale_features(name, [unit], 2.0).to_dict())
+                 wb.dictionaries.scale_features(name, [unit], 2.0).to_dict())
     assert agent.replay(res).ok
     # without the dictionary, editing the feature is a clear tool error (the run goes on)
     client2 = Scripted([reply("ablate", {"prompt": "The cat"}), reply("final_answer", {"explanation": "x"})])

@@ -173,20 +173,20 @@ def test_neuron_direction_is_the_weight_column(model, family):
     w = down.weight.detach()
     col = w[5] if family == "gpt2" else w[:, 5]  # GPT-2's Conv1D stores [in, out]
     assert col.shape == (model.d_model,)
-    d = wb.neuron_direction(model, 1, 5)
+    d = wb.causal.neuron_direction(model, 1, 5)
     assert d.shape == (model.d_model,)
     assert d.norm().item() == pytest.approx(1.0, abs=1e-6)
     close(d, col / col.norm())
     with pytest.raises(IndexError, match="neuron 96 is out of range") if model.d_mlp == 96 else pytest.raises(IndexError):
-        wb.neuron_direction(model, 0, model.d_mlp)
+        wb.causal.neuron_direction(model, 0, model.d_mlp)
     with pytest.raises(IndexError, match="layer 2 is out of range"):
-        wb.neuron_direction(model, 2, 0)
+        wb.causal.neuron_direction(model, 2, 0)
 
 
 def test_neuron_direction_is_what_the_neuron_writes(tiny):
     """Adding 1 to a neuron moves the MLP output by exactly its (unnormalized) weight column."""
     model = tiny("gpt_neox")
-    d = wb.neuron_direction(model, 0, 9)
+    d = wb.causal.neuron_direction(model, 0, 9)
     a = model.run(PROMPT, capture=["mlp_out.0"])["mlp_out.0"]
     b = model.run(PROMPT, [wb.Edit("neurons.0", [9], "add", 1.0)], capture=["mlp_out.0"])["mlp_out.0"]
     delta = (b - a)[0]
@@ -230,30 +230,30 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_load_unknown_name(offline):
     t = time.monotonic()
-    with pytest.raises(wb.ModelLoadError, match=r"could not load 'no-such-org/no-such-model-xyz': it is neither "
+    with pytest.raises(wb.core.ModelLoadError, match=r"could not load 'no-such-org/no-such-model-xyz': it is neither "
                                                 r"a local folder nor a model this machine can fetch"):
         wb.load("no-such-org/no-such-model-xyz", progress=False)
     assert time.monotonic() - t < 30
 
 
 def test_load_missing_paths(offline, tmp_path):
-    with pytest.raises(wb.ModelLoadError, match="could not load '/no/such/folder/model'"):
+    with pytest.raises(wb.core.ModelLoadError, match="could not load '/no/such/folder/model'"):
         wb.load("/no/such/folder/model", progress=False)
-    with pytest.raises(wb.ModelLoadError, match="the folder exists but lacks config/weights files"):
+    with pytest.raises(wb.core.ModelLoadError, match="the folder exists but lacks config/weights files"):
         wb.load(str(tmp_path), progress=False)
-    with pytest.raises(wb.ModelLoadError, match=r"GGUF file '.*missing\.gguf' does not exist"):
+    with pytest.raises(wb.core.ModelLoadError, match=r"GGUF file '.*missing\.gguf' does not exist"):
         wb.load(str(tmp_path / "missing.gguf"), progress=False)
 
 
 def test_load_in_memory_model_errors():
     hf = tiny_hf_model("gpt2")
-    with pytest.raises(wb.ModelLoadError, match=r"load\(hf_model\) needs tokenizer=\.\.\."):
+    with pytest.raises(wb.core.ModelLoadError, match=r"load\(hf_model\) needs tokenizer=\.\.\."):
         wb.load(hf)
     with pytest.raises(TypeError, match="load\\(\\) takes None, a name or path, or a torch model, not int"):
         wb.load(42)
     with pytest.raises(ValueError, match="unknown dtype 'float8'"):
         wb.load(hf, tokenizer=tiny_tokenizer(), dtype="float8")
-    with pytest.raises(wb.ModelLoadError, match="remote=True needs a Hugging Face Hub id"):
+    with pytest.raises(wb.core.ModelLoadError, match="remote=True needs a Hugging Face Hub id"):
         wb.load(hf, tokenizer=tiny_tokenizer(), remote=True)
 
 

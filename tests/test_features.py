@@ -441,7 +441,7 @@ def test_json_round_trip(tiny, dicts):
         data = json.loads(json.dumps(s.to_dict()))
         assert data["kind"] in ("feature_edit", "splice") and data["dictionary"] == register_dictionary(s.dictionary_object)
         assert data["site"] == s.dictionary_object.site and data["out_site"] == s.dictionary_object.out_site
-        back = wb.spec_from_dict(data)
+        back = wb.core.spec_from_dict(data)
         assert type(back) is type(s) and back == s and back.dictionary_object is s.dictionary_object
         assert back.to_dict() == s.to_dict()
     assert wb.specs_from_json(wb.specs_to_json(specs)) == specs
@@ -459,23 +459,23 @@ def test_json_loads_the_dictionary_from_its_path(tiny, dicts, tmp_path):
     assert data["path"] == str(tmp_path / "sae")
     want = model.run(TARGET, [spec], logits="all").logits
     unregister_dictionary(spec.dictionary)  # a new session: the name is unknown, the file is there
-    back = wb.spec_from_dict(data)
+    back = wb.core.spec_from_dict(data)
     assert back.dictionary == data["dictionary"] and back.dictionary_object is not d
     assert torch.equal(model.run(TARGET, [back], logits="all").logits, want)
     # the name now means another dictionary here: the path decides
     other = make(model, "relu", "resid_post.1", seed=6)
     register_dictionary(other, data["dictionary"])
-    again = wb.spec_from_dict(data)
+    again = wb.core.spec_from_dict(data)
     assert again.dictionary_object is not other and again.dictionary != data["dictionary"]
     assert again.dictionary_object.meta["path"] == data["path"]
     assert torch.equal(model.run(TARGET, [again], logits="all").logits, want)
-    assert wb.spec_from_dict(data).dictionary_object is again.dictionary_object  # found by its path, not reloaded
+    assert wb.core.spec_from_dict(data).dictionary_object is again.dictionary_object  # found by its path, not reloaded
     # neither the name nor the path: a clear error
     gone = dict(data, dictionary="nobody-knows-me", path=str(tmp_path / "missing"))
     with pytest.raises(DictionaryError, match="no dictionary is registered under the name 'nobody-knows-me'.*does not exist"):
-        wb.spec_from_dict(gone)
+        wb.core.spec_from_dict(gone)
     with pytest.raises(DictionaryError, match="no dictionary is registered under the name 'nobody-knows-me'"):
-        wb.spec_from_dict(dict(data, dictionary="nobody-knows-me", path=None))
+        wb.core.spec_from_dict(dict(data, dictionary="nobody-knows-me", path=None))
 
 
 def test_registry(tiny):
@@ -528,7 +528,7 @@ def test_bad_specs(tiny):
         (lambda: FeatureEdit(d, [1], site="resid_post.1"), DictionaryError, "reads resid_post.0"),
         (lambda: Splice(make(model, site="head_out.0")), DictionaryError, "one vector per token"),
         (lambda: Splice(make(model, site="mlp_out.1", out_site="mlp_in.1")), DictionaryError, "computes before"),
-        (lambda: wb.spec_from_dict({"kind": "feature_edit", "dictionary": "zzz", "features": [1]}), DictionaryError,
+        (lambda: wb.core.spec_from_dict({"kind": "feature_edit", "dictionary": "zzz", "features": [1]}), DictionaryError,
          "no dictionary is registered under the name 'zzz'"),
     ]
     for make_spec, exc, words in cases:

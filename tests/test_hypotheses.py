@@ -193,7 +193,7 @@ def test_bad_inputs(planted):
     if mx <= 0:  # pragma: no cover - depends on the random init
         with pytest.raises(ValueError, match="never has a positive activation"):
             H.test_hypothesis(store, SITE, 3, h, progress=False)
-    bare = wb.ScanStore.open(store.path)  # no model
+    bare = wb.neurons.ScanStore.open(store.path)  # no model
     with pytest.raises(RuntimeError, match="rerunning the windows"):
         H.test_hypothesis(bare, SITE, UNIT, h, progress=False)
     assert getattr(H.test_hypothesis, "__test__", True) is False  # pytest does not collect it

@@ -573,4 +573,4 @@ def test_rows_out_of_range_is_a_clear_error(model):
     with pytest.raises(ValueError, match="rows"):
         wb.zero_neurons(0, [1], rows=[])
     spec = wb.zero_neurons(0, [1], rows=[1])
-    assert wb.spec_from_dict(spec.to_dict()) == spec
+    assert wb.core.spec_from_dict(spec.to_dict()) == spec

@@ -44,11 +44,11 @@ def test_round_trip(spec):
     d = spec.to_dict()
     assert d["kind"] == spec.kind and d["site"] == spec.site
     text = json.dumps(d)  # JSON-ready: no tensors or numpy values left
-    back = wb.spec_from_dict(json.loads(text))
+    back = wb.core.spec_from_dict(json.loads(text))
     assert type(back) is type(spec)
     assert back == spec
     assert back.to_dict() == d
-    assert wb.spec_from_dict(json.loads(spec.to_json())) == spec
+    assert wb.core.spec_from_dict(json.loads(spec.to_json())) == spec
     assert isinstance(spec.describe(), str) and spec.describe()
 
 
@@ -110,9 +110,9 @@ def test_applied_dicts_equal_applied_specs(tiny):
     (lambda: wb.Patch("pattern.0", source="x"), ValueError, "cannot patch read-only"),
     (lambda: wb.Patch("resid_post.0", source="x", positions=[1, 2], source_positions=[1]), ValueError,
      "same length"),
-    (lambda: wb.spec_from_dict({"kind": "explode", "site": "neurons.0"}), ValueError, "unknown intervention kind 'explode'"),
-    (lambda: wb.spec_from_dict({"site": "neurons.0"}), ValueError, "unknown intervention kind None"),
-    (lambda: wb.spec_from_dict({"kind": "edit", "site": "neurons.0", "op": "zero", "bogus": 1}), TypeError, "bogus"),
+    (lambda: wb.core.spec_from_dict({"kind": "explode", "site": "neurons.0"}), ValueError, "unknown intervention kind 'explode'"),
+    (lambda: wb.core.spec_from_dict({"site": "neurons.0"}), ValueError, "unknown intervention kind None"),
+    (lambda: wb.core.spec_from_dict({"kind": "edit", "site": "neurons.0", "op": "zero", "bogus": 1}), TypeError, "bogus"),
     (lambda: wb.specs_from_json('[{"kind": "steer", "site": "logits.0", "direction": [1]}]'), ValueError, "takes no layer"),
 ])
 def test_bad_specs(make, exc, words):

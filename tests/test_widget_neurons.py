@@ -81,7 +81,7 @@ def test_toggle_zero_ablates_with_a_zero_neurons_spec(llama: wb.Model) -> None:
     r = w.toggle(i)
     assert w.ablated == [i]
     assert w.interventions == [wb.zero_neurons(L, [i])]
-    assert [wb.spec_from_dict(d) for d in r["interventions"]] == [wb.zero_neurons(L, [i])]
+    assert [wb.core.spec_from_dict(d) for d in r["interventions"]] == [wb.zero_neurons(L, [i])]
     json.dumps(r["interventions"])  # JSON-ready
     expected = llama.run(PROMPT, [wb.zero_neurons(L, [i])], capture=[f"neurons.{L}"])
     assert_rows_equal(r["current"], expected.top.as_rows(0))
@@ -112,7 +112,7 @@ def test_scale_mode_uses_scale_neurons(llama: wb.Model) -> None:
     r = w.toggle(i)
     spec = wb.scale_neurons(L, [i], 2.5)
     assert w.interventions == [spec]
-    assert wb.spec_from_dict(r["interventions"][0]) == spec
+    assert wb.core.spec_from_dict(r["interventions"][0]) == spec
     assert_rows_equal(r["current"], llama.run(PROMPT, [spec]).top.as_rows(0))
     col = list(r["neurons"]).index(i)
     np.testing.assert_allclose(r["matrix"][:, col], 2.5 * first["matrix"][:, col], rtol=1e-5)
@@ -147,7 +147,7 @@ def test_explicit_params_do_not_write_traits(llama: wb.Model) -> None:
     w = NeuronHeatmap(llama, PROMPT, layer=1)
     r = w.call("run", layer=0, ablated=[3, 1, 3], mode="scale", factor=0.25, top_n=4, selected_neuron=2)
     assert r["state"]["layer"] == 0 and r["state"]["ablated"] == [1, 3] and r["state"]["top_n"] == 4
-    assert [wb.spec_from_dict(d) for d in r["interventions"]] == [wb.scale_neurons(0, [1, 3], 0.25)]
+    assert [wb.core.spec_from_dict(d) for d in r["interventions"]] == [wb.scale_neurons(0, [1, 3], 0.25)]
     assert r["tint"]["neuron"] == 2
     assert (w.layer, w.ablated, w.mode, w.selected_neuron) == (1, [], "zero", -1)
 

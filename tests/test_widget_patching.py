@@ -94,7 +94,7 @@ def test_apply_cell_equals_direct_patched_run(llama: wb.Model, sweeps, cell: tup
     assert_pred(r["predictions"]["patched"], direct)
     assert_pred(r["predictions"]["clean"], llama.run(CLEAN))
     assert_pred(r["predictions"]["corrupted"], llama.run(CORRUPT))
-    assert [wb.spec_from_dict(d) for d in r["specs"]] == exact.cell_specs(layer, col)
+    assert [wb.core.spec_from_dict(d) for d in r["specs"]] == exact.cell_specs(layer, col)
     # the patched run's metric is the sweep's value for that cell
     i, j = exact.layers.index(layer), exact.columns.index(col)
     assert r["metric"]["patched"] == pytest.approx(float(exact.raw[i, j]), abs=1e-4)

@@ -79,7 +79,7 @@ def test_slider_range_follows_residual_norm(llama: wb.Model) -> None:
     res = llama.run(PROMPT, capture=["resid_post.1"], top_k=1)
     norm = float(res.activations["resid_post.1"][0, 1:].norm(dim=-1).median())
     assert w.resid_norm(1) == pytest.approx(norm, rel=1e-5)
-    unit = wb.neuron_direction(llama, 1, 0)
+    unit = wb.causal.neuron_direction(llama, 1, 0)
     w.add_direction("unit", unit, layer=1)
     w.add_direction("double", 2 * unit, layer=1)
     w.add_direction("fixed", unit, layer=1, max_strength=3.0)
@@ -109,7 +109,7 @@ def test_interventions_are_steer_specs(llama: wb.Model) -> None:
         wb.steer(1, md, -1.0, name="mood"),
     ]
     w.set_strength("L1N7", 4.0)
-    assert w.interventions[1] == wb.steer(1, wb.neuron_direction(llama, 1, 7), 4.0, name="L1N7")
+    assert w.interventions[1] == wb.steer(1, wb.causal.neuron_direction(llama, 1, 7), 4.0, name="L1N7")
     w.reset()
     assert set(w.strengths.values()) == {0.0} and w.interventions == []
 
@@ -154,7 +154,7 @@ def test_steered_text_equals_direct_generate(tiny: Callable[..., Any], family: s
     w = panel(model)
     w.add_neuron(1, 2).add_direction("mine", torch.randn(model.d_model), layer=0)
     out = w.call("generate", strengths={"L1N2": 8.0, "mine": -3.0})
-    direct = model.generate(PROMPT, [wb.steer(1, wb.neuron_direction(model, 1, 2), 8.0),
+    direct = model.generate(PROMPT, [wb.steer(1, wb.causal.neuron_direction(model, 1, 2), 8.0),
                                      wb.steer(0, w.vector("mine"), -3.0)], max_new_tokens=N)
     assert out["text"] == direct.text
     assert out["baseline"] == model.generate(PROMPT, max_new_tokens=N).text
@@ -234,7 +234,7 @@ def test_a_newer_request_cancels_the_older(llama: wb.Model, monkeypatch: pytest.
     finals = [m for m in sent if m["done"] and m not in cancelled]
     assert [m["id"] for m in finals] == [2], finals
     assert "error" not in finals[0]
-    expected = llama.generate(PROMPT, [wb.steer(1, wb.neuron_direction(llama, 1, 4), -5.0)], max_new_tokens=30)
+    expected = llama.generate(PROMPT, [wb.steer(1, wb.causal.neuron_direction(llama, 1, 4), -5.0)], max_new_tokens=30)
     assert finals[0]["content"]["text"] == expected.text
     assert w.steered_text == expected.text and w.strengths == {"L1N4": -5.0}
     partials_1 = [m for m in sent if m["id"] == 1 and m not in cancelled]

@@ -1,6 +1,6 @@
 """AttentionHeads: a layer × head grid of attention-pattern thumbnails for one prompt.
 
-    from widgets import AttentionHeads
+    from workbench.widgets import AttentionHeads
     w = AttentionHeads(model, "The cat sat on the mat because it")
     w                      # click a thumbnail to enlarge it; w.selection -> (layer, head)
     w.prompt = "..."       # reruns (so does editing the prompt in the widget)

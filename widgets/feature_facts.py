@@ -74,7 +74,7 @@ class FeatureFacts:
                             f"not {type(dictionary).__name__}")
         dictionary.check(model)
         if store is not None and not isinstance(store, ScanStore):
-            raise TypeError(f"store must be a ScanStore (wb.scan / wb.ScanStore.open), not {type(store).__name__}")
+            raise TypeError(f"store must be a ScanStore (wb.scan / wb.neurons.ScanStore.open), not {type(store).__name__}")
         if not (explanations is None or explanations == "auto" or isinstance(explanations, Mapping)
                 or callable(explanations) or callable(getattr(explanations, "get", None))):
             raise TypeError("explanations must be 'auto', None, an ExplanationStore, a mapping latent -> text or "

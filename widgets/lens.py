@@ -1,6 +1,6 @@
 """LogitLens: layers × positions grid of what each layer's residual stream predicts.
 
-    from widgets import LogitLens
+    from workbench.widgets import LogitLens
     w = LogitLens(model, "The capital of France is", targets=[" Paris"])
     w                      # in a notebook
     w.pinned, w.pinned_site   # the cell clicked last: [layer, position] and "resid_post.<layer>"

@@ -1,6 +1,6 @@
 """NeuronDashboard: one unit of a scan store at a time, with its exemplars, statistics and effect.
 
-    store = wb.scan(model, path="scans/smol")          # or wb.ScanStore.open(path, model)
+    store = wb.scan(model, path="scans/smol")          # or wb.neurons.ScanStore.open(path, model)
     store.show(layer=12, unit=345)                     # the same as NeuronDashboard(store, layer=12, unit=345)
     dash = NeuronDashboard(store, model, weights=wb.neuron_weights(model), layer=12, unit=345)
     dash.next(); dash.prev(); dash.go(layer=3, unit=7)  # or the buttons
@@ -162,12 +162,12 @@ class NeuronDashboard(WorkbenchWidget):
                  n_exemplars: int = 8, quantile_groups: int = 4, per_group: int = 2, max_new_tokens: int = 20,
                  factor: float = 4.0, top_k: int = 10, **kwargs: Any) -> None:
         if not isinstance(store, ScanStore):
-            raise TypeError(f"NeuronDashboard shows a ScanStore (wb.scan / wb.ScanStore.open), not {type(store).__name__}")
+            raise TypeError(f"NeuronDashboard shows a ScanStore (wb.scan / wb.neurons.ScanStore.open), not {type(store).__name__}")
         if model is None:
             model = store.model
         if model is None:
             raise ValueError("NeuronDashboard needs the model (exemplars rerun windows through it; Ablate / Amplify "
-                             "run it): NeuronDashboard(store, model) or wb.ScanStore.open(path, model=model)")
+                             "run it): NeuronDashboard(store, model) or wb.neurons.ScanStore.open(path, model=model)")
         if store.model is None:
             store.check_model(model)
             store.model = model

@@ -1,6 +1,6 @@
 """NeuronHeatmap: tokens × the top MLP neurons of a layer; click a neuron to ablate it.
 
-    from widgets import NeuronHeatmap
+    from workbench.widgets import NeuronHeatmap
     w = NeuronHeatmap(model, "The capital of France is", layer=10)
     w                      # in a notebook
     w.ablated, w.interventions, w.selected_neuron   # read back what was clicked
@@ -41,7 +41,7 @@ _CACHE_SIZE = 8
 
 
 def spec_dict(spec: Edit) -> dict[str, Any]:
-    """A spec as a JSON-ready dict that `wb.spec_from_dict` rebuilds (fields are normalized)."""
+    """A spec as a JSON-ready dict that `wb.core.spec_from_dict` rebuilds (fields are normalized)."""
     return {**asdict(spec), "kind": spec.kind}
 
 

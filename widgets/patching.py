@@ -1,7 +1,7 @@
 """PatchingHeatmap: an activation-patching sweep as a layers × columns heatmap; click a cell to replay it.
 
     from workbench.causal.patching import activation_patching
-    from widgets.patching import PatchingHeatmap
+    from workbench.widgets.patching import PatchingHeatmap
     res = activation_patching(model, clean, corrupted, answer=" Paris", wrong=" Rome")
     w = PatchingHeatmap(model, res)            # or res.show(model=model)
     w = PatchingHeatmap.run(model, clean, corrupted, answer=" Paris", wrong=" Rome")  # + attribution

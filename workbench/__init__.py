@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 #: The root's names -> the module (under ``workbench.``) that defines each, or the subpackage whose facade has it.
 _EXPORTS = {
     # model, sites, results
-    "load": "core.loading", "ModelLoadError": "core.loading", "Model": "core.engine",
+    "load": "core.loading", "Model": "core.engine",
     "Site": "core.sites", "SITE_NAMES": "core.sites", "ArchMap": "core.arch",
     "RunResult": "core.results",
     "WorkbenchError": "core.errors", "Cancelled": "core.errors", "default_corpus": "core.corpus",
@@ -36,22 +36,21 @@ _EXPORTS = {
     "Spec": "core.specs", "Edit": "core.specs", "Steer": "core.specs", "Patch": "core.specs",
     "AblateHeads": "core.specs", "zero_neurons": "core.specs", "scale_neurons": "core.specs",
     "set_neurons": "core.specs", "mean_ablate_neurons": "core.specs", "ablate_heads": "core.specs",
-    "steer": "core.specs", "spec_from_dict": "core.specs", "specs_to_json": "core.specs",
-    "specs_from_json": "core.specs", "neuron_direction": "causal.directions",
-    "zero_features": "dictionaries.features", "scale_features": "dictionaries.features",
-    "set_features": "dictionaries.features", "steer_feature": "dictionaries.features", "Splice": "dictionaries.features",
+    "steer": "core.specs", "specs_to_json": "core.specs",
+    "specs_from_json": "core.specs",
     # one entry point per capability
     "logit_lens": "causal.lens", "tuned_lens": "causal.lens", "activation_patching": "causal.patching",
     "attribution_patching": "causal.patching", "ablate": "causal.patching", "mean_difference": "causal.directions",
-    "scan": "neurons.scan", "ScanStore": "neurons.store", "neuron_weights": "neurons.weights",
+    "scan": "neurons.scan", "neuron_weights": "neurons.weights",
     "contrastive_neurons": "neurons.contrastive", "sparse_probe": "neurons.probing",
-    "test_hypothesis": "neurons.hypotheses", "Hypothesis": "neurons.hypotheses",
+    "test_hypothesis": "neurons.hypotheses",
     "load_dictionary": "dictionaries.formats", "train_sae": "dictionaries.train",
     "evaluate_dictionary": "dictionaries.evaluate",
     "explain": "autointerp", "score": "autointerp", "Agent": "agent", "llm_client": "llm",
 }
 #: Names the 0.1 root exported that now live only in their subpackage (a DeprecationWarning, then the object).
 _MOVED = {
+    "neuron_direction": "causal.directions", "zero_features": "dictionaries.features", "scale_features": "dictionaries.features", "set_features": "dictionaries.features", "steer_feature": "dictionaries.features", "Splice": "dictionaries.features", "Hypothesis": "neurons.hypotheses", "ScanStore": "neurons.store", "spec_from_dict": "core.specs", "ModelLoadError": "core.loading",
     "ActivationBuffer": "core.activations", "collect_activations": "core.activations",
     "iter_texts": "core.corpus", "GenerationCancelled": "core.engine", "GenerationResult": "core.results",
     "Token": "core.results", "TopK": "core.results", "Dictionary": "dictionaries.dictionary",

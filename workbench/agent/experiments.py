@@ -106,10 +106,10 @@ class UnitExperiments:
 
             d = self.dictionary_name
             if op == "zero":
-                return zero_features(d, [self.unit]), f"wb.zero_features({d!r}, [{self.unit}])"
+                return zero_features(d, [self.unit]), f"wb.dictionaries.zero_features({d!r}, [{self.unit}])"
             if op == "set":
-                return set_features(d, [self.unit], value), f"wb.set_features({d!r}, [{self.unit}], {value!r})"
-            return scale_features(d, [self.unit], value), f"wb.scale_features({d!r}, [{self.unit}], {value!r})"
+                return set_features(d, [self.unit], value), f"wb.dictionaries.set_features({d!r}, [{self.unit}], {value!r})"
+            return scale_features(d, [self.unit], value), f"wb.dictionaries.scale_features({d!r}, [{self.unit}], {value!r})"
         s = Site.parse(self.read_site)
         if s.name == "neurons":
             L = s.layer

@@ -21,7 +21,7 @@ and ``torch`` defined:
 - ``run_texts`` — `Model.run` on texts the agent writes: the unit's activation on every token.
 - ``edit_text`` — the same on a text and an edited copy: activations before and after.
 - ``ablate`` / ``steer`` — zero / set (or scale) the unit with a spec (`wb.zero_neurons`,
-  `wb.set_neurons`, `wb.scale_neurons`; `wb.zero_features` etc. for dictionary features; an
+  `wb.set_neurons`, `wb.scale_neurons`; `wb.dictionaries.zero_features` etc. for dictionary features; an
   `Edit` for other sites) and compare next-token predictions (top-k, KL) and a short greedy
   generation (`Model.generate`) with and without it.
 - ``score_explanation`` — `wb.score` (detection, with the chat client) of a draft explanation

@@ -194,7 +194,7 @@ def _predicate(p: Any) -> tuple[Any, str, dict[str, Any]]:
         if not toks:
             raise ToolError("token_in needs at least one token")
         strip = bool(p.get("strip", True))
-        return (Hypothesis.token_in(toks, strip=strip), f"wb.Hypothesis.token_in({toks!r}, strip={strip!r})",
+        return (Hypothesis.token_in(toks, strip=strip), f"wb.neurons.Hypothesis.token_in({toks!r}, strip={strip!r})",
                 {"token_in": toks, "strip": strip})
     if "regex" in p:
         pat = str(p["regex"])
@@ -203,7 +203,7 @@ def _predicate(p: Any) -> tuple[Any, str, dict[str, Any]]:
         except re.error as e:
             raise ToolError(f"invalid regex {pat!r}: {e}") from None
         offset = int(p.get("offset", 0) or 0)
-        return Hypothesis.regex(pat, offset=offset), f"wb.Hypothesis.regex({pat!r}, offset={offset})", {"regex": pat, "offset": offset}
+        return Hypothesis.regex(pat, offset=offset), f"wb.neurons.Hypothesis.regex({pat!r}, offset={offset})", {"regex": pat, "offset": offset}
     raise ToolError('a predicate has "token_in" (a list of tokens) or "regex" (a pattern)')
 
 

@@ -1,6 +1,6 @@
 """Automated interpretability: explain a unit from its scanned exemplars with an LLM, then score it.
 
-    store = wb.ScanStore.open("scans/smol", model)
+    store = wb.neurons.ScanStore.open("scans/smol", model)
     [ex] = wb.explain(store, "neurons.12", 345)                 # the local SmolLM2 by default
     wb.score(store, "neurons.12", 345, ex)                      # detection, fuzzing, simulation, sasc
     wb.autointerp.ExplanationStore.for_store(store).to_pandas()            # every explanation and score so far

@@ -1,9 +1,9 @@
 """Interventions on dictionary features: edit SAE / transcoder latents inside the model.
 
     d = wb.load_dictionary("path/to/sae", model=model)           # or any `Dictionary`
-    model.run(prompt, [wb.scale_features(d, [123], 4.0)])          # turn latent 123 up
-    model.generate(prompt, [wb.zero_features(d, 123)])            # ... or off, at every step
-    model.run(prompt, [wb.Splice(d)])                              # what the dictionary "sees"
+    model.run(prompt, [wb.dictionaries.scale_features(d, [123], 4.0)])          # turn latent 123 up
+    model.generate(prompt, [wb.dictionaries.zero_features(d, 123)])            # ... or off, at every step
+    model.run(prompt, [wb.dictionaries.Splice(d)])                              # what the dictionary "sees"
     wb.steer(9, wb.dictionaries.feature_direction(d, 123), 8.0)                 # steer along its decoder row
 
 Two specs, compiled by the engine like every other spec (`workbench.core.specs`):

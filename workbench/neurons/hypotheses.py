@@ -5,7 +5,7 @@ tested on every token the scan saw, with no LLM in the loop (in the spirit of FI
 Schwettmann et al. 2023, "FIND: A Function Description Benchmark for Evaluating
 Interpretability Methods", where descriptions are checked by executing them)::
 
-    hyp = wb.Hypothesis(lambda toks, i: toks[i] == " the", "the token ' the'")
+    hyp = wb.neurons.Hypothesis(lambda toks, i: toks[i] == " the", "the token ' the'")
     r = wb.test_hypothesis(store, "neurons.3", 42, hyp)
     r.precision, r.recall, r.f1, r.pearson
     r.to_pandas()            # the counterexamples: false positives and false negatives, in context
