@@ -25,6 +25,9 @@ if [ "$TEST" = 1 ]; then
   # A real reference writer for the dictionary_learning loader tests. --no-deps: it pins
   # nnsight<0.4 and pulls wandb/datasets, none of which its checkpoints need.
   "$VPY" -c "import dictionary_learning" 2>/dev/null || "$VPY" -m pip install -q --no-deps dictionary-learning==0.1.0 einops
+  # The real tuned-lens package, the writer and reader the tuned-lens interop tests compare with.
+  # --no-deps: it pulls wandb, datasets, torchdata and plotly; its TunedLens needs none of them.
+  "$VPY" -c "import tuned_lens" 2>/dev/null || "$VPY" -m pip install -q --no-deps tuned-lens==0.2.0
   (cd js && { [ -d node_modules/esbuild ] || npm ci --no-audit --no-fund; })
   if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" = 0 ]; then

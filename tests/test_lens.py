@@ -9,7 +9,14 @@ import torch
 from hf_paths import PATHS
 
 import workbench as wb
-from workbench.causal.lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
+from workbench.causal.lens import (
+    EMBED,
+    LensFileError,
+    LensResult,
+    TunedLens,
+    logit_lens,
+    tuned_lens,
+)
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
 
@@ -135,7 +142,7 @@ def test_bad_inputs_raise_clear_errors(tiny):
     with pytest.raises(IndexError, match="out of range"):
         logit_lens(model, PROMPT, layers=[2])
     with pytest.raises(IndexError, match="out of range"):
-        logit_lens(model, PROMPT, layers=[-1])
+        logit_lens(model, PROMPT, layers=[-3])  # -1, -2 count from the end (issue 11 item 3)
     with pytest.raises(IndexError, match="position 99"):
         logit_lens(model, PROMPT, positions=[99])
     multi = "xylophone quagmire"
@@ -302,3 +309,164 @@ def test_embedded_paris_at_the_final_layer():
     assert float(res.target_probs[-1, -1, 0]) > 0.3
     # early layers do not know it yet
     assert int(res.target_ranks[0, -1, 0]) > 1
+
+
+# -- issue 11: negative layers, the embeddings row, tuned-lens layouts, atomic saves ------------------
+def test_negative_layers_count_from_the_end(tiny):
+    model = tiny("llama")
+    a = model.arch
+    assert a.layer_list([-1]) == [a.n_layers - 1] and a.layer_list(-2) == [0]
+    assert a.layer_list([0, -2, 1, -1]) == [0, 1]
+    with pytest.raises(IndexError, match=r"layer -3 is out of range: this model has layers 0\.\.1"):
+        a.layer_list([-3])
+    res, ref = logit_lens(model, PROMPT, layers=[-1]), logit_lens(model, PROMPT, layers=[1])
+    assert res.layers == [1]
+    torch.testing.assert_close(res.kl, ref.kl)
+    assert res.top_ids.tolist() == ref.top_ids.tolist()
+    from workbench.neurons.weights import neuron_weights
+
+    w = neuron_weights(model, layers=[-1], k=3, progress=False)
+    assert w.layers == [1]
+
+
+def _hidden_states(model, prompt):
+    ids = torch.tensor([model.tokenizer.encode(prompt)])
+    with torch.no_grad():
+        out = model.hf(input_ids=ids, output_hidden_states=True)
+    return out.hidden_states, out.logits[0].float()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_embed_row_of_the_logit_and_tuned_lens(tiny, family):
+    model = tiny(family)
+    targets = single_token_targets(model)
+    res = logit_lens(model, PROMPT, layers=["embed", 0, -1], targets=targets, top_k=3)
+    assert res.layers == [EMBED, 0, 1] and res.sites() == ["resid_pre.0", "resid_post.0", "resid_post.1"]
+    lens_logits, final = reference(model, family, PROMPT)
+    hs, _ = _hidden_states(model, PROMPT)
+    norm = _get(model.hf, PATHS[family]["norm"])
+    with torch.no_grad():
+        emb = model.hf.lm_head(norm(hs[0][0])).float()  # hidden_states[0] = what enters layer 0
+        rows = torch.stack([emb, lens_logits[0], lens_logits[1]])
+    check_against(_relabel(res), rows, final, res.target_ids)
+    # the tuned lens uses the embedding translator on that row, and only there
+    lens = TunedLens.identity(model)
+    g = torch.Generator().manual_seed(3)
+    lens.embed_weight.copy_(torch.randn(lens.embed_weight.shape, generator=g) * 0.1)
+    lens.embed_bias.copy_(torch.randn(lens.embed_bias.shape, generator=g) * 0.1)
+    tres = tuned_lens(model, PROMPT, lens, layers=["embed", 0, 1], targets=targets, top_k=3)
+    with torch.no_grad():
+        h = lens.translate(hs[0][0], "embed")
+        rows = torch.stack([model.hf.lm_head(norm(h)).float(), lens_logits[0], lens_logits[1]])
+    check_against(_relabel(tres), rows, final, tres.target_ids)
+    # calls without "embed" are unchanged: no embeddings row
+    assert logit_lens(model, PROMPT).layers == [0, 1]
+    with pytest.raises(TypeError, match="'embed'"):
+        logit_lens(model, PROMPT, layers=["emb"])
+    assert logit_lens(model, PROMPT, layers=["embed"]).layers == [EMBED]
+
+
+def _relabel(res: LensResult) -> LensResult:
+    """check_against indexes its reference rows by layer: number the rows 0..n-1 instead."""
+    import dataclasses
+
+    return dataclasses.replace(res, layers=list(range(len(res.layers))))
+
+
+def test_save_load_keeps_the_embedding_translator(tiny, tmp_path):
+    model = tiny("llama")
+    lens = TunedLens.identity(model)
+    lens.embed_weight.normal_(0, 0.1)
+    lens.embed_bias.normal_(0, 0.1)
+    lens.weight.normal_(0, 0.1)
+    for layout in ("workbench", "tuned-lens"):
+        back = TunedLens.load(lens.save(tmp_path / layout, layout=layout))
+        torch.testing.assert_close(back.embed_weight, lens.embed_weight)
+        torch.testing.assert_close(back.embed_bias, lens.embed_bias)
+        torch.testing.assert_close(back.weight, lens.weight)
+    # switching layouts in place leaves only the new layout's files
+    lens.save(tmp_path / "workbench", layout="tuned-lens")
+    assert sorted(p.name for p in (tmp_path / "workbench").iterdir()) == ["config.json", "params.pt"]
+    # a trained lens keeps the embedding translator of its init
+    trained = TunedLens.train(model, steps=1, seq_len=8, progress=False, init=back)
+    torch.testing.assert_close(trained.embed_weight, lens.embed_weight)
+
+
+def test_save_is_atomic(tiny, tmp_path, monkeypatch):
+    model = tiny("llama")
+    a, b = TunedLens.identity(model), TunedLens.identity(model)
+    a.weight.fill_(0.5)
+    b.weight.fill_(-0.5)
+    folder = a.save(tmp_path / "lens")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated, mid-save)")
+
+    monkeypatch.setattr(json, "dumps", boom)  # the config is written after the parameters
+    with pytest.raises(OSError, match="simulated"):
+        b.save(folder)
+    monkeypatch.undo()
+    back = TunedLens.load(folder)  # still the complete old lens, not new params under the old config
+    torch.testing.assert_close(back.weight, a.weight)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "params.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["lens"]  # no temporary folder left behind
+
+
+def test_tuned_lens_missing_key_lists_the_keys_found(tiny, tmp_path):
+    model = tiny("llama")
+    d = model.d_model
+    torch.save({"0.weight": torch.zeros(d, d), "0.bias": torch.zeros(d), "extra": torch.zeros(1)},
+               tmp_path / "params.pt")
+    (tmp_path / "config.json").write_text(json.dumps({"base_model_name_or_path": "x", "d_model": d,
+                                                      "num_hidden_layers": 2, "bias": True}))
+    with pytest.raises(LensFileError, match=r"1\.weight .* is missing; the file has keys \['0\.bias', '0\.weight', 'extra'\]"):
+        TunedLens.load(tmp_path)
+
+
+def test_loads_tuned_lens_0_0_layout(tiny, tmp_path):
+    """tuned-lens 0.0.x saved the whole module: input_translator (or input_probe / input_adapter) and
+    layer_translators.L for resid_post.L, next to the unembedding, with num_layers in its config."""
+    model = tiny("llama")
+    d, n = model.d_model, model.n_layers
+    for old in ("translator", "adapter", "probe"):
+        state = {f"input_{old}.weight": torch.full((d, d), 7.0), f"input_{old}.bias": torch.full((d,), 7.0),
+                 "unembedding.weight": torch.zeros(5, d), "layer_norm.weight": torch.ones(d)}
+        for L in range(n - 1):
+            state[f"layer_{old}s.{L}.weight"] = torch.full((d, d), float(L + 1))
+            state[f"layer_{old}s.{L}.bias"] = torch.full((d,), float(L + 1))
+        folder = tmp_path / old
+        folder.mkdir()
+        torch.save(state, folder / "params.pt")
+        (folder / "config.json").write_text(json.dumps({"bias": True, "extra_layers": 0, "include_input": True,
+                                                        "reuse_unembedding": True, "d_model": d, "num_layers": n,
+                                                        "vocab_size": 5}))
+        lens = TunedLens.load(folder)
+        assert float(lens.embed_weight[0, 0]) == 7.0 and float(lens.weight[0, 0, 0]) == 1.0, old
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "extra_layers": 1}))
+    with pytest.raises(LensFileError, match="extra_layers"):
+        TunedLens.load(folder)
+
+
+def test_loads_a_bias_free_tuned_lens(tiny, tmp_path):
+    model = tiny("llama")
+    d, n = model.d_model, model.n_layers
+    torch.save({f"{i}.weight": torch.full((d, d), float(i + 1)) for i in range(n)}, tmp_path / "params.pt")
+    (tmp_path / "config.json").write_text(json.dumps({"base_model_name_or_path": "x", "d_model": d,
+                                                      "num_hidden_layers": n, "bias": False}))
+    lens = TunedLens.load(tmp_path)
+    assert float(lens.embed_weight[0, 0]) == 1.0 and float(lens.weight[0, 0, 0]) == 2.0
+    assert float(lens.bias.abs().sum()) == 0.0
+
+
+def test_patching_layers_count_from_the_end(tiny):
+    from workbench.causal.patching import activation_patching
+
+    model = tiny("llama")
+    kw = dict(answer=" the", noise=3.0, subject="The quick", metric="prob", positions=[0, -1], progress=False)
+    neg = activation_patching(model, PROMPT, layers=[-1], **kw)
+    pos = activation_patching(model, PROMPT, layers=[1], **kw)
+    assert neg.layers == [1]
+    torch.testing.assert_close(neg.values, pos.values)
+    with pytest.raises(IndexError, match="out of range"):
+        activation_patching(model, PROMPT, layers=[-3], **kw)

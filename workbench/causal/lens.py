@@ -34,6 +34,7 @@ import torch
 
 from ..core.arch import ArchMap, resolve
 from ..core.errors import WorkbenchError
+from ..core.fileio import atomic_folder, atomic_json, atomic_tensors
 from ..core.program import TraceProgram
 from ..core.sites import Site
 from ..core.viewers import Showable
@@ -41,6 +42,8 @@ from ..core.viewers import Showable
 #: Logit chunks are at most this many elements ([layers, positions, vocab]), to bound memory.
 _CHUNK_ELEMENTS = 48_000_000
 FORMAT = "workbench-tuned-lens"
+#: The row label of the embeddings in `LensResult.layers` (ask for it with ``layers=["embed", ...]``).
+EMBED = -1
 
 
 class LensFileError(WorkbenchError, ValueError):
@@ -60,7 +63,8 @@ class LensResult(Showable):
     """Per layer and position: the lens's top-k, the targets' probabilities and ranks, KL.
 
     Arrays are indexed ``[layer index, position index, ...]`` following ``layers`` and
-    ``positions``. ``target_ranks`` are 1-based (1 = the lens's top prediction);
+    ``positions``. ``layers`` holds non-negative layer indices, and ``EMBED`` (-1, first) for the
+    embeddings row when ``"embed"`` was asked for (the lens of ``resid_pre.0``). ``target_ranks`` are 1-based (1 = the lens's top prediction);
     ``kl[i, j]`` is KL(final distribution || lens distribution) in nats.
     """
 
@@ -87,7 +91,8 @@ class LensResult(Showable):
         return int(self.top_ids.shape[-1])
 
     def sites(self) -> list[str]:
-        return [f"resid_post.{L}" for L in self.layers]
+        """The site each row lenses: ``resid_post.L``, and ``resid_pre.0`` for the embeddings row."""
+        return ["resid_pre.0" if L == EMBED else f"resid_post.{L}" for L in self.layers]
 
     def to_pandas(self):
         """One row per layer, position and rank (target columns: ``p(<target>)``, ``rank(<target>)``)."""
@@ -126,7 +131,7 @@ class LensResult(Showable):
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if float(values[i, j]) > 0.6 else "black")
         ax.set_xticks(range(nP), [self.tokens[p].replace("\n", "⏎") for p in self.positions], rotation=60, fontsize=8)
-        ax.set_yticks(range(nL), [str(L) for L in self.layers], fontsize=7)
+        ax.set_yticks(range(nL), ["embed" if L == EMBED else str(L) for L in self.layers], fontsize=7)
         ax.set_xlabel("position")
         ax.set_ylabel("layer (resid_post)")
         what = f"p({target!r})" if target is not None else "top-token probability"
@@ -183,6 +188,24 @@ def _norm_positions(n: int, positions: Iterable[int] | None) -> list[int]:
     return sorted(set(out))
 
 
+def _lens_layers(arch: ArchMap, layers: Any) -> list[int]:
+    """Layer indices for the lens: ``arch.layer_list`` plus ``"embed"`` (-> `EMBED`, first)."""
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers is None or isinstance(layers, int):
+        return arch.layer_list(layers)
+    layers = list(layers)
+    embed = any(isinstance(L, str) and L == "embed" for L in layers)
+    rest = [L for L in layers if not (isinstance(L, str) and L == "embed")]
+    for L in rest:
+        if isinstance(L, str):
+            raise TypeError(f"layers are integers or 'embed' (the embeddings), not {L!r}")
+    Ls = arch.layer_list(rest) if rest else []
+    if not Ls and not embed:
+        raise ValueError("no layers given")
+    return ([EMBED] if embed else []) + Ls
+
+
 # -- the program that runs inside the trace --------------------------------------------------
 class _LensProgram:
     """The lens computation, run inside one nnsight trace (holds no model, no locks)."""
@@ -196,7 +219,7 @@ class _LensProgram:
         self.tids = torch.tensor(tids, dtype=torch.long)
         self.k = k
         self.softcap = softcap
-        self.weight = weight  # [n_layers - 1, d, d] translators (tuned lens) or None
+        self.weight = weight  # [n_layers, d, d] translators (0: embeddings, L + 1: resid_post.L) or None
         self.bias = bias
         self.lens_layers = [L for L in layers if L != arch.n_layers - 1]  # the last one is the model's output
         self.chunk = max(1, _CHUNK_ELEMENTS // max(1, len(positions) * max(1, arch.vocab)))
@@ -219,7 +242,7 @@ class _LensProgram:
         pos = self.positions
         hs = []
         for L in self.lens_layers:
-            x = program.read(nn, Site("resid_post", L))
+            x = program.read(nn, Site("resid_pre", 0) if L == EMBED else Site("resid_post", L))
             hs.append(x[0, pos.to(x.device)])
         final = program.logits(nn)[0]
         final = final[pos.to(final.device)].float()  # [P, V]
@@ -231,7 +254,7 @@ class _LensProgram:
         for c0 in range(0, len(hs), self.chunk):
             h = torch.stack(hs[c0:c0 + self.chunk])  # [c, P, d]
             if self.weight is not None:
-                idx = torch.tensor(self.lens_layers[c0:c0 + self.chunk], device=h.device)
+                idx = torch.tensor(self.lens_layers[c0:c0 + self.chunk], device=h.device) + 1
                 w = self.weight.to(device=h.device, dtype=h.dtype)[idx]
                 b = self.bias.to(device=h.device, dtype=h.dtype)[idx]
                 h = h + torch.einsum("cpd,ced->cpe", h, w) + b[:, None]
@@ -255,14 +278,15 @@ def _lens(model: Any, prompt: str, kind: str, *, targets: Sequence[str | int] | 
     if not 1 <= top_k <= arch.vocab:
         raise ValueError(f"top_k must be between 1 and the vocabulary size {arch.vocab}, not {top_k}")
     names, tids = target_ids(model, targets)
-    Ls = arch.layer_list(layers)
+    Ls = _lens_layers(arch, layers)
     batch = model.tokenize(prompt)
     tokens = [t.text for t in batch.tokens[0]]
     Ps = _norm_positions(len(tokens), positions)
     weight = bias = None
     if lens is not None:
         lens.check(model)
-        weight, bias = lens.weight.detach(), lens.bias.detach()
+        weight = torch.cat([lens.embed_weight[None], lens.weight]).detach()
+        bias = torch.cat([lens.embed_bias[None], lens.bias]).detach()
     program = _LensProgram(arch, Ls, Ps, tids, top_k, _softcap(model), weight, bias)
     reader, nn = model.program(batch), model.nn  # the trace body must not refer to `model` (remote runs pickle it)
     with model.lock, torch.inference_mode():
@@ -293,7 +317,10 @@ def logit_lens(model: Any, prompt: str, *, targets: Sequence[str | int] | None =
     """The logit lens of one prompt: final norm + unembedding on each layer's ``resid_post``.
 
     ``targets``: single-token strings (e.g. ``[" Paris"]``) whose probability and rank are
-    tracked; ``layers`` / ``positions`` restrict the grid (negative positions count from the end).
+    tracked; ``layers`` / ``positions`` restrict the grid (negative ones count from the end:
+    ``layers=[-1]`` is the last layer). Add ``"embed"`` to ``layers`` (``layers=["embed", 0, 1]``)
+    for a row for the embeddings (``resid_pre.0``, the tuned-lens ``hidden_states[0]``), labelled
+    `EMBED` (-1) in ``result.layers``.
     """
     return _lens(model, prompt, "logit", targets=targets, top_k=top_k, layers=layers, positions=positions,
                  remote=remote)
@@ -302,7 +329,10 @@ def logit_lens(model: Any, prompt: str, *, targets: Sequence[str | int] | None =
 def tuned_lens(model: Any, prompt: str, lens: TunedLens, *, targets: Sequence[str | int] | None = None,
                top_k: int = 5, layers: Iterable[int] | None = None, positions: Iterable[int] | None = None,
                remote: bool | str | None = None) -> LensResult:
-    """The tuned lens of one prompt: ``h + A_L h + b_L`` before the final norm and unembedding."""
+    """The tuned lens of one prompt: ``h + A_L h + b_L`` before the final norm and unembedding.
+
+    ``layers`` as in `logit_lens`; the ``"embed"`` row uses the lens's embedding translator.
+    """
     if not isinstance(lens, TunedLens):
         raise TypeError(f"lens must be a TunedLens (TunedLens.load(folder) or TunedLens.train(model)), not {type(lens).__name__}")
     return _lens(model, prompt, "tuned", targets=targets, top_k=top_k, layers=layers, positions=positions,
@@ -311,19 +341,30 @@ def tuned_lens(model: Any, prompt: str, lens: TunedLens, *, targets: Sequence[st
 
 # -- the tuned lens --------------------------------------------------------------------------
 class TunedLens:
-    """Per-layer affine translators ``h -> h + A_L h + b_L`` for ``resid_post.L``, L < n_layers - 1.
+    """Affine translators ``h -> h + A h + b``: one for ``resid_post.L`` (L < n_layers - 1), one for the embeddings.
 
     ``weight[L]`` is ``A_L`` as a ``[d_model, d_model]`` matrix (out × in, like ``nn.Linear``)
-    and ``bias[L]`` is ``b_L``. The last layer has no translator: its lens is the model's output.
+    and ``bias[L]`` is ``b_L``; ``embed_weight`` / ``embed_bias`` translate the embeddings
+    (``resid_pre.0``, the tuned-lens project's ``hidden_states[0]``; zero, i.e. the logit lens,
+    unless loaded from a lens that has one). The last layer has no translator: its lens is the
+    model's output. Training (`train`) fits the layer translators and keeps the embedding one.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, n_layers: int, d_model: int,
-                 meta: dict[str, Any] | None = None):
+                 meta: dict[str, Any] | None = None, *, embed_weight: torch.Tensor | None = None,
+                 embed_bias: torch.Tensor | None = None):
         if tuple(weight.shape) != (n_layers - 1, d_model, d_model) or tuple(bias.shape) != (n_layers - 1, d_model):
             raise LensFileError(f"translator shapes {tuple(weight.shape)} / {tuple(bias.shape)} do not fit "
                                 f"{n_layers} layers of width {d_model} (expected {(n_layers - 1, d_model, d_model)})")
+        ew = torch.zeros(d_model, d_model) if embed_weight is None else embed_weight
+        eb = torch.zeros(d_model) if embed_bias is None else embed_bias
+        if tuple(ew.shape) != (d_model, d_model) or tuple(eb.shape) != (d_model,):
+            raise LensFileError(f"embedding translator shapes {tuple(ew.shape)} / {tuple(eb.shape)} do not fit "
+                                f"width {d_model}")
         self.weight = weight.float()
         self.bias = bias.float()
+        self.embed_weight = ew.float()
+        self.embed_bias = eb.float()
         self.n_layers = n_layers
         self.d_model = d_model
         self.meta = dict(meta or {})
@@ -347,37 +388,73 @@ class TunedLens:
             raise LensFileError(f"this tuned lens has {self.n_layers} layers but the model has {a.n_layers}: "
                                 "it was trained for another model")
 
-    def translate(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        """``h + A_L h + b_L`` (identity for the last layer)."""
+    def translate(self, h: torch.Tensor, layer: int | str) -> torch.Tensor:
+        """``h + A_L h + b_L`` for ``resid_post.L`` (identity for the last layer; negative L counts
+        from the end); ``layer="embed"``: the embedding translator, for ``resid_pre.0``."""
+        if isinstance(layer, str):
+            if layer != "embed":
+                raise ValueError(f"layer is an integer or 'embed', not {layer!r}")
+            w, b = self.embed_weight.to(h), self.embed_bias.to(h)
+            return h + h @ w.T + b
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
+            raise IndexError(f"layer {layer!r} is out of range: this lens has layers 0..{self.n_layers - 1}")
+        layer %= self.n_layers
         if layer == self.n_layers - 1:
             return h
         w, b = self.weight[layer].to(h), self.bias[layer].to(h)
         return h + h @ w.T + b
 
     # -- files -----------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` and ``params.safetensors`` (never pickles)."""
-        from safetensors.torch import save_file
+    def save(self, folder: str | Path, layout: str = "workbench") -> Path:
+        """Write the lens to ``folder`` atomically (a complete new folder replaces the old one).
 
+        ``layout="workbench"``: ``config.json`` and ``params.safetensors`` (never pickles).
+        ``layout="tuned-lens"``: the tuned-lens project's layout, which its
+        ``TunedLens.from_model_and_pretrained(model, folder)`` loads: its ``config.json``
+        (``TunedLensConfig``) and ``params.pt``, a plain dict of tensors (``0.*``: the embeddings,
+        ``L + 1``: ``resid_post.L``) that ``torch.load(weights_only=True)`` reads.
+        """
+        if layout not in ("workbench", "tuned-lens"):
+            raise ValueError(f"layout is 'workbench' or 'tuned-lens', not {layout!r}")
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {}
-        for L in range(self.n_layers - 1):
-            tensors[f"layer_translators.{L}.weight"] = self.weight[L].detach().contiguous().cpu()
-            tensors[f"layer_translators.{L}.bias"] = self.bias[L].detach().contiguous().cpu()
-        save_file(tensors, str(folder / "params.safetensors"))
-        cfg = {"format": FORMAT, "version": 1, "site": "resid_post", "n_layers": self.n_layers,
-               "d_model": self.d_model, "bias": True, **{k: v for k, v in self.meta.items() if _jsonable(v)}}
-        (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+        translators = [(self.embed_weight, self.embed_bias)] + [(self.weight[L], self.bias[L])
+                                                                 for L in range(self.n_layers - 1)]
+        with atomic_folder(folder, owned=("config.json", "params.safetensors", "params.pt")) as tmp:
+            if layout == "workbench":
+                tensors = {"embed_translator.weight": self.embed_weight.detach().contiguous().cpu(),
+                           "embed_translator.bias": self.embed_bias.detach().contiguous().cpu()}
+                for L in range(self.n_layers - 1):
+                    tensors[f"layer_translators.{L}.weight"] = self.weight[L].detach().contiguous().cpu()
+                    tensors[f"layer_translators.{L}.bias"] = self.bias[L].detach().contiguous().cpu()
+                atomic_tensors(tmp / "params.safetensors", tensors)
+                cfg = {"format": FORMAT, "version": 2, "site": "resid_post", "n_layers": self.n_layers,
+                       "d_model": self.d_model, "bias": True,
+                       **{k: v for k, v in self.meta.items() if _jsonable(v) and k not in _OUR_KEYS}}
+            else:
+                state = {}
+                for i, (w, b) in enumerate(translators):
+                    state[f"{i}.weight"] = w.detach().contiguous().cpu().clone()
+                    state[f"{i}.bias"] = b.detach().contiguous().cpu().clone()
+                torch.save(state, tmp / "params.pt")  # inside the new folder: atomic with it
+                model = self.meta.get("base_model_name_or_path", self.meta.get("model", ""))
+                cfg = {"base_model_name_or_path": str(model or ""), "d_model": self.d_model,
+                       "num_hidden_layers": self.n_layers, "bias": True,
+                       "base_model_revision": self.meta.get("base_model_revision"), "unembed_hash": None,
+                       "lens_type": "linear_tuned_lens"}
+            atomic_json(tmp / "config.json", cfg)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> TunedLens:
         """Load our layout (config.json + params.safetensors) or the tuned-lens project's.
 
-        The tuned-lens layout (``config.json`` with ``d_model`` / ``num_hidden_layers`` and
-        ``params.pt``) has one translator per input of each layer (embeddings first); they
-        are shifted onto ``resid_post``. ``params.pt`` is read with ``torch.load(weights_only=True)``.
+        Every layout the tuned-lens package writes is read: its 0.1–0.2 ``save()`` (``config.json``
+        with ``d_model`` / ``num_hidden_layers``, ``params.pt`` holding
+        ``layer_translators.state_dict()``: ``0.weight``, ``0.bias``, … with translator ``i`` for
+        ``hidden_states[i]``, 0 being the embeddings) and its 0.0.x one (``num_layers``,
+        ``input_translator.*`` and ``layer_translators.L.*``, older ``probe`` / ``adapter`` names).
+        Their translators are put on ``resid_post`` and the embeddings. ``params.pt`` is read with
+        ``torch.load(weights_only=True)``; a ``params.safetensors`` with the same keys is read too.
         """
         folder = Path(folder)
         cfg_path = folder / "config.json"
@@ -391,35 +468,69 @@ class TunedLens:
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as e:
             raise LensFileError(f"{cfg_path} is not valid JSON ({e})") from None
-        if cfg.get("format") == FORMAT:
+
+        def ints(*keys: str) -> list[int]:
             try:
-                n, d = int(cfg["n_layers"]), int(cfg["d_model"])
+                return [int(cfg[k]) for k in keys]
             except (KeyError, TypeError, ValueError):
-                raise LensFileError(f"{cfg_path} needs integer n_layers and d_model") from None
-            offset = 0
-        elif "num_hidden_layers" in cfg and "d_model" in cfg:  # the tuned-lens project
-            n, d = int(cfg["num_hidden_layers"]), int(cfg["d_model"])
-            offset = 1  # their translator i reads hidden_states[i]; resid_post.L is hidden_states[L + 1]
+                raise LensFileError(f"{cfg_path} needs integer {' and '.join(keys)}") from None
+
+        # keys[i]: the state-dict prefix of the translator of hidden_states[i] (0: the embeddings), or None
+        if cfg.get("format") == FORMAT:
+            n, d = ints("n_layers", "d_model")
+            keys: list[str | None] = ["embed_translator"] + [f"layer_translators.{L}" for L in range(n - 1)]
+            optional = {"embed_translator"}  # version 1 files have no embedding translator
+            prefer = "safetensors"
+        elif "num_hidden_layers" in cfg and "d_model" in cfg:  # tuned-lens >= 0.1
+            d, n = ints("d_model", "num_hidden_layers")
+            if cfg.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens":
+                raise LensFileError(f"{cfg_path}: lens_type {cfg.get('lens_type')!r} is not supported "
+                                    "(only 'linear_tuned_lens')")
+            keys, optional, prefer = [str(i) for i in range(n)], set(), "pt"
+        elif "num_layers" in cfg and "d_model" in cfg:  # tuned-lens 0.0.x
+            d, n = ints("d_model", "num_layers")
+            if int(cfg.get("extra_layers") or 0):
+                raise LensFileError(f"{cfg_path}: extra_layers={cfg['extra_layers']} (decoder layers inside the "
+                                    "lens) is not supported")
+            if not cfg.get("reuse_unembedding", True):
+                raise LensFileError(f"{cfg_path}: reuse_unembedding=false (a separate unembedding per layer) "
+                                    "is not supported")
+            keys = ["input_translator" if cfg.get("include_input", True) else None] + \
+                [f"layer_translators.{L}" for L in range(n - 1)]
+            optional, prefer = set(), "pt"
         else:
             raise LensFileError(f"{cfg_path} is neither a workbench tuned lens (format={FORMAT!r}) nor a tuned-lens "
                                 "config (d_model, num_hidden_layers)")
-        state = _read_params(folder)
-        weight, bias = torch.zeros(n - 1, d, d), torch.zeros(n - 1, d)
-        for L in range(n - 1):
-            key = f"layer_translators.{L + offset}"
-            w = state.get(f"{key}.weight")
-            if w is None:
-                raise LensFileError(f"{folder}: {key}.weight is missing from the parameters")
-            if tuple(w.shape) != (d, d):
-                raise LensFileError(f"{folder}: {key}.weight has shape {tuple(w.shape)}, expected {(d, d)}")
-            weight[L] = w.float()
-            b = state.get(f"{key}.bias")
-            if b is not None:
-                if tuple(b.shape) != (d,):
-                    raise LensFileError(f"{folder}: {key}.bias has shape {tuple(b.shape)}, expected {(d,)}")
-                bias[L] = b.float()
-        meta = {k: v for k, v in cfg.items() if k not in ("format", "version", "n_layers", "d_model", "bias", "site")}
-        return cls(weight, bias, n, d, meta)
+        if n < 1 or d < 1:
+            raise LensFileError(f"{cfg_path}: n_layers and d_model must be positive, not {n} and {d}")
+        state, src = _read_params(folder, prefer)
+        state = _canonical_keys(state)
+        has_bias = cfg.get("bias", True) is not False
+        found = _key_list(state)
+        mats = []
+        for i, key in enumerate(keys):
+            w = b = None
+            if key is not None:
+                w = state.get(f"{key}.weight")
+                if w is None and key.isdigit():  # a full state dict: layer_translators.i.*
+                    key = f"layer_translators.{key}"
+                    w = state.get(f"{key}.weight")
+                if w is None and key not in optional:
+                    raise LensFileError(f"{src}: {key}.weight (the translator of hidden_states[{i}]) is missing; "
+                                        f"the file has {found}")
+            if w is not None:
+                if tuple(w.shape) != (d, d):
+                    raise LensFileError(f"{src}: {key}.weight has shape {tuple(w.shape)}, expected {(d, d)}")
+                b = state.get(f"{key}.bias")
+                if b is None and has_bias and key not in optional:
+                    raise LensFileError(f"{src}: {key}.bias is missing (the config says bias=true); the file has {found}")
+                if b is not None and tuple(b.shape) != (d,):
+                    raise LensFileError(f"{src}: {key}.bias has shape {tuple(b.shape)}, expected {(d,)}")
+            mats.append((torch.zeros(d, d) if w is None else w.float(), torch.zeros(d) if b is None else b.float()))
+        weight = torch.stack([m[0] for m in mats[1:]]) if n > 1 else torch.zeros(0, d, d)
+        bias = torch.stack([m[1] for m in mats[1:]]) if n > 1 else torch.zeros(0, d)
+        meta = {k: v for k, v in cfg.items() if k not in _OUR_KEYS}
+        return cls(weight, bias, n, d, meta, embed_weight=mats[0][0], embed_bias=mats[0][1])
 
     # -- training --------------------------------------------------------------------
     @classmethod
@@ -501,24 +612,31 @@ class TunedLens:
                     bar.update(1)
                     bar.set_postfix(loss=f"{total:.4f}")
                 if checkpoint is not None and (step + 1) % save_every == 0:
-                    cls._snapshot(w, b, n, d, model, losses, lens.meta).save(checkpoint)
+                    cls._snapshot(w, b, n, d, model, losses, lens.meta, lens).save(checkpoint)
         finally:
             for hd in handles:
                 hd.remove()
             if bar is not None:
                 bar.close()
             hf.train(was_training)
-        result = cls._snapshot(w, b, n, d, model, losses, lens.meta)
+        result = cls._snapshot(w, b, n, d, model, losses, lens.meta, lens)
         if checkpoint is not None:
             result.save(checkpoint)
         return result
 
     @classmethod
     def _snapshot(cls, w: torch.Tensor, b: torch.Tensor, n: int, d: int, model: Any, losses: list[float],
-                  meta: dict[str, Any]) -> TunedLens:
+                  meta: dict[str, Any], init: TunedLens | None = None) -> TunedLens:
         prev = list(meta.get("train_losses", [])) if isinstance(meta.get("train_losses"), list) else []
         m = {**meta, "model": getattr(model, "name", ""), "train_losses": prev + [round(x, 6) for x in losses]}
-        return cls(w.detach().clone(), b.detach().clone(), n, d, m)
+        ew = eb = None
+        if init is not None:
+            ew, eb = init.embed_weight.detach().clone(), init.embed_bias.detach().clone()
+        return cls(w.detach().clone(), b.detach().clone(), n, d, m, embed_weight=ew, embed_bias=eb)
+
+
+#: Config keys of our format that are not lens metadata.
+_OUR_KEYS = ("format", "version", "n_layers", "d_model", "bias", "site")
 
 
 def _jsonable(v: Any) -> bool:
@@ -529,24 +647,46 @@ def _jsonable(v: Any) -> bool:
         return False
 
 
-def _read_params(folder: Path) -> dict[str, torch.Tensor]:
-    st, pt = folder / "params.safetensors", folder / "params.pt"
-    if st.exists():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+def _canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """tuned-lens 0.0.x renamed its translators twice: ``probe`` -> ``adapter`` -> ``translator``."""
+    out = {}
+    for k, v in state.items():
+        for old in ("probe", "adapter"):
+            k = k.replace(f"{old}s.", "translators.").replace(f"input_{old}.", "input_translator.")
+        out[k] = v
+    return out
 
-        try:
-            return load_file(str(st))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise LensFileError(f"{st} is not a valid safetensors file ({e})") from None
-    if pt.exists():
+
+def _key_list(state: dict[str, torch.Tensor], limit: int = 12) -> str:
+    keys = sorted(state, key=lambda k: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in k.split(".")])
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    more = f", … ({len(keys)} keys in all)" if len(keys) > limit else ""
+    return f"keys [{shown}{more}]" if keys else "no keys"
+
+
+def _read_params(folder: Path, prefer: str = "safetensors") -> tuple[dict[str, torch.Tensor], Path]:
+    """The state dict of ``params.safetensors`` or ``params.pt`` (``prefer`` decides when both exist)."""
+    st, pt = folder / "params.safetensors", folder / "params.pt"
+    order = [st, pt] if prefer == "safetensors" else [pt, st]
+    for path in order:
+        if not path.exists():
+            continue
+        if path is st:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            try:
+                return load_file(str(st)), st
+            except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                raise LensFileError(f"{st} is not a valid safetensors file ({e})") from None
         try:
             state = torch.load(str(pt), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
             raise LensFileError(f"{pt} could not be read as plain tensors with torch.load(weights_only=True) ({e})") from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
             raise LensFileError(f"{pt} does not hold a state dict of tensors")
-        return state
+        return state, pt
     raise LensFileError(f"{folder} has no params.safetensors (or tuned-lens params.pt)")
 
 

@@ -347,7 +347,7 @@ def _setup(model: Model, clean: str, corrupted: str | None, answer: str | int, w
         corrupt_prompt, corrupt_specs = clean, noise_specs(model, clean, subj, noise, seed)
     if layers is None:
         layers = list(range(a.n_layers))
-    layers = [int(L) for L in layers]
+    layers = [int(L) + a.n_layers if -a.n_layers <= int(L) < 0 else int(L) for L in layers]  # -1: the last
     for L in layers:
         a.check_layer(L)
     if positions is not None:

@@ -56,7 +56,11 @@ class ArchMap:
             raise IndexError(f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}")
 
     def layer_list(self, layers: Any = None) -> list[int]:
-        """Validated, sorted, unique layer indices (``None``: every layer; one int is a list of one)."""
+        """Validated, sorted, unique layer indices (``None``: every layer; one int is a list of one).
+
+        Negative indices count from the end like positions do (``-1`` is the last layer); the
+        result holds only non-negative indices.
+        """
         if layers is None:
             return list(range(self.n_layers))
         if isinstance(layers, int) and not isinstance(layers, bool):
@@ -65,6 +69,8 @@ class ArchMap:
         for L in layers:
             if isinstance(L, bool) or not isinstance(L, int):
                 raise TypeError(f"layers are integers, not {L!r}")
+            if -self.n_layers <= L < 0:
+                L += self.n_layers
             self.check_layer(L)
             out.append(L)
         if not out:
