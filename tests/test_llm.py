@@ -319,6 +319,7 @@ def test_map_raises_the_first_error_in_order() -> None:
 def test_key_sources_and_precedence(server: ChatServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cfg = tmp_path / "llm.json"
     cfg.write_text(json.dumps({"api_key": "from-config", "api_keys": {server.url: "from-config-url"}}))
+    monkeypatch.setenv("WORKBENCH_LLM_KEY_HOSTS", f"127.0.0.1:{server.port}")  # env keys go only to named hosts
     monkeypatch.setenv("OPENAI_API_KEY", "from-env")
     monkeypatch.setenv("MY_KEY", "from-my-env")
     client_for(server, config_path=cfg, api_key="explicit").chat(user("1"))
@@ -326,7 +327,7 @@ def test_key_sources_and_precedence(server: ChatServer, monkeypatch: pytest.Monk
     client_for(server, config_path=cfg, api_key_env="MY_KEY").chat(user("3"))
     monkeypatch.delenv("OPENAI_API_KEY")
     client_for(server, config_path=cfg).chat(user("4"))
-    cfg.write_text(json.dumps({"api_key": "from-config"}))
+    cfg.write_text(json.dumps({"api_key": "from-config", "base_url": server.url}))  # the global key's host
     client_for(server, config_path=cfg).chat(user("5"))
     got = [h.get("Authorization") for h in server.headers]
     assert got == ["Bearer explicit", "Bearer from-env", "Bearer from-my-env", "Bearer from-config-url",
@@ -334,7 +335,8 @@ def test_key_sources_and_precedence(server: ChatServer, monkeypatch: pytest.Monk
     # the default config file location follows XDG_CONFIG_HOME
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     (tmp_path / "xdg" / "interp-workbench").mkdir(parents=True)
-    (tmp_path / "xdg" / "interp-workbench" / "llm.json").write_text(json.dumps({"api_key": "xdg-key"}))
+    (tmp_path / "xdg" / "interp-workbench" / "llm.json").write_text(
+        json.dumps({"api_keys": {f"127.0.0.1:{server.port}": "xdg-key"}}))
     client_for(server).chat(user("6"))
     assert server.headers[-1]["Authorization"] == "Bearer xdg-key"
     cfg.write_text("{broken")
@@ -379,7 +381,7 @@ def test_key_absent_from_an_executed_notebook(tmp_path: Path) -> None:
             nbformat.v4.new_code_cell("c.chat([{'role': 'user', 'content': 'hi'}]).text"),
             nbformat.v4.new_code_cell("c.to_dict(), c.usage"),
         ]
-        env_key = {"OPENAI_API_KEY": KEY}
+        env_key = {"OPENAI_API_KEY": KEY, "WORKBENCH_LLM_KEY_HOSTS": f"127.0.0.1:{srv.port}"}
         old = {k: os.environ.get(k) for k in env_key}
         os.environ.update(env_key)
         try:
@@ -395,6 +397,127 @@ def test_key_absent_from_an_executed_notebook(tmp_path: Path) -> None:
     saved = nbformat.writes(nb)
     assert "Incorrect API key provided" in saved and "echo: hi" in saved
     assert KEY not in saved and KEY[:12] not in saved  # ...and is nowhere in the notebook
+
+
+# -- keys are scoped to their host (issue 11, item 13) -------------------------------------------------
+
+class _Recorder:
+    """A loopback server that records the Authorization header of every request, GET or POST."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.seen = []
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                seen.append(self.headers.get("Authorization"))
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _any  # noqa: N815
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_env_key_goes_only_to_the_default_host_or_named_hosts(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    none = tmp_path / "none.json"
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("WORKBENCH_LLM_KEY_HOSTS", raising=False)
+    with ChatServer(echo_backend) as a, ChatServer(echo_backend) as b:
+        client_for(a, config_path=none).chat(user("1"))
+        client_for(b, config_path=none, api_key_env="OPENAI_API_KEY").chat(user("2"))
+        assert "Authorization" not in a.headers[0] and "Authorization" not in b.headers[0]
+        # the default OpenAI host gets it (checked without a request)
+        assert "key=set" in repr(OpenAIClient(cache=None, config_path=none))
+        assert "key=none" in repr(OpenAIClient("https://api.openai.com.evil.example/v1", cache=None, config_path=none))
+        # the user names the host the key belongs to: that host gets it, the other never does
+        monkeypatch.setenv("WORKBENCH_LLM_KEY_HOSTS", f"example.org, 127.0.0.1:{a.port}")
+        client_for(a, config_path=none).chat(user("3"))
+        client_for(b, config_path=none).chat(user("4"))
+        assert a.headers[1]["Authorization"] == f"Bearer {KEY}"
+        assert "Authorization" not in b.headers[1]
+        # an explicit api_key= belongs to the client it is given to
+        client_for(b, config_path=none, api_key="explicit").chat(user("5"))
+        assert b.headers[2]["Authorization"] == "Bearer explicit"
+    assert all(KEY not in json.dumps(h) for h in b.headers)
+
+
+def test_config_keys_are_per_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = tmp_path / "llm.json"
+    with ChatServer(echo_backend) as a, ChatServer(echo_backend) as b:  # same host name, another port
+        cfg.write_text(json.dumps({"api_key": "global-for-openai", "api_keys": {f"127.0.0.1:{a.port}": "key-a"}}))
+        client_for(a, config_path=cfg).chat(user("1"))
+        client_for(b, config_path=cfg).chat(user("2"))
+        assert a.headers[0]["Authorization"] == "Bearer key-a"
+        assert "Authorization" not in b.headers[0]  # neither key-a nor the global key
+        assert "key=set" in repr(OpenAIClient(cache=None, config_path=cfg))  # the global key: OpenAI's host
+        # a URL entry needs the same scheme, host and port; the global key follows the file's base_url
+        cfg.write_text(json.dumps({"api_key": "global-b", "base_url": b.url,
+                                   "api_keys": {a.url.replace("http:", "https:"): "tls-only"}}))
+        client_for(a, config_path=cfg).chat(user("3"))
+        client_for(b, config_path=cfg).chat(user("4"))
+        assert "Authorization" not in a.headers[1]
+        assert b.headers[1]["Authorization"] == "Bearer global-b"
+        assert "key=none" in repr(OpenAIClient(cache=None, config_path=cfg))
+
+
+def test_a_redirect_does_not_carry_the_key_to_another_host(tmp_path: Path) -> None:
+    rec = _Recorder()
+    try:
+        target = f"http://127.0.0.1:{rec.port}/v1/chat/completions"
+        with ChatServer(echo_backend, script=[Reply(302, "", {"Location": target})]) as srv:
+            with pytest.raises(LLMError, match="redirects are not followed"):
+                client_for(srv, api_key=KEY).chat(user("x"))
+            assert srv.headers[0]["Authorization"] == f"Bearer {KEY}"
+    finally:
+        rec.close()
+    assert rec.seen == []  # the other host saw no request at all, let alone the key
+
+
+def test_401_says_why_no_key_was_sent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("WORKBENCH_LLM_KEY_HOSTS", raising=False)
+    with ChatServer(echo_backend, script=[Reply(401, {"error": {"message": "no key"}})]) as srv:
+        with pytest.raises(LLMError, match="WORKBENCH_LLM_KEY_HOSTS") as ei:
+            client_for(srv, config_path=tmp_path / "none.json").chat(user("x"))
+    assert f"127.0.0.1:{srv.port}" in str(ei.value) and KEY not in str(ei.value)
+
+
+def test_plain_http_to_a_remote_host_is_refused_before_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*a: object, **k: object) -> None:
+        raise AssertionError("tried to connect")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    for url in ("http://example.com/v1", "http://10.0.0.5:8000", "http://127.example.com/v1",
+                "http://user:pw@api.openai.com/v1"):
+        with pytest.raises(LLMError, match="allow_insecure_http=True") as ei:
+            OpenAIClient(url, "m", cache=None)
+        assert "pw" not in str(ei.value)
+        with pytest.raises(LLMError, match="plain http"):
+            llm_client(f"openai:m@{url}", cache=None)
+    for url in ("http://localhost:9/v1", "http://127.0.0.2:9", "http://[::1]:9/v1", "https://example.com/v1"):
+        OpenAIClient(url, "m", cache=None)  # loopback or TLS: fine
+    c = OpenAIClient("http://example.com/v1", "m", cache=None, allow_insecure_http=True)  # the user opts in
+    assert c.to_dict()["allow_insecure_http"] is True
+    assert llm_client(c.to_dict(), cache=None).url == c.url
+    assert "allow_insecure_http" not in OpenAIClient(cache=None).to_dict()
+    assert "key=none" in repr(c)  # and the environment key still stays with OpenAI's host
 
 
 # -- factory and validation ---------------------------------------------------------------------------

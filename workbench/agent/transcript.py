@@ -119,12 +119,12 @@ class AgentResult(Showable):
                    str(d.get("hypothesis", "")), dict(d.get("meta") or {}))
 
     def save(self, path: str | Path) -> Path:
-        """Write the transcript as JSON (no pickle)."""
+        """Write the transcript as JSON (no pickle), atomically (fsynced before the rename)."""
+        from ..core.fileio import atomic_text
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
-        tmp.replace(path)
+        atomic_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
         return path
 
     @classmethod

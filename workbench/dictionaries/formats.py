@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.fileio import atomic_folder
 from ..core.sites import Site, site_to_hook
 from .architectures import ARCHITECTURES, SAELensSource, get_architecture, saelens_architectures
 from .dictionary import Dictionary, set_file_io
@@ -613,7 +614,6 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise DictionaryError(f"cannot save a dictionary to {folder}: it is a file, not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
     dt = d.dtype
     f64 = {n: (None if getattr(d, n) is None else getattr(d, n).detach().to("cpu", torch.float64))
            for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "b_gate", "b_mag", "r_mag", "b_pre", "W_skip")}
@@ -659,11 +659,13 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
     if d.is_transcoder:
         cfg["d_out"] = d.d_out
     cfg["metadata"] = metadata
-    save_file(tensors, str(folder / SAELENS_WEIGHTS))
-    sp = d.meta.get("sparsity")
-    if isinstance(sp, Tensor) and tuple(sp.shape) == (d.d_sae,):
-        save_file({"sparsity": sp.detach().to("cpu", torch.float32).contiguous()}, str(folder / SAELENS_SPARSITY))
-    (folder / SAELENS_CFG).write_text(json.dumps(cfg, indent=2))
+    # into a temporary sibling folder, swapped in once complete: a crash mid-save leaves the old folder
+    with atomic_folder(folder, owned=(SAELENS_WEIGHTS, SAELENS_SPARSITY, SAELENS_CFG)) as tmp:
+        save_file(tensors, str(tmp / SAELENS_WEIGHTS))
+        sp = d.meta.get("sparsity")
+        if isinstance(sp, Tensor) and tuple(sp.shape) == (d.d_sae,):
+            save_file({"sparsity": sp.detach().to("cpu", torch.float32).contiguous()}, str(tmp / SAELENS_SPARSITY))
+        (tmp / SAELENS_CFG).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
     return folder
 
 

@@ -25,7 +25,9 @@ def llm_client(spec: str | Mapping[str, Any] | ChatClient | None = None, **kwarg
       ``$OPENAI_BASE_URL``, the config file's ``"base_url"`` or https://api.openai.com/v1.
     - a dict from ``client.to_dict()``; a `ChatClient` is returned as is.
 
-    Keyword arguments go to the client (``cache=``, ``concurrency=``, ``api_key=``, ...).
+    Keyword arguments go to the client (``cache=``, ``concurrency=``, ``api_key=``,
+    ``allow_insecure_http=``, ...). Keys are scoped to their host (see `OpenAIClient`): a spec that
+    points elsewhere never receives ``$OPENAI_API_KEY``.
     """
     if isinstance(spec, ChatClient):
         if kwargs:

@@ -5,11 +5,18 @@ Retries (exponential backoff with jitter on connection errors, timeouts, 429 and
 ``OPENAI_API_KEY`` environment variable or ``~/.config/interp-workbench/llm.json``; it is never
 shown in ``repr``, error messages, ``to_dict()`` or the cache, and is read again at each request
 unless given explicitly.
+
+Keys are scoped to hosts: the environment variable goes only to https://api.openai.com and to the
+hosts listed in ``$WORKBENCH_LLM_KEY_HOSTS``; a config file's ``"api_keys"`` entries only to their
+own host, its global ``"api_key"`` only to its ``"base_url"`` (default https://api.openai.com).
+Redirects are not followed (the key would go with them), and plain ``http://`` to a host that is
+not loopback is refused unless ``allow_insecure_http=True``.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
 import random
@@ -27,9 +34,13 @@ from typing import Any
 from .base import ChatClient, ChatResponse, Messages, estimate_prompt_tokens, estimate_tokens
 from .errors import LLMError
 
-__all__ = ["DEFAULT_OPENAI_URL", "OpenAIClient", "default_config_path"]
+__all__ = ["DEFAULT_OPENAI_URL", "KEY_HOSTS_ENV", "OpenAIClient", "default_config_path"]
 
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+#: Environment variable listing the hosts (``host``, ``host:port`` or ``https://host``, comma-separated)
+#: that may receive the API key from the environment, besides https://api.openai.com.
+KEY_HOSTS_ENV = "WORKBENCH_LLM_KEY_HOSTS"
+_DEFAULT_KEY_HOSTS = ("https://api.openai.com",)
 
 
 def default_config_path() -> Path:
@@ -83,8 +94,56 @@ def _endpoint(base_url: str) -> str:
 
 
 def _is_loopback(url: str) -> bool:
-    host = (urllib.parse.urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
+    host = (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # not "127.example.com"
+    except ValueError:
+        return False
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, the port filled in from the scheme."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower().rstrip("."), port or (443 if scheme == "https" else 80)
+
+
+def _host_matches(entry: str, url: str) -> bool:
+    """Whether a key entry (a URL, ``host`` or ``host:port``) names the host of ``url``.
+
+    A URL entry must match scheme, host and port; a bare host matches any port unless it names one.
+    """
+    entry = entry.strip()
+    if not entry:
+        return False
+    scheme, host, port = _origin(url)
+    if "://" in entry:
+        return _origin(entry) == (scheme, host, port)
+    parts = urllib.parse.urlsplit("//" + entry)
+    try:
+        want_port = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname) and (parts.hostname or "").lower().rstrip(".") == host and (
+        want_port is None or want_port == port)
+
+
+def _env_key_hosts() -> list[str]:
+    extra = os.environ.get(KEY_HOSTS_ENV, "")
+    return [*_DEFAULT_KEY_HOSTS, *(h for h in re.split(r"[,\s]+", extra) if h)]
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would send the Authorization header to the new host."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -115,6 +174,13 @@ class OpenAIClient(ChatClient):
     replies) are retried ``max_retries`` times with exponential backoff from ``backoff`` seconds
     (with jitter, capped at ``max_backoff``; a ``Retry-After`` header sets the minimum wait).
     ``concurrency`` bounds simultaneous requests of this client, in `map` and across threads.
+
+    Keys stay with their host: the environment variable is sent only to https://api.openai.com and
+    the hosts in ``$WORKBENCH_LLM_KEY_HOSTS`` (``host``, ``host:port`` or a URL, comma-separated);
+    ``"api_keys"`` entries (a base URL or ``host[:port]``) only to that host; the config file's
+    global ``"api_key"`` only to its ``"base_url"`` (default https://api.openai.com). ``api_key=``
+    goes to this client's own host. Plain ``http://`` to a host other than loopback raises `LLMError`
+    before connecting unless ``allow_insecure_http=True``. Redirects are not followed.
     """
 
     kind = "openai"
@@ -123,7 +189,8 @@ class OpenAIClient(ChatClient):
                  api_key: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  config_path: str | os.PathLike[str] | None = None, timeout: float = 60.0,
                  max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 30.0, concurrency: int = 4,
-                 cache: Any = True, extra_body: Mapping[str, Any] | None = None):
+                 cache: Any = True, extra_body: Mapping[str, Any] | None = None,
+                 allow_insecure_http: bool = False):
         super().__init__(model, cache=cache, concurrency=concurrency)
         if not model or not isinstance(model, str):
             raise ValueError("model must be a non-empty model name")
@@ -132,6 +199,8 @@ class OpenAIClient(ChatClient):
         self.url = _endpoint(base_url)
         self.base_url = base_url.strip().rstrip("/")
         self._display_url = _redact_url(self.url)
+        self.allow_insecure_http = bool(allow_insecure_http)
+        self._check_transport()
         self.api_key_env = api_key_env
         self.config_path = Path(config_path) if config_path is not None else None
         self._key = _Secret(api_key) if api_key else None
@@ -141,15 +210,29 @@ class OpenAIClient(ChatClient):
         self.max_backoff = float(max_backoff)
         self.extra_body = dict(extra_body or {})
         self._slots = threading.BoundedSemaphore(self.concurrency)
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(self.url) else []
+        handlers: list[Any] = [_NoRedirect()]
+        if _is_loopback(self.url):
+            handlers.append(urllib.request.ProxyHandler({}))
         self._opener = urllib.request.build_opener(*handlers)
+
+    def _check_transport(self) -> None:
+        """Refuse plain http to a host that is not loopback, unless the user opted in."""
+        if urllib.parse.urlsplit(self.url).scheme == "http" and not _is_loopback(self.url) \
+                and not self.allow_insecure_http:
+            raise LLMError(f"refusing plain http:// to {self._display_url}: the host is not loopback, so the "
+                           "prompts and any API key would travel unencrypted. Use https://, or pass "
+                           "allow_insecure_http=True to OpenAIClient / llm_client if you accept that.",
+                           url=self._display_url)
 
     def _cache_kind(self) -> str:
         return f"openai:{self._display_url}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe description (the base URL without credentials; never the key)."""
-        return {"kind": self.kind, "model": self.model_name, "base_url": _redact_url(self.base_url)}
+        d: dict[str, Any] = {"kind": self.kind, "model": self.model_name, "base_url": _redact_url(self.base_url)}
+        if self.allow_insecure_http:
+            d["allow_insecure_http"] = True
+        return d
 
     @property
     def spec(self) -> str:
@@ -178,20 +261,45 @@ class OpenAIClient(ChatClient):
             raise LLMError(f"the LLM config file {path} must hold a JSON object")
         return data
 
+    def _env_key(self) -> str | None:
+        return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
+
     def _resolve_key(self) -> str | None:
+        """The key for this client's host, or None: a key never goes to a host it was not configured for."""
         if self._key is not None:
             return self._key.get()
-        env = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if env:
+        env = self._env_key()
+        if env and any(_host_matches(h, self.url) for h in _env_key_hosts()):
             return env
         cfg = self._config()
         keys = cfg.get("api_keys")
         if isinstance(keys, dict):
-            for base in (self.base_url, self.base_url.rstrip("/") + "/", _redact_url(self.base_url)):
-                if isinstance(keys.get(base), str) and keys[base]:
-                    return keys[base]
+            for entry in sorted(keys, key=lambda e: "://" not in str(e)):  # full URLs before bare hosts
+                key = keys[entry]
+                if isinstance(entry, str) and isinstance(key, str) and key and _host_matches(entry, self.url):
+                    return key
         key = cfg.get("api_key")
-        return key if isinstance(key, str) and key else None
+        home = cfg.get("base_url") if isinstance(cfg.get("base_url"), str) and cfg.get("base_url") else DEFAULT_OPENAI_URL
+        if isinstance(key, str) and key and _host_matches(home, self.url):
+            return key
+        return None
+
+    def _withheld_hint(self) -> str:
+        """Why no key was sent, where a key exists but belongs to another host."""
+        try:
+            if self._key is not None or self._resolve_key() is not None:
+                return ""
+            cfg_key = self._config().get("api_key")
+        except (LLMError, ValueError):
+            return ""
+        _, host, port = _origin(self.url)
+        if self._env_key():
+            return (f"; no key was sent: ${self.api_key_env} goes only to https://api.openai.com and the hosts in "
+                    f"${KEY_HOSTS_ENV} (add {host}:{port} there), or give api_key=")
+        if isinstance(cfg_key, str) and cfg_key:
+            return (f"; no key was sent: the config file's \"api_key\" belongs to its \"base_url\"; add "
+                    f"\"{host}:{port}\" under \"api_keys\"")
+        return ""
 
     def _has_key(self) -> bool:
         try:
@@ -236,7 +344,11 @@ class OpenAIClient(ChatClient):
                         wait = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
                         last = f"HTTP {status}: {self._server_message(text)}"
                     else:
-                        hint = " (check the API key)" if status in (401, 403) else ""
+                        hint = ""
+                        if status in (401, 403):
+                            hint = " (check the API key" + self._withheld_hint() + ")"
+                        elif 300 <= status < 400:
+                            hint = " (redirects are not followed, so that the key stays with this host)"
                         raise LLMError(f"{self._display_url} answered HTTP {status}{hint}: "
                                        f"{self._server_message(text)}", url=self._display_url,
                                        status=status) from None
@@ -262,6 +374,7 @@ class OpenAIClient(ChatClient):
                        raw=None if raw is None else raw[:2000])
 
     def _post(self, data: bytes) -> tuple[int, str]:
+        self._check_transport()
         req = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers())
         with self._opener.open(req, timeout=self.timeout) as resp:
             return resp.status, resp.read().decode("utf-8", errors="replace")

@@ -528,8 +528,8 @@ class NeuronWeights(Showable):
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write one safetensors file (tensors; the rest as JSON in its metadata). Never pickles."""
-        from safetensors.torch import save_file
+        """Write one safetensors file (tensors; the rest as JSON in its metadata), atomically. Never pickles."""
+        from ..core.fileio import atomic_tensors
 
         path = Path(path)
         if path.is_dir():
@@ -543,7 +543,7 @@ class NeuronWeights(Showable):
                 "io_threshold": self.io_threshold, "kurtosis_threshold": self.kurtosis_threshold,
                 "skew_threshold": self.skew_threshold, "meta": self.meta,
                 "token_text": [self.token_text[i] for i in ids]}
-        save_file(tensors, str(path), metadata={"format": FORMAT, "json": json.dumps(info)})
+        atomic_tensors(path, tensors, metadata={"format": FORMAT, "json": json.dumps(info)})
         return path
 
     @classmethod
