@@ -8,6 +8,7 @@ is plain nnsight code, it also runs under ``remote=True`` (NDIF) and ``remote="l
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -17,18 +18,55 @@ import nnsight
 import torch
 
 from .arch import ArchMap, resolve
-from .errors import Cancelled
+from .errors import Cancelled, WorkbenchError
 from .program import Batch, Reducer, Step, TraceProgram
 from .results import GenerationResult, RunResult, Token, TopK
 from .sites import WRITABLE, Site
 from .specs import Patch, Spec, spec_from_dict
 
-__all__ = ["Model", "Batch", "GenerationCancelled", "writable_sites"]
+__all__ = ["Model", "Batch", "GenerationCancelled", "writable_sites", "PromptTypeError", "ContextLengthError",
+           "NonFiniteLogitsError", "AttentionMemoryWarning", "EAGER_ATTENTION_BUDGET"]
 
+#: Bytes of attention probabilities (layers x heads x tokens^2 x 4 bytes x prompts) above which a run warns.
+EAGER_ATTENTION_BUDGET = 4 * 2**30
 
 
 class GenerationCancelled(Cancelled):
     """Raised by `Model.generate` when its ``cancel`` event was set mid-generation."""
+
+
+class PromptTypeError(WorkbenchError, TypeError):
+    """A prompt is not text: `run`, `generate` and `trace` take a string or a list of strings."""
+
+
+class ContextLengthError(WorkbenchError, ValueError):
+    """A prompt (plus the tokens to generate) is longer than the model's maximum positions."""
+
+
+class NonFiniteLogitsError(WorkbenchError, FloatingPointError):
+    """The model produced NaN or infinite logits: there is nothing to rank."""
+
+
+class AttentionMemoryWarning(UserWarning):
+    """Eager attention over this many tokens needs more memory than `EAGER_ATTENTION_BUDGET`."""
+
+
+def _check_prompts(prompts: Any, arg: str, one: bool = False) -> list[str]:
+    """``prompts`` as a list of strings, or `PromptTypeError` naming ``arg`` and the accepted types."""
+    accepted = "a string" if one else "a string or a list of strings"
+    if isinstance(prompts, str):
+        return [prompts]
+    if one or prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, Iterable):
+        raise PromptTypeError(f"{arg} must be {accepted}, not {type(prompts).__name__}")
+    out = list(prompts)
+    bad = [p for p in out if not isinstance(p, str)]
+    if bad:
+        raise PromptTypeError(f"{arg} must be {accepted}: item {out.index(bad[0])} is a {type(bad[0]).__name__}")
+    return out
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
 class Model:
@@ -83,12 +121,37 @@ class Model:
         return (f"Model({self.name!r}, family={a.family}, layers={a.n_layers}, d_model={a.d_model}, "
                 f"heads={a.n_heads}, d_mlp={a.d_mlp}, vocab={a.vocab}, on {where})")
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model takes (config ``max_position_embeddings`` / ``n_positions``), if known."""
+        cfg = getattr(self.hf, "config", None)
+        for attr in ("max_position_embeddings", "n_positions"):
+            n = getattr(cfg, attr, None)
+            if isinstance(n, int) and n > 0:
+                return n
+        return None
+
+    def check_length(self, n_tokens: int, new_tokens: int = 0, rows: int = 1) -> None:
+        """Refuse sequences beyond `max_positions` (`ContextLengthError`); warn when eager attention's
+        probabilities (layers x heads x tokens^2 x 4 bytes x rows) would exceed `EAGER_ATTENTION_BUDGET`."""
+        total = n_tokens + new_tokens
+        limit = self.max_positions
+        if limit is not None and total > limit:
+            what = (f"the prompt has {n_tokens} tokens + max_new_tokens={new_tokens} = {total}" if new_tokens
+                    else f"the prompt has {n_tokens} tokens")
+            raise ContextLengthError(f"{what}, more than the model's maximum of {limit} positions: shorten the prompt")
+        if getattr(getattr(self.hf, "config", None), "_attn_implementation", "eager") == "eager":
+            need = self.arch.n_layers * self.arch.n_heads * total * total * 4 * rows
+            if need > EAGER_ATTENTION_BUDGET:
+                warnings.warn(f"eager attention over {total} tokens x {rows} prompt(s) needs about {_size(need)} of "
+                              f"attention probabilities ({self.arch.n_layers} layers x {self.arch.n_heads} heads x "
+                              f"{total}^2 x 4 bytes), above the budget of {_size(EAGER_ATTENTION_BUDGET)}: this may "
+                              "be slow or run out of memory; shorten the prompt", AttentionMemoryWarning, stacklevel=3)
+
     # -- tokens --------------------------------------------------------------------
     def tokenize(self, prompts: str | Sequence[str], sources: Iterable[str] = ()) -> Batch:
         """Tokenize prompts (right-padded), with exact character spans per token."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
+        prompts = _check_prompts(prompts, "prompts")
         if not prompts:
             raise ValueError("no prompt given")
         src = [s for s in dict.fromkeys(sources) if s]
@@ -210,6 +273,10 @@ class Model:
         ``capture``: site names (``"neurons.3"``) or ``{site: reducer}`` where the reducer
         runs inside the trace (so only its result travels back from a remote model).
         ``logits``: ``"last"`` (each prompt's last position), ``"all"`` or ``None``.
+
+        Raises `ContextLengthError` for prompts beyond the model's positions, `PromptTypeError` for
+        prompts that are not text, and `NonFiniteLogitsError` when the model's last-position logits
+        hold NaN or inf (unless nothing is ranked or returned: ``top_k=0, logits=None``).
         """
         specs = self.specs(interventions)
         caps = self.captures(capture)
@@ -219,7 +286,9 @@ class Model:
             batch = prompts
             prompts = ["".join(t.text for t in row) for row in batch.tokens]
         else:
+            prompts = prompts if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
             batch = self.tokenize(prompts, [s.source for s in specs if isinstance(s, Patch)])
+        self.check_length(batch.input_ids.shape[1], rows=batch.input_ids.shape[0])
         program = TraceProgram(self, specs, caps, batch)
         st = Step(0, batch.lengths)
         n = batch.n_main
@@ -245,8 +314,17 @@ class Model:
                 top_p = nnsight.save(top.values)
                 top_i = nnsight.save(top.indices)
                 top_l = nnsight.save(last_logits.gather(-1, top.indices))
+                bad = nnsight.save((~torch.isfinite(last_logits)).sum(-1))
                 # Always saved: nnsight drops unsaved locals (a plain None) when the trace exits.
                 kept = nnsight.save(lg[:, : max(batch.lengths[:n])].detach().clone() if logits == "all" else last_logits)
+        bad = bad.cpu()
+        if (k > 0 or logits is not None) and bool(bad.any()):  # only where logits are ranked or returned
+            rows_ = [int(r) for r in torch.nonzero(bad).reshape(-1)]
+            ints = "; ".join(s.describe() for s in specs) or "none"
+            raise NonFiniteLogitsError(
+                f"the model produced NaN or infinite logits at the last position of {len(rows_)} of {n} prompt(s) "
+                f"(rows {rows_[:10]}, {int(bad.sum())} logits in all): nothing to rank. Interventions: {ints}; "
+                f"check them and the model's dtype ({self.hf.dtype if hasattr(self.hf, 'dtype') else '?'})")
         top_i = top_i.cpu()[:, :k]
         top_p, top_l = top_p[:, :k], top_l[:, :k]
         toks = [[self.tokenizer.decode([int(i)]) for i in row] for row in top_i]
@@ -282,9 +360,12 @@ class Model:
         setting ``cancel`` stops generation with `GenerationCancelled`.
         """
         specs = self.specs(interventions)
+        if not isinstance(prompt, str):
+            _check_prompts(prompt, "prompt", one=not isinstance(prompt, (list, tuple)))
         batch = self.tokenize(prompt, [s.source for s in specs if isinstance(s, Patch)])
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        self.check_length(batch.lengths[0], max_new_tokens)
         program = TraceProgram(self, specs, {}, batch, new_tokens=max_new_tokens)
         tok = self.tokenizer
         produced: list[int] = []
@@ -354,10 +435,34 @@ class Model:
 
         Inside it, ``model.site(name)`` reads or writes a standard site and
         ``model.apply(specs)`` applies intervention specs at that point of the forward pass.
+        Use it as ``with model.trace(prompts):``: the block holds ``model.lock`` from the call
+        until it ends, so a `run` or `generate` from another thread (a widget's rerun) waits.
         """
         batch = self.tokenize(prompts)
+        self.check_length(batch.input_ids.shape[1], rows=batch.input_ids.shape[0])
+        tracer = self.nn.trace(self.inputs(batch), **{**self.remote_kwargs(None), **kwargs})
+        from nnsight.tracing.tracer import WithBlockNotFoundError
+
+        try:
+            # Find the caller's `with` block now (capture() looks two frames up: this method's
+            # caller, as when the tracer's own __enter__ calls it); nnsight reuses it on enter.
+            tracer.capture()
+        except WithBlockNotFoundError:
+            self._trace_batch = batch
+            return tracer  # not a `with` block: nnsight says so when it is used
+        body = getattr(tracer, "node", None)
+        if body is not None and body.body and type(body.body[0]).__name__ in ("Try", "TryStar"):
+            self._trace_batch = batch
+            return tracer  # nnsight refuses this block on enter, before any exit could release a lock
+        self.lock.acquire()
         self._trace_batch = batch
-        return self.nn.trace(self.inputs(batch), **{**self.remote_kwargs(None), **kwargs})
+        try:
+            tracer.__class__ = _locked_tracer(type(tracer))
+            _TRACE_LOCKS[id(tracer)] = self.lock  # not on the tracer: remote runs pickle it
+        except BaseException:
+            self.lock.release()
+            raise
+        return tracer
 
     def apply(self, interventions: Iterable[Spec | dict]) -> None:
         """Inside ``with model.trace(...)``: apply specs next to your own nnsight code.
@@ -391,6 +496,32 @@ class Model:
         scores = w.float() @ direction.float().to(w.device)
         top = scores.topk(k)
         return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices, strict=True)]
+
+
+#: id(tracer) -> the model lock its `Model.trace` call holds until the tracer's ``__exit__``.
+_TRACE_LOCKS: dict[int, Any] = {}
+
+
+def _release_trace_lock(tracer: Any) -> None:
+    lock = _TRACE_LOCKS.pop(id(tracer), None)
+    if lock is not None:
+        lock.release()
+
+
+@functools.cache
+def _locked_tracer(cls: type) -> type:
+    """``cls`` whose ``__exit__`` releases the model lock `Model.trace` took (``__enter__`` is untouched:
+    nnsight reads the caller's frame from it)."""
+
+    class Locked(cls):  # type: ignore[misc, valid-type]
+        def __exit__(self, *exc: Any) -> Any:
+            try:
+                return super().__exit__(*exc)
+            finally:
+                _release_trace_lock(self)
+
+    Locked.__name__ = Locked.__qualname__ = cls.__name__
+    return Locked
 
 
 def writable_sites() -> list[str]:

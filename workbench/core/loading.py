@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,26 +51,60 @@ def _embedded_cache_dir(gguf: Path) -> Path:
 
 
 def _save_converted(model: Any, tok: Any, target: Path) -> None:
-    """Save a GGUF-dequantized model as safetensors + config so later loads skip conversion."""
+    """Save a GGUF-dequantized model as safetensors + config so later loads skip conversion.
+
+    Safe when several processes convert at once: each writes a uniquely named sibling folder,
+    fsyncs it and renames it into place; the target is never deleted before a complete folder
+    replaces it, and a process that finds another's complete cache already there keeps that one.
+    """
     import shutil
     import tempfile
 
     from safetensors.torch import save_model
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    from .fileio import fsync_dir, fsync_tree
+
+    weights = "model.safetensors"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp: Path | None = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    except OSError:
+        return  # a read-only disk only costs speed
     try:
         cfg = model.config
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config
         cfg.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"))
+        save_model(model, str(tmp / weights))
         tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        fsync_tree(tmp)
+        ours = (tmp / weights).stat().st_size
+        for _ in range(3):
+            try:
+                os.rename(tmp, target)  # atomic; fails while a non-empty target exists
+                tmp = None
+                fsync_dir(target.parent)
+                return
+            except OSError:
+                if not target.exists():
+                    continue
+            try:  # another process finished first: keep its cache when it is complete
+                if (target / "config.json").is_file() and (target / weights).stat().st_size == ours:
+                    return
+            except OSError:
+                pass
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            try:  # a stale or partial cache: move it aside (never delete first), then retry the rename
+                os.rename(target, old / "cache")
+            except OSError:
+                pass
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # a read-only or full disk only costs speed
+        pass  # a read-only or full disk only costs speed
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_embedded(dtype: torch.dtype, device: torch.device, progress: bool) -> tuple[Any, Any]:
@@ -112,14 +147,20 @@ def _stages(progress: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, disable=not progress, leave=False)
 
 
-def _ensure_eager(hf_model: Any) -> None:
-    """Attention probabilities must be materialized: switch to eager attention."""
+def _ensure_eager(hf_model: Any) -> str | None:
+    """Attention probabilities must be materialized: switch to eager attention.
+
+    Returns the implementation it replaced (``"sdpa"``...), or None when nothing changed.
+    """
     cfg = getattr(hf_model, "config", None)  # None: not an HF model, infer_arch says so
-    if cfg is not None and getattr(cfg, "_attn_implementation", "eager") != "eager":
+    old = getattr(cfg, "_attn_implementation", "eager") if cfg is not None else "eager"
+    if old is not None and old != "eager":
         if hasattr(hf_model, "set_attn_implementation"):
             hf_model.set_attn_implementation("eager")
         else:  # pragma: no cover - older transformers
             cfg._attn_implementation = "eager"
+        return str(old)
+    return None
 
 
 def _from_pretrained(name: str, *, gguf_file: str | None, dtype: torch.dtype, device: torch.device,
@@ -166,6 +207,12 @@ def load(model: str | Any | None = None, *, tokenizer: Any = None, device: str |
 
     ``device`` defaults to CUDA when present; ``dtype`` to float32 on CPU, bfloat16 on CUDA.
     ``arch`` declares the architecture map of a model family the workbench does not know.
+
+    A model passed in is changed **in place**, not copied: it is put in eval mode, moved when
+    ``device``/``dtype`` are given, and switched to eager attention
+    (``config._attn_implementation`` becomes ``"eager"``, e.g. from ``"sdpa"``), since attention
+    patterns must be materialized. A `UserWarning` names the attention change; pass a copy
+    (``copy.deepcopy(model)``) to keep the original as it was.
     """
     from nnsight.modeling.transformers import TransformersModel
 
@@ -213,7 +260,12 @@ def load(model: str | Any | None = None, *, tokenizer: Any = None, device: str |
         raise TypeError(f"load() takes None, a name or path, or a torch model, not {type(model).__name__}")
     if tokenizer is not None:
         tok = tokenizer
-    _ensure_eager(hf_model)
+    replaced = _ensure_eager(hf_model)
+    if replaced is not None and isinstance(model, torch.nn.Module):
+        warnings.warn(f"wb.load changed the model you passed in place: its attention implementation is now 'eager' "
+                      f"(config._attn_implementation was {replaced!r}), so that attention patterns are "
+                      "materialized. Pass copy.deepcopy(model) to keep the original unchanged.",
+                      UserWarning, stacklevel=2)
     amap = arch or infer_arch(hf_model)
     if arch is not None:
         fill_dims(amap, hf_model)

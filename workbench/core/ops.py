@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .program import Step, TraceOp, TraceProgram
+from .program import Step, TraceOp, TraceProgram, check_finite
 
 if TYPE_CHECKING:
     from .specs import AblateHeads, Edit, Patch, Steer
@@ -55,6 +55,7 @@ class EditOp(_SpecOp):
     def check_values(self, program: TraceProgram) -> None:
         s = self.spec
         _check_indices(program, s, s.indices)
+        check_finite(f"{s.describe()}: the value", s.value)
         if isinstance(s.value, list):
             site = s.parsed_site
             n = len(s.indices) if s.indices is not None else program.arch.size(site)
@@ -85,6 +86,8 @@ class SteerOp(_SpecOp):
     def check_values(self, program: TraceProgram) -> None:
         s = self.spec
         width = program.arch.size(s.parsed_site)
+        check_finite(f"{s.describe()}: the strength", s.strength)
+        check_finite(f"{s.describe()}: the direction", s.direction)
         if len(s.direction) != width:
             raise ValueError(f"{s.describe()}: direction has {len(s.direction)} values but {s.site} has width {width}")
 
@@ -102,6 +105,7 @@ class AblateHeadsOp(_SpecOp):
     def check_values(self, program: TraceProgram) -> None:
         s = self.spec
         _check_indices(program, s, s.heads)
+        check_finite(f"{s.describe()}: the means", s.means)
         if s.op == "mean":
             shape = tuple(torch.as_tensor(s.means).shape)
             a = program.arch

@@ -22,6 +22,7 @@ See docs/architecture.md for a new spec written outside the package.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,15 +31,40 @@ import nnsight
 import torch
 
 from .arch import resolve
+from .errors import WorkbenchError
 from .results import Token
 from .sites import Site
 
 if TYPE_CHECKING:
     from .specs import Spec
 
-__all__ = ["Batch", "Step", "TraceOp", "TraceProgram", "Reducer"]
+__all__ = ["Batch", "Step", "TraceOp", "TraceProgram", "Reducer", "NonFiniteError", "check_finite"]
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class NonFiniteError(WorkbenchError, ValueError):
+    """A spec's number (a direction, a strength, a value, a mean) is NaN or infinite."""
+
+
+def check_finite(what: str, values: Any) -> None:
+    """Raise `NonFiniteError` naming ``what`` if ``values`` (a number, nested lists, a tensor or array) holds NaN or inf."""
+    if values is None:
+        return
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        bad = [values] if not math.isfinite(values) else []
+        n = 1
+    else:
+        try:
+            t = torch.as_tensor(values.tolist() if hasattr(values, "tolist") else values, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            return  # not numbers: the caller's own type check says so
+        flat = t.reshape(-1)
+        n = flat.numel()
+        bad = flat[~torch.isfinite(flat)].tolist()
+    if bad:
+        shown = ", ".join(str(v) for v in bad[:3]) + (", …" if len(bad) > 3 else "")
+        raise NonFiniteError(f"{what} must be finite: {len(bad)} of {n} value(s) are NaN or infinite ({shown})")
 
 
 @dataclass

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .sites import Site
+
 
 @dataclass(frozen=True)
 class Token:
@@ -44,6 +46,49 @@ class TopK:
                 for r, t in enumerate(self.tokens[b])]
 
 
+class SiteDict(dict):
+    """A dict keyed by canonical site names that also finds a site by any of its aliases.
+
+    ``d["blocks.1.hook_resid_pre"]``, ``d["resid_pre.1"]`` and ``"blocks.1.hook_resid_pre" in d`` all
+    work; keys, iteration and equality stay those of the plain dict of canonical names.
+    """
+
+    def _canon(self, key: Any) -> Any:
+        if dict.__contains__(self, key) or not isinstance(key, str):
+            return key
+        try:
+            return str(Site.parse(key))
+        except Exception:  # not a site name: look it up as given
+            return key
+
+    def __getitem__(self, key: Any) -> Any:
+        k = self._canon(key)
+        if not dict.__contains__(self, k):
+            raise KeyError(f"{key!r} was not captured; captured: {sorted(map(str, self))}. Pass capture=[{key!r}].")
+        return dict.__getitem__(self, k)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, self._canon(key))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return dict.get(self, self._canon(key), default)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        dict.__setitem__(self, self._canon(key), value)
+
+    def __delitem__(self, key: Any) -> None:
+        dict.__delitem__(self, self._canon(key))
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        return dict.pop(self, self._canon(key), *default)
+
+    def copy(self) -> SiteDict:
+        return SiteDict(self)
+
+    def __reduce__(self) -> tuple:  # pickles (and torch.save) as a plain dict of canonical names
+        return (dict, (dict(self),))
+
+
 @dataclass
 class RunResult:
     """What `Model.run` returns.
@@ -60,6 +105,10 @@ class RunResult:
     logits: torch.Tensor | None
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
     interventions: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.activations, SiteDict):  # look-ups by any alias of a site
+            self.activations = SiteDict(self.activations)
 
     @property
     def lengths(self) -> list[int]:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .ops import AblateHeadsOp, EditOp, PatchOp, SteerOp
+from .program import check_finite
 from .sites import WRITABLE, Site
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ class Edit(Spec):
         vals = self.value if isinstance(self.value, list) else [self.value]
         if self.value is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
             raise ValueError(f"op {self.op!r} takes a number or one number per index as value, not {self.value!r}")
+        what = {"scale": "the scale factor", "mean": "the means"}.get(self.op, "value")
+        check_finite(f"{type(self).__name__} {self.op!r} value ({what})", self.value)
         self.positions = None if self.positions is None else [int(p) for p in as_list(self.positions)]
 
     def compile(self, model: Any) -> list[TraceOp]:
@@ -148,6 +151,7 @@ class AblateHeads(Spec):
             raise ValueError("mean ablation of heads needs means [n_heads, d_head]")
         self.heads = [int(h) for h in as_list(self.heads)]
         self.means = as_list(self.means)
+        check_finite("AblateHeads means", self.means)
 
     def compile(self, model: Any) -> list[TraceOp]:
         return [AblateHeadsOp(self)]
@@ -172,8 +176,12 @@ class Steer(Spec):
             raise ValueError("Steer needs a direction (a vector of the site's width)")
         if self.parsed_site.name not in WRITABLE:
             raise ValueError(f"cannot steer read-only site {self.site}")
-        self.direction = [float(v) for v in as_list(self.direction)]
-        self.strength = float(self.strength)
+        self.direction = _vector("Steer direction", self.direction, self.site)
+        try:
+            self.strength = float(as_list(self.strength))
+        except (TypeError, ValueError):
+            raise TypeError(f"Steer strength must be a number, not {self.strength!r}") from None
+        check_finite("Steer strength", self.strength)
         self.positions = None if self.positions is None else [int(p) for p in as_list(self.positions)]
 
     def compile(self, model: Any) -> list[TraceOp]:
@@ -181,6 +189,28 @@ class Steer(Spec):
 
     def describe(self) -> str:
         return f"steer {self.name or 'direction'} @ {self.site} ×{self.strength:g}"
+
+
+def _vector(what: str, x: Any, site: str) -> list[float]:
+    """``x`` (a tensor, array or list) as a flat list of finite floats, or a clear error naming ``what``."""
+    v = as_list(x)
+    expected = f"a 1-D vector of {site}'s width (e.g. d_model for a residual stream)"
+    if not isinstance(v, list):
+        raise ValueError(f"{what} must be {expected}, not a single {type(x).__name__}")
+    if any(isinstance(e, (list, tuple)) for e in v) or getattr(x, "ndim", 1) != 1:
+        try:
+            import torch
+
+            shape = list(torch.as_tensor(v).shape)
+        except (TypeError, ValueError, RuntimeError):
+            shape = "nested"
+        raise ValueError(f"{what} must be {expected}, but it has shape {shape}: pass one vector (e.g. x[0] or x.mean(0))")
+    if not all(isinstance(e, (int, float)) for e in v):
+        bad = next(e for e in v if not isinstance(e, (int, float)))
+        raise TypeError(f"{what} must hold numbers, not {type(bad).__name__} ({bad!r})")
+    out = [float(e) for e in v]
+    check_finite(what, out)
+    return out
 
 
 @dataclass

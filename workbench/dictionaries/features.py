@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..core.program import Step, TraceOp, TraceProgram
+from ..core.program import Step, TraceOp, TraceProgram, check_finite
 from ..core.sites import TOKEN_SITES, WRITABLE, Site
 from ..core.specs import Positions, Spec, Steer, as_list, register_spec_kind
 from .dictionary import Dictionary, DictionaryError
@@ -409,6 +409,7 @@ class DictionaryOp(TraceOp):
 
     def check(self, program: TraceProgram) -> None:
         program.check_rows(self.label, self.rows)
+        check_finite(f"{self.label}: the value", self.value)
         program.check_positions(self.label, self.positions)
 
     def apply(self, program: TraceProgram, x: Tensor, st: Step) -> None:
