@@ -21,7 +21,8 @@ import types
 import warnings
 from typing import Any
 
-from . import _compat
+from ._compat import OLD_MODULES as _OLD_MODULES
+from ._compat import install
 
 __version__ = "0.1.0"
 
@@ -116,10 +117,11 @@ class _Root(types.ModuleType):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if (name in _EXPORTS and isinstance(value, types.ModuleType)
-                and value.__name__ == f"{__name__}.{_compat.OLD_MODULES.get(name)}"):
+                and value.__name__ == f"{__name__}.{_OLD_MODULES.get(name)}"):
             return  # the import system binding the aliased module ``workbench.scan`` over the function `scan`
         super().__setattr__(name, value)
 
 
 sys.modules[__name__].__class__ = _Root
-_compat.install()
+install()
+del install  # keep the root namespace to its exports
