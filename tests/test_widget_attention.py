@@ -146,3 +146,93 @@ def test_long_prompt_messages_stay_small(model) -> None:
     w.max_tokens = 100
     sent = drive(w, {"prompt": text})
     assert "at most 100" in sent[-1][0]["error"]["message"]
+
+
+# -- large payloads: every message under the byte budget, whatever the model's shape ----------
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """A tiny GPT-2 with 32 heads and room for 1,024 positions (the widget's token cap)."""
+    import torch
+    import transformers as tf
+
+    import workbench as wb
+    from workbench.testing import tiny_tokenizer
+
+    torch.manual_seed(0)
+    cfg = tf.GPT2Config(n_embd=64, n_layer=2, n_head=32, n_positions=1024, vocab_size=512, bos_token_id=0, eos_token_id=0)
+    hf = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    return wb.load(hf, tokenizer=tiny_tokenizer())
+
+
+def _prompt_of(model, n_tokens: int) -> str:
+    """The longest prefix of a repeated sentence that has at most `n_tokens` tokens."""
+    base = "the quick brown fox jumps over the lazy dog " * 200
+    lo, hi = 0, len(base)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(model.tokenize(base[:mid]).tokens[0]) <= n_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return base[:lo]
+
+
+def test_32_heads_at_the_cap_every_message_under_budget(wide) -> None:
+    from workbench.widgets._transport import MAX_MESSAGE_BYTES, join, message_bytes
+
+    w = AttentionHeads(wide, PROMPT)
+    cap = w.token_cap()
+    assert cap == 1024  # small models keep the full 1,024 tokens
+    prompt = _prompt_of(wide, cap)
+    s = len(wide.tokenize(prompt).tokens[0])
+    assert s == cap
+    sent = drive(w, {"prompt": prompt})
+    assert len(sent) > 2 * 8  # each layer's 33.6 MB triangle went as several chunks
+    sizes = [message_bytes(m, b) for m, b in sent]
+    assert max(sizes) <= MAX_MESSAGE_BYTES - 4096, max(sizes)
+    assert all(m["id"] == 7 for m, _ in sent)
+    whole = join(sent)
+    assert [m.get("done") for m, _ in whole] == [False, False, True]
+    ref = wide.run(prompt, capture=[f"pattern.{L}" for L in range(2)])
+    for L, (msg, buffers) in enumerate(whole[:2]):
+        assert msg["content"]["layer"] == L
+        got = unpack(msg["content"], buffers)["pattern"]
+        assert got.shape == (32, s * (s + 1) // 2)
+        np.testing.assert_array_equal(got, w.result.activations[f"pattern.{L}"].numpy())
+        np.testing.assert_allclose(got.astype(np.float32), pack_tril(ref[f"pattern.{L}"][0].numpy()), atol=1e-3)
+    assert whole[-1][0]["content"]["tokens"] == ref.token_texts(0)
+
+
+def test_split_join_round_trip_and_small_messages_unchanged() -> None:
+    from workbench.widgets._transport import join, pack, split
+
+    a = np.arange(5000, dtype=np.float32).reshape(50, 100)
+    b = np.arange(7, dtype=np.int32)
+    body, bufs = pack({"a": a, "b": b, "text": "é" * 3000})
+    msg = {"type": "reply", "id": 3, "done": False, "content": body}
+    assert split(msg, bufs) == [(msg, bufs)]  # under the budget: one message, as before
+    msgs = split(msg, bufs, part=4, budget=8192)
+    assert len(msgs) > 3 and all(set(m) == {"type", "id", "chunk"} and len(bb) == 1 for m, bb in msgs)
+    (got, got_bufs), = join(msgs[::-1])  # any order
+    assert got == msg
+    out = unpack(got["content"], got_bufs)
+    np.testing.assert_array_equal(out["a"], a)
+    np.testing.assert_array_equal(out["b"], b)
+
+
+def test_token_cap_depends_on_bytes(model) -> None:
+    w = AttentionHeads(model, PROMPT)
+    assert w.token_cap() == 1024  # a tiny model keeps the default
+    # the budget of a 32-layer, 32-head model (layers × heads × s² × 4 bytes ≤ 1.25 GiB)
+    w.max_pattern_bytes = AttentionHeads.max_pattern_bytes * model.n_heads * model.n_layers / (32 * 32)
+    assert w.token_cap() == 572
+    assert w.token_cap(1) > w.token_cap()  # fewer layers, longer prompts
+    w.max_pattern_bytes = 2 * model.n_heads * 4 * 20**2  # 20 tokens for both layers
+    text = _prompt_of(model, 24)
+    sent = drive(w, {"prompt": text})
+    err = sent[-1][0]["error"]["message"]
+    assert "has 24 tokens; AttentionHeads shows at most 20 for 2 layers" in err and "MiB" in err
+    sent = drive(w, {"prompt": text, "layers": [0]})  # one layer: 28 tokens fit
+    assert "error" not in sent[-1][0]

@@ -3,7 +3,8 @@
 The browser sends ``{"type": "request", "id": n, "method": m, "params": {...}}``;
 the kernel calls ``self.rpc_<m>(**params)`` and answers with ``{"type": "reply",
 "id": n, "done": true, "content": ...}`` (arrays travel as binary buffers via
-`_transport.pack`). A method may be a generator: each yielded value is sent as a
+`_transport.pack`; a message over `_transport.MAX_MESSAGE_BYTES` goes as consecutive chunk
+messages with the same id, which `js/src/lib/rpc.ts` reassembles). A method may be a generator: each yielded value is sent as a
 partial reply and its return value as the final one. Methods registered with
 ``background=True`` run in a worker thread; a newer request to the same method from
 the same view (each browser view sends its own ``view`` id) cancels the older one (the
@@ -16,6 +17,7 @@ Errors come back as ``{"error": {...}}`` and the widget shows them.
 from __future__ import annotations
 
 import inspect
+import itertools
 import threading
 import traceback
 from collections.abc import Callable
@@ -27,7 +29,7 @@ import traitlets
 
 from workbench.core import errors
 
-from ._transport import pack
+from ._transport import pack, split
 
 STATIC = Path(__file__).parent / "static"
 
@@ -99,17 +101,30 @@ class WorkbenchWidget(anywidget.AnyWidget):
         self._lock = threading.Lock()
         self.on_msg(self._on_custom)
         self.last_reply: Any = None
+        self._parts = itertools.count()  # tells apart the chunked replies of one request
 
     # -- message plumbing -------------------------------------------------
     def _send_reply(self, rid: int, content: Any = None, done: bool = True, error: dict | None = None) -> None:
         msg: dict[str, Any] = {"type": "reply", "id": rid, "done": done}
         if error is not None:
             msg["error"] = error
-            self.send(msg)
+            self._send_split(msg, None)
             return
         body, buffers = pack(content)
         msg["content"] = body
-        self.send(msg, buffers=buffers or None)
+        self._send_split(msg, buffers)
+
+    def _send_split(self, msg: dict, buffers: list | None) -> None:
+        """Send one reply as one message, or as chunks each under the byte budget."""
+        pieces = split(msg, buffers, part=next(self._parts))
+        if len(pieces) == 1:  # the common case: exactly as before chunking existed
+            if buffers is None:
+                self.send(msg)
+            else:
+                self.send(msg, buffers=buffers or None)
+            return
+        for chunk, chunk_buffers in pieces:
+            self.send(chunk, buffers=chunk_buffers)
 
     def _on_custom(self, _widget: Any, content: dict, buffers: list) -> None:
         kind = content.get("type")

@@ -3,10 +3,18 @@
 `pack(content)` walks a message's content; every numpy array or torch tensor in it
 is replaced by ``{"__array__": i, "dtype": ..., "shape": [...]}`` and its bytes go
 into ``buffers[i]``. The JS side (`js/src/lib/arrays.ts`) reverses this.
+
+`split(msg, buffers)` keeps every message under `MAX_MESSAGE_BYTES` (JSON and buffers
+together), whatever the payload: a message that fits goes as it is; a larger one becomes
+consecutive ``{"type", "id", "chunk": {...}}`` messages, each carrying one slice of a byte
+stream (the content's JSON text, then every buffer) with its index, the count and the
+sizes. `js/src/lib/rpc.ts` reassembles the slices (in any order) before it resolves the
+request; `join` is the Python inverse, for tests.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -68,6 +76,101 @@ def pack(content: Any) -> tuple[Any, list[memoryview]]:
         return x
 
     return walk(content), buffers
+
+
+#: Largest message sent to the browser, JSON and binary buffers together (the websocket
+#: budget is about 10 MB; the kernel's envelope adds well under `_ENVELOPE_BYTES`).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_ENVELOPE_BYTES = 4096
+
+
+def _dumps(x: Any) -> str:
+    return json.dumps(x, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def message_bytes(msg: dict, buffers: list[memoryview] | None = None) -> int:
+    """Bytes of one message as sent: its JSON text plus its buffers."""
+    return len(json.dumps(msg, ensure_ascii=False, default=str).encode()) + sum(memoryview(b).nbytes for b in buffers or [])
+
+
+def split(
+    msg: dict, buffers: list[memoryview] | None, part: int = 0, budget: int | None = None
+) -> list[tuple[dict, list[memoryview]]]:
+    """Cut one (msg, buffers) into messages of at most `budget` bytes each (see the module doc).
+
+    `budget` defaults to `MAX_MESSAGE_BYTES`, read at each call.
+
+    `part` tells apart the chunked messages of one request id (each streamed reply is one part).
+    """
+    budget = MAX_MESSAGE_BYTES if budget is None else budget
+    buffers = [memoryview(b).cast("B") for b in buffers or []]
+    if message_bytes(msg, buffers) + _ENVELOPE_BYTES <= budget:
+        return [(msg, buffers)]
+    head = {k: v for k, v in msg.items() if k != "content"}
+    text = _dumps(msg.get("content")).encode()
+    pieces = [memoryview(text), *buffers]
+    sizes = [p.nbytes for p in pieces]
+    total = sum(sizes)
+    # the header's size barely depends on index and count: allow for their largest values
+    header = {"type": msg.get("type"), "id": msg.get("id"),
+              "chunk": {"part": part, "index": total, "count": total, "sizes": sizes, "head": head}}
+    room = budget - _ENVELOPE_BYTES - message_bytes(header)
+    if room < 1024:
+        raise ValueError(f"a message's header alone is {budget - room} bytes, over the {budget}-byte budget")
+    count = -(-total // room)
+    out: list[tuple[dict, list[memoryview]]] = []
+    stream = _Stream(pieces)
+    for index in range(count):
+        chunk = {"part": part, "index": index, "count": count, "sizes": sizes, "head": head}
+        out.append(({"type": msg.get("type"), "id": msg.get("id"), "chunk": chunk}, [stream.take(room)]))
+    return out
+
+
+class _Stream:
+    """Read consecutive byte slices across a list of buffers (copying only across borders)."""
+
+    def __init__(self, pieces: list[memoryview]) -> None:
+        self.pieces, self.i, self.off = pieces, 0, 0
+
+    def take(self, n: int) -> memoryview:
+        parts: list[memoryview] = []
+        while n and self.i < len(self.pieces):
+            p = self.pieces[self.i]
+            k = min(n, p.nbytes - self.off)
+            parts.append(p[self.off : self.off + k])
+            self.off += k
+            n -= k
+            if self.off == p.nbytes:
+                self.i, self.off = self.i + 1, 0
+        return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+
+
+def join(messages: list[tuple[dict, list]]) -> list[tuple[dict, list[bytes]]]:
+    """Inverse of `split` over a sequence of sent messages (chunks in any order): whole messages."""
+    out: list[tuple[dict, list[bytes]] | None] = []
+    groups: dict[tuple, tuple[int, dict[int, bytes]]] = {}
+    for msg, buffers in messages:
+        chunk = msg.get("chunk")
+        if chunk is None:
+            out.append((msg, [bytes(b) for b in buffers]))
+            continue
+        key = (msg.get("id"), chunk["part"])
+        if key not in groups:
+            groups[key] = (len(out), {})
+            out.append(None)
+        slot, got = groups[key]
+        got[chunk["index"]] = bytes(buffers[0])
+        if len(got) == chunk["count"]:
+            data = b"".join(got[i] for i in range(chunk["count"]))
+            pieces, off = [], 0
+            for n in chunk["sizes"]:
+                pieces.append(data[off : off + n])
+                off += n
+            whole = {**chunk["head"], "content": json.loads(pieces[0].decode())}
+            out[slot] = (whole, pieces[1:])
+    if any(m is None for m in out):
+        raise ValueError("incomplete chunked message")
+    return out  # type: ignore[return-value]
 
 
 def unpack(content: Any, buffers: list[bytes | memoryview]) -> Any:

@@ -8,11 +8,20 @@
 The browser asks for the patterns with one rpc call; the kernel runs the model once,
 capturing every requested layer's pattern, and streams one reply per layer holding the
 lower triangles of that layer's heads as float16 (``[n_heads, s(s+1)/2]``, 2 bytes per
-attention value), then a final reply with the tokens.
+attention value), then a final reply with the tokens. A layer's reply larger than the
+message budget travels as several chunk messages (`_transport.split`), reassembled in
+the browser.
+
+How long a prompt may be depends on the bytes, not only the tokens: the patterns of one
+run, ``layers × heads × s² × 4`` bytes as eager attention holds them, must fit in
+`max_pattern_bytes` (1.25 GiB, which allows the full 1,024 tokens on GPT-2 small or
+SmolLM2-135M, and about 570 on a 32-layer, 32-head model); viewing fewer ``layers``
+allows longer prompts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -41,8 +50,10 @@ class AttentionHeads(WorkbenchWidget):
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     selected = traitlets.List().tag(sync=True)
 
-    #: Longest prompt (in tokens) the widget will show: the payload grows with s².
+    #: Longest prompt (in tokens) the widget will show, whatever the model.
     max_tokens = 1024
+    #: Budget for one run's patterns, ``layers × heads × s² × 4`` bytes: caps the tokens by model shape.
+    max_pattern_bytes = 1.25 * 2**30
 
     def __init__(self, model: Any, prompt: str, layers: Iterable[int] | None = None, **kwargs: Any) -> None:
         self.model = model
@@ -88,6 +99,12 @@ class AttentionHeads(WorkbenchWidget):
         """The clicked head as ``(layer, head)``, or None when nothing is selected."""
         return (int(self.selected[0]), int(self.selected[1])) if len(self.selected) == 2 else None
 
+    def token_cap(self, n_layers: int | None = None) -> int:
+        """Longest prompt shown when viewing `n_layers` layers (default: the widget's layers)."""
+        n_layers = len(self.layers) if n_layers is None else n_layers
+        per_s2 = max(1, n_layers) * max(1, self.model.arch.n_heads) * 4
+        return max(1, min(int(self.max_tokens), math.isqrt(int(self.max_pattern_bytes // per_s2))))
+
     @rpc(background=True)
     def rpc_patterns(self, prompt: str | None = None, layers: list[int] | None = None) -> Iterator[dict]:
         """Run the prompt once; yield ``{"layer", "pattern"}`` per layer, return the tokens."""
@@ -96,8 +113,16 @@ class AttentionHeads(WorkbenchWidget):
             raise ValueError("the prompt is empty: type some text to see its attention patterns")
         layers = self._check_layers(self.layers if layers is None else layers, self.model.arch.n_layers)
         n = len(self.model.tokenize(prompt).tokens[0])
-        if n > self.max_tokens:
-            raise ValueError(f"the prompt has {n} tokens; AttentionHeads shows at most {self.max_tokens}")
+        cap = self.token_cap(len(layers))
+        if n > cap:
+            why = ""
+            if cap < self.max_tokens:
+                n_heads = self.model.arch.n_heads
+                why = (
+                    f" for {len(layers)} layers × {n_heads} heads (layers × heads × s² × 4 bytes of patterns"
+                    f" must stay under {self.max_pattern_bytes / 2**20:,.2f} MiB; view fewer layers for longer prompts)"
+                )
+            raise ValueError(f"the prompt has {n} tokens; AttentionHeads shows at most {cap}{why}")
         res = self.model.run(prompt, capture={f"pattern.{L}": _tril_f16 for L in layers}, top_k=1, logits=None)
         self.result = res
         seq = len(res.tokens[0])

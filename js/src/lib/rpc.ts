@@ -1,7 +1,72 @@
 // Request/response custom messages keyed by id (the quak / mosaic-widget pattern).
 // A widget asks the kernel to do something with request(); the kernel answers with
 // one or more "reply" messages carrying the same id; the last one has done=true.
+// A reply over the kernel's byte budget (widgets/_transport.py MAX_MESSAGE_BYTES) comes as
+// consecutive chunk messages {type, id, chunk: {part, index, count, sizes, head}}, each with
+// one slice of a byte stream (the content's JSON text, then every buffer); Chunks
+// reassembles them, in any order, into the reply they came from.
 import { hydrate } from "./arrays";
+
+type Raw = DataView | ArrayBuffer | Uint8Array;
+
+export interface ChunkInfo {
+  part: number;
+  index: number;
+  count: number;
+  sizes: number[];
+  head: Record<string, unknown>;
+}
+
+function bytesOf(buf: Raw): Uint8Array {
+  if (buf instanceof Uint8Array) return buf;
+  if (buf instanceof ArrayBuffer) return new Uint8Array(buf);
+  return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+/** Collects chunk messages; `add` returns the whole [msg, buffers] once its last chunk arrives. */
+export class Chunks {
+  private groups = new Map<string, { got: Map<number, Uint8Array>; info: ChunkInfo }>();
+
+  add(msg: { id: number; chunk: ChunkInfo }, buffers: Raw[]): [any, Uint8Array[]] | null {
+    const info = msg.chunk;
+    const key = `${msg.id}:${info.part}`;
+    let g = this.groups.get(key);
+    if (!g) {
+      g = { got: new Map(), info };
+      this.groups.set(key, g);
+    }
+    g.got.set(info.index, bytesOf(buffers[0] ?? new Uint8Array(0)));
+    if (g.got.size < info.count) return null;
+    this.groups.delete(key);
+    const total = info.sizes.reduce((a, b) => a + b, 0);
+    const all = new Uint8Array(total);
+    let off = 0;
+    for (let i = 0; i < info.count; i++) {
+      const piece = g.got.get(i);
+      if (!piece) throw new Error(`chunk ${i} of ${info.count} missing`);
+      all.set(piece, off);
+      off += piece.byteLength;
+    }
+    if (off !== total) throw new Error(`chunks hold ${off} bytes, expected ${total}`);
+    const pieces: Uint8Array[] = [];
+    off = 0;
+    for (const n of info.sizes) {
+      pieces.push(all.subarray(off, off + n));
+      off += n;
+    }
+    const content = JSON.parse(new TextDecoder().decode(pieces[0]));
+    return [{ ...info.head, content }, pieces.slice(1)];
+  }
+
+  /** Forget the incomplete chunks of request `id` (cancelled or stale). */
+  drop(id: number): void {
+    for (const key of [...this.groups.keys()]) if (key.startsWith(`${id}:`)) this.groups.delete(key);
+  }
+
+  get size(): number {
+    return this.groups.size;
+  }
+}
 
 export interface AnyModel {
   get(name: string): any;
@@ -30,6 +95,7 @@ export class Rpc {
   // Random start: two views of one widget share the comm, so their ids must not collide.
   private next = 1 + Math.floor(Math.random() * 1e9);
   private pending = new Map<number, Pending>();
+  private chunks = new Chunks();
   /** Identifies this view: the kernel supersedes older requests per (method, view). */
   readonly view = Math.random().toString(36).slice(2);
   private handler = (msg: any, buffers: any[]) => this.receive(msg, buffers ?? []);
@@ -53,6 +119,7 @@ export class Rpc {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
+    this.chunks.drop(id);
     this.model.send({ type: "cancel", id });
     p.reject(new Cancelled(`request ${id} cancelled`));
   }
@@ -61,8 +128,14 @@ export class Rpc {
     if (!msg || msg.type !== "reply") return;
     const p = this.pending.get(msg.id);
     if (!p) return; // stale or cancelled
+    if (msg.chunk) {
+      const whole = this.chunks.add(msg, buffers);
+      if (whole) this.receive(whole[0], whole[1]);
+      return;
+    }
     if (msg.error) {
       this.pending.delete(msg.id);
+      this.chunks.drop(msg.id);
       if (msg.error.kind === "Cancelled") {
         p.reject(new Cancelled(msg.error.message));
         return;
@@ -73,6 +146,7 @@ export class Rpc {
     const content = hydrate(msg.content, buffers);
     if (msg.done) {
       this.pending.delete(msg.id);
+      this.chunks.drop(msg.id);
       p.resolve(content);
     } else if (p.onPartial) {
       p.onPartial(content);
@@ -83,5 +157,6 @@ export class Rpc {
     this.model.off("msg:custom", this.handler);
     for (const p of this.pending.values()) p.reject(new Cancelled("widget closed"));
     this.pending.clear();
+    this.chunks = new Chunks();
   }
 }
