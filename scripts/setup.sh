@@ -28,6 +28,11 @@ if [ "$TEST" = 1 ]; then
   # The real tuned-lens package, the writer and reader the tuned-lens interop tests compare with.
   # --no-deps: it pulls wandb, datasets, torchdata and plotly; its TunedLens needs none of them.
   "$VPY" -c "import tuned_lens" 2>/dev/null || "$VPY" -m pip install -q --no-deps tuned-lens==0.2.0
+  # TransformerLens itself, the reference for its hook names (tests/test_tl_hooks.py). --no-deps: it
+  # pins transformers and pulls wandb; these are what `import transformer_lens` needs.
+  "$VPY" -c "import transformer_lens" 2>/dev/null || "$VPY" -m pip install -q --no-deps transformer-lens==3.9.0 \
+    jaxtyping wadler-lindig better-abc fancy-einsum beartype "typeguard<5" datasets pyarrow dill multiprocess xxhash \
+    sentencepiece protobuf
   (cd js && { [ -d node_modules/esbuild ] || npm ci --no-audit --no-fund; })
   if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" = 0 ]; then

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hf_paths import PATHS
+from test_tl_hooks import new_site_references
 
 import workbench as wb
 from workbench.core.arch import GLOBAL_SITES, LAYER_SITES, ArchMap, Site, infer_arch
@@ -67,6 +68,7 @@ def reference(model: wb.Model, family: str, input_ids: torch.Tensor, attention_m
         ]
     with hooks(*regs), torch.no_grad():
         rec["logits"] = hf(input_ids=input_ids, attention_mask=attention_mask).logits.clone()
+    rec.update(new_site_references(model, family, input_ids, attention_mask))
     H, dh = model.arch.n_heads, model.arch.d_head
     for L, layer in enumerate(layers):
         z = rec[f"z.{L}"].unflatten(-1, (H, dh))
@@ -101,7 +103,8 @@ def neurons_by_hand(family: str, mlp: torch.nn.Module, x: torch.Tensor) -> torch
 
 
 def all_sites(n_layers: int) -> list[str]:
-    return ["embed"] + [f"{n}.{L}" for L in range(n_layers) for n in LAYER_SITES] + ["final_norm", "logits"]
+    return ["embed"] + [f"{n}.{L}" for L in range(n_layers) for n in LAYER_SITES] + ["final_normalized", "final_norm",
+                                                                                      "logits"]
 
 
 def close(a: torch.Tensor, b: torch.Tensor, atol: float = 2e-5) -> None:
@@ -249,7 +252,11 @@ def test_arch_dims(model, family):
     ("blocks.4.hook_attn_out", Site("attn_out", 4)),
     ("blocks.4.hook_mlp_out", Site("mlp_out", 4)),
     ("hook_embed", Site("embed")),
-    ("ln_final.hook_normalized", Site("final_norm")),
+    ("ln_final.hook_normalized", Site("final_normalized")),  # before the final norm's weight, as in TransformerLens
+    ("blocks.1.ln2.hook_normalized", Site("ln2_normalized", 1)),
+    ("blocks.1.hook_mlp_in", Site("resid_mid", 1)),
+    ("blocks.1.hook_resid_mid", Site("resid_mid", 1)),
+    ("blocks.0.ln1.hook_normalized", Site("ln1_normalized", 0)),
     ("mlp_post.7", Site("neurons", 7)),
     ("logits", Site("logits")),
     (("neurons", 2), Site("neurons", 2)),
@@ -286,7 +293,7 @@ def test_site_parse_errors(bad, exc, words):
 
 def test_site_names_are_complete():
     assert set(wb.SITE_NAMES) == set(LAYER_SITES) | set(GLOBAL_SITES)
-    assert len(wb.SITE_NAMES) == 12
+    assert len(wb.SITE_NAMES) == 16
 
 
 @pytest.mark.parametrize("site", ["resid_post.2", "neurons.7", ("z", -1), "resid_post.-1", "blocks.9.hook_resid_pre"])
@@ -365,3 +372,37 @@ def test_explicit_arch_map_for_renamed_model(tiny):
     assert m.arch.family == "mine" and m.arch.d_mlp == 96
     close(a["neurons.1"], b["neurons.1"])
     close(a.logits, b.logits)
+
+
+# -- the norms that resid_mid and the normalized sites read ----------------------------------------------------
+def test_norm_paths_per_family(model, family):
+    want = {"llama": ("input_layernorm", "post_attention_layernorm"), "qwen2": ("input_layernorm", "post_attention_layernorm"),
+            "gemma2": ("input_layernorm", "pre_feedforward_layernorm"),  # post_attention_layernorm norms attn_out
+            "gpt2": ("ln_1", "ln_2"), "gpt_neox": ("input_layernorm", "post_attention_layernorm")}[family]
+    assert (model.arch.ln1, model.arch.ln2) == want
+
+
+def test_explicit_arch_map_fills_its_norms_and_post_norm_blocks_get_none(tiny):
+    from workbench.core.arch import fill_dims, fill_norms
+    from workbench.testing import tiny_hf_model, tiny_tokenizer
+
+    explicit = ArchMap("mine", "model.layers", "model.embed_tokens", "self_attn", "self_attn.o_proj", "mlp",
+                       "mlp.down_proj", "model.norm", "lm_head")
+    m = wb.load(tiny_hf_model("llama"), tokenizer=tiny_tokenizer(), arch=explicit)
+    assert (m.arch.ln1, m.arch.ln2) == ("input_layernorm", "post_attention_layernorm")
+    close(m.run(PROMPTS[0], capture=["ln2_normalized.1"])["ln2_normalized.1"],
+          tiny("llama").run(PROMPTS[0], capture=["ln2_normalized.1"])["ln2_normalized.1"])
+    given = ArchMap("mine", "model.layers", "model.embed_tokens", "self_attn", "self_attn.o_proj", "mlp",
+                    "mlp.down_proj", "model.norm", "lm_head", ln2="mlp")  # given paths are kept
+    fill_dims(given, tiny_hf_model("llama"))
+    assert (given.ln1, given.ln2) == ("input_layernorm", "mlp")
+
+    class PostNorm(torch.nn.Module):  # OLMo 2: norms after attention and MLP, none before
+        def __init__(self):
+            super().__init__()
+            self.post_attention_layernorm = torch.nn.LayerNorm(4)
+            self.post_feedforward_layernorm = torch.nn.LayerNorm(4)
+
+    post = ArchMap("olmo2-like", "model.layers", "e", "a", "o", "m", "d", "n", "u")
+    fill_norms(post, PostNorm())
+    assert (post.ln1, post.ln2) == ("", "")

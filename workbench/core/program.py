@@ -38,9 +38,35 @@ from .sites import Site
 if TYPE_CHECKING:
     from .specs import Spec
 
-__all__ = ["Batch", "Step", "TraceOp", "TraceProgram", "Reducer", "NonFiniteError", "check_finite"]
+__all__ = ["Batch", "Step", "TraceOp", "TraceProgram", "Reducer", "NonFiniteError", "check_finite",
+           "NormNotFoundError", "normalized"]
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class NormNotFoundError(WorkbenchError, ValueError):
+    """A normalized-value site on a model whose norm is not in the architecture map, or of an unknown kind."""
+
+
+def normalized(norm: Any, x: torch.Tensor, what: str = "the norm") -> torch.Tensor:
+    """``x`` normalized as ``norm`` (a LayerNorm or RMSNorm module, or its nnsight envoy) does, before its weight.
+
+    LayerNorm: ``(x - mean) / sqrt(var + eps)``; RMSNorm: ``x / sqrt(mean(x^2) + eps)`` (Gemma's
+    ``1 + weight`` scale comes after, as every weight does). In float32, with the module's eps,
+    cast back to ``x``'s dtype: TransformerLens's ``hook_normalized``.
+    """
+    module = getattr(norm, "_module", norm)  # nnsight envoy -> the torch module
+    kind = type(module).__name__
+    eps = next((v for v in (getattr(module, "variance_epsilon", None), getattr(module, "eps", None))
+                if isinstance(v, (int, float))), None)
+    rms = "rms" in kind.lower()
+    if eps is None or not (rms or isinstance(module, torch.nn.LayerNorm) or "layernorm" in kind.lower()):
+        raise NormNotFoundError(f"{what} is a {kind}, which the workbench cannot normalize: it needs a LayerNorm or "
+                                "RMSNorm with an `eps` or `variance_epsilon` attribute")
+    h = x if x.dtype == torch.float64 else x.float()
+    if not rms:
+        h = h - h.mean(-1, keepdim=True)
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class NonFiniteError(WorkbenchError, ValueError):
@@ -169,11 +195,23 @@ class TraceProgram:
             return resolve(nn, a.embed).output
         if name == "final_norm":
             return resolve(nn, a.final_norm).output
+        if name == "final_normalized":
+            norm = resolve(nn, a.final_norm)
+            return normalized(norm, norm.input, "the final norm")
         if name == "logits":
             return self.logits(nn)
         layer = self.layer(nn, L)
         if name == "resid_pre":
             return layer.input
+        if name == "ln1_normalized":
+            norm = resolve(layer, self._norm_path("ln1", site))
+            return normalized(norm, norm.input, f"layer {L}'s pre-attention norm")
+        if name in ("resid_mid", "ln2_normalized"):
+            norm = resolve(layer, self._norm_path("ln2", site))
+            if ("ln2", L) not in cache:
+                cache[("ln2", L)] = norm.input
+            x = cache[("ln2", L)]
+            return x if name == "resid_mid" else normalized(norm, x, f"layer {L}'s pre-MLP norm")
         if name in ("z", "head_out"):
             if ("z", L) not in cache:
                 cache[("z", L)] = resolve(layer, a.attn_o_proj).input.unflatten(-1, (a.n_heads, a.d_head))
@@ -202,6 +240,15 @@ class TraceProgram:
             out = layer.output
             return out[0] if isinstance(out, tuple) else out
         raise ValueError(f"unknown site {site}")
+
+    def _norm_path(self, attr: str, site: Site) -> str:
+        path = getattr(self.arch, attr, "")
+        if not path:
+            raise NormNotFoundError(
+                f"site {site} reads the {'pre-attention' if attr == 'ln1' else 'pre-MLP'} norm, which this "
+                f"model's architecture map ({self.arch.family}) does not name: its blocks may not be pre-norm. "
+                f"Set ArchMap.{attr} to the norm's path inside a layer if it has one.")
+        return path
 
     @staticmethod
     def logits(nn: Any) -> torch.Tensor:

@@ -11,17 +11,29 @@ name             what it is                                             shape
 ===============  =====================================================  ===============
 ``embed``        token embeddings (embedding module output)             [b, s, d_model]
 ``resid_pre``    residual stream entering layer L                       [b, s, d_model]
+``ln1_normalized``  pre-attention norm's input, normalized, before its weight/bias  [b, s, d_model]
 ``z``            per-head outputs before the output projection          [b, s, H, d_head]
 ``head_out``     per-head contributions after the output projection     [b, s, H, d_model]
 ``attn_out``     attention block output of layer L                      [b, s, d_model]
 ``pattern``      attention probabilities (eager attention, exact)       [b, H, s, s]
-``mlp_in``       MLP input (after the pre-MLP norm; transcoders read it)  [b, s, d_model]
+``resid_mid``    residual stream between attention and MLP (the pre-MLP norm's input)  [b, s, d_model]
+``ln2_normalized``  pre-MLP norm's input, normalized, before its weight/bias  [b, s, d_model]
+``mlp_in``       MLP input (after the pre-MLP norm, weight and bias included)  [b, s, d_model]
 ``neurons``      MLP neurons: input to the MLP output projection        [b, s, d_mlp]
 ``mlp_out``      MLP output of layer L                                  [b, s, d_model]
 ``resid_post``   residual stream leaving layer L                        [b, s, d_model]
+``final_normalized``  final norm's input, normalized, before its weight/bias  [b, s, d_model]
 ``final_norm``   output of the final norm                               [b, s, d_model]
 ``logits``       unembedding output                                     [b, s, vocab]
 ===============  =====================================================  ===============
+
+"Normalized" is TransformerLens's ``hook_normalized``: ``(x - mean) / sqrt(var + eps)`` for
+LayerNorm, ``x / sqrt(mean(x^2) + eps)`` for RMSNorm (Gemma's ``1 + weight`` scale too comes
+after), computed in float32 with the module's own eps and cast back to the model's dtype.
+``resid_mid``, ``ln1_normalized``, ``ln2_normalized`` and ``final_normalized`` are read-only:
+writing a norm's input would change what the next module sees, not the residual stream.
+A site whose ``hook`` is empty has no exact TransformerLens hook (``mlp_in``: TransformerLens
+hooks the norm's value before its weight, ``ln2.hook_normalized``, or its input, ``hook_mlp_in``).
 """
 
 from __future__ import annotations
@@ -29,9 +41,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import WorkbenchError
+
 __all__ = [
     "SiteInfo", "SITES", "Site", "SITE_NAMES", "LAYER_SITES", "GLOBAL_SITES", "WRITABLE", "TOKEN_SITES",
-    "RESIDUAL_SITES", "ALIASES", "site_to_hook", "hook_name_site",
+    "RESIDUAL_SITES", "ALIASES", "site_to_hook", "hook_name_site", "NoHookError",
 ]
 
 
@@ -45,7 +59,7 @@ class SiteInfo:
     per_token: bool  # one [b, s, width] vector per token (scans, dictionaries, steering)
     shape: str
     doc: str
-    hook: str  # TransformerLens hook name; "{L}" is the layer
+    hook: str  # TransformerLens hook name; "{L}" is the layer; "" when TransformerLens has no exact equivalent
     hook_aliases: tuple[str, ...] = ()  # other TransformerLens names read as this site
 
 
@@ -55,6 +69,9 @@ SITES: dict[str, SiteInfo] = {i.name: i for i in (
              "hook_embed"),
     SiteInfo("resid_pre", True, True, True, "[b, s, d_model]", "residual stream entering layer L",
              "blocks.{L}.hook_resid_pre"),
+    SiteInfo("ln1_normalized", True, False, True, "[b, s, d_model]",
+             "the pre-attention norm's input, normalized, before its weight and bias (read-only)",
+             "blocks.{L}.ln1.hook_normalized"),
     SiteInfo("z", True, True, False, "[b, s, H, d_head]", "per-head outputs before the output projection",
              "blocks.{L}.attn.hook_z"),
     SiteInfo("head_out", True, False, False, "[b, s, H, d_model]",
@@ -63,21 +80,30 @@ SITES: dict[str, SiteInfo] = {i.name: i for i in (
              "blocks.{L}.hook_attn_out"),
     SiteInfo("pattern", True, False, False, "[b, H, s, s]", "attention probabilities (eager attention, exact)",
              "blocks.{L}.attn.hook_pattern", ("attn_probs",)),
-    SiteInfo("mlp_in", True, True, True, "[b, s, d_model]", "MLP input (after the pre-MLP norm)",
-             "blocks.{L}.ln2.hook_normalized", ("blocks.{L}.hook_mlp_in",)),
+    SiteInfo("resid_mid", True, False, True, "[b, s, d_model]",
+             "residual stream between attention and MLP: the pre-MLP norm's input (read-only; GPT-NeoX's "
+             "parallel blocks: resid_pre)", "blocks.{L}.hook_resid_mid", ("blocks.{L}.hook_mlp_in",)),
+    SiteInfo("ln2_normalized", True, False, True, "[b, s, d_model]",
+             "the pre-MLP norm's input, normalized, before its weight and bias (read-only)",
+             "blocks.{L}.ln2.hook_normalized"),
+    SiteInfo("mlp_in", True, True, True, "[b, s, d_model]",
+             "MLP input (after the pre-MLP norm, its weight and bias included; no exact TransformerLens hook)", ""),
     SiteInfo("neurons", True, True, True, "[b, s, d_mlp]", "MLP neurons: input to the MLP output projection",
              "blocks.{L}.mlp.hook_post", ("mlp_post", "hook_mlp_post")),
     SiteInfo("mlp_out", True, True, True, "[b, s, d_model]", "MLP output of layer L", "blocks.{L}.hook_mlp_out"),
     SiteInfo("resid_post", True, True, True, "[b, s, d_model]", "residual stream leaving layer L",
              "blocks.{L}.hook_resid_post"),
-    SiteInfo("final_norm", False, True, True, "[b, s, d_model]", "output of the final norm",
+    SiteInfo("final_normalized", False, False, True, "[b, s, d_model]",
+             "the final norm's input, normalized, before its weight and bias (read-only)",
              "ln_final.hook_normalized"),
+    SiteInfo("final_norm", False, True, True, "[b, s, d_model]",
+             "output of the final norm (after its weight; no exact TransformerLens hook)", ""),
     SiteInfo("logits", False, True, False, "[b, s, vocab]", "unembedding output", "logits"),
 )}
 
 LAYER_SITES = tuple(n for n, i in SITES.items() if i.layered)
 GLOBAL_SITES = tuple(n for n, i in SITES.items() if not i.layered)
-SITE_NAMES = ("embed",) + LAYER_SITES + ("final_norm", "logits")
+SITE_NAMES = ("embed",) + LAYER_SITES + ("final_normalized", "final_norm", "logits")
 #: Sites whose values can be written (interventions); the others are derived or read-only.
 WRITABLE = frozenset(n for n, i in SITES.items() if i.writable)
 #: Sites with one vector per token, ``[b, s, width]``: what scans, dictionaries and steering read.
@@ -95,6 +121,8 @@ def _hook_tail(template: str) -> str:
 ALIASES: dict[str, str] = {}
 for _i in SITES.values():
     for _t in (_i.hook, *_i.hook_aliases):
+        if not _t:
+            continue
         _tail = _hook_tail(_t)
         ALIASES[_tail] = _i.name
         ALIASES[_tail.rsplit(".", 1)[-1] if _i.layered and _tail.startswith(("attn.", "mlp.")) else _tail] = _i.name
@@ -107,6 +135,18 @@ _LAYER_HOOKS.update({k: v for k, v in ALIASES.items() if k.startswith("hook_") a
 # Execution order of sites inside one layer (nnsight reads must follow forward order).
 _ORDER = {name: i for i, name in enumerate(LAYER_SITES)}
 _ORDER["pattern"] = _ORDER["attn_out"]  # same module output as attn_out
+_FINAL_ORDER = {"final_normalized": 0, "final_norm": 1, "logits": 2}
+
+_NEAREST = {
+    "mlp_in": "TransformerLens hooks the pre-MLP norm's value before its weight and bias (ln2.hook_normalized, "
+              "the site ln2_normalized) and its input (hook_mlp_in / hook_resid_mid, the site resid_mid)",
+    "final_norm": "TransformerLens hooks the final norm's value before its weight (ln_final.hook_normalized, "
+                  "the site final_normalized)",
+}
+
+
+class NoHookError(WorkbenchError, ValueError):
+    """A workbench site with no exact TransformerLens hook."""
 
 
 def hook_name_site(name: str) -> tuple[str, int | None] | None:
@@ -116,7 +156,7 @@ def hook_name_site(name: str) -> tuple[str, int | None] | None:
         site = _LAYER_HOOKS.get(m.group(2))
         return None if site is None else (site, int(m.group(1)))
     for i in SITES.values():
-        if not i.layered and name in (i.hook, *i.hook_aliases):
+        if not i.layered and name and name in (i.hook, *i.hook_aliases):
             return (i.name, None)
     return None
 
@@ -145,7 +185,7 @@ class Site:
             elif spec in ALIASES or spec in SITES:  # a bare layer site gets "needs a layer" below
                 site = cls(ALIASES.get(spec, spec), None)
             else:
-                m = re.fullmatch(r"([a-z_]+)\.(-?\d+)", spec)  # negative: parsed, then out of range
+                m = re.fullmatch(r"([a-z][a-z0-9_]*)\.(-?\d+)", spec)  # negative: parsed, then out of range
                 if not m:
                     raise ValueError(f"cannot parse site {spec!r}; use e.g. 'resid_post.3' or 'logits'")
                 site = cls(ALIASES.get(m.group(1), m.group(1)), int(m.group(2)))
@@ -170,7 +210,10 @@ class Site:
 
     @property
     def hook(self) -> str:
-        """The TransformerLens hook name (``"blocks.3.hook_resid_post"``)."""
+        """The TransformerLens hook name (``"blocks.3.hook_resid_post"``); `NoHookError` when there is none."""
+        if not self.info.hook:
+            near = _NEAREST.get(self.name, "")
+            raise NoHookError(f"site {self.name!r} has no exact TransformerLens hook" + (f"; {near}" if near else ""))
         return self.info.hook.format(L=self.layer)
 
     @property
@@ -178,11 +221,14 @@ class Site:
         """Forward-execution order key."""
         if self.name == "embed":
             return (-1, 0)
-        if self.name in ("final_norm", "logits"):
-            return (10**9, 0 if self.name == "final_norm" else 1)
+        if self.name in _FINAL_ORDER:
+            return (10**9, _FINAL_ORDER[self.name])
         return (self.layer, _ORDER[self.name])  # type: ignore[return-value]
 
 
 def site_to_hook(site: str | Site) -> str:
-    """The TransformerLens hook name of a workbench site (``"resid_post.3"`` -> ``"blocks.3.hook_resid_post"``)."""
+    """The TransformerLens hook name of a workbench site (``"resid_post.3"`` -> ``"blocks.3.hook_resid_post"``).
+
+    Raises `NoHookError` for a site TransformerLens has no exact hook for (``mlp_in``, ``final_norm``).
+    """
     return Site.parse(site).hook

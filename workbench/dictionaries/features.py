@@ -213,9 +213,12 @@ class DictionarySpec(Spec):
         super().__post_init__()
         for role, s in (("reads", d.site), ("writes", d.out_site or d.site)):
             name_ = Site.parse(s).name
-            if name_ not in DICTIONARY_SITES or name_ not in WRITABLE:
+            if name_ not in DICTIONARY_SITES:
                 raise DictionaryError(f"the dictionary {role} {s}: dictionary specs act on one vector per token "
                                       f"({', '.join(sorted(DICTIONARY_SITES))})")
+            if role == "writes" and name_ not in WRITABLE:  # a transcoder only reads its input site
+                raise DictionaryError(f"the dictionary writes {s}, which is read-only; writable sites: "
+                                      f"{', '.join(sorted(DICTIONARY_SITES & WRITABLE))}")
         if d.out_site is not None and Site.parse(d.out_site) != Site.parse(d.site) and \
                 Site.parse(d.out_site).order <= Site.parse(d.site).order:
             raise DictionaryError(f"the transcoder writes {d.out_site}, which the forward pass computes before the "

@@ -35,12 +35,12 @@ import torch
 from torch import Tensor
 
 from ..core.fileio import atomic_folder
-from ..core.sites import Site, site_to_hook
+from ..core.sites import NoHookError, Site, site_to_hook
 from .architectures import ARCHITECTURES, SAELensSource, get_architecture, saelens_architectures
 from .dictionary import Dictionary, set_file_io
 from .errors import DictionaryError, DictionaryWarning
 
-__all__ = ["load_dictionary", "save_saelens", "detect_format", "hook_to_site", "site_to_hook",
+__all__ = ["load_dictionary", "save_saelens", "detect_format", "hook_to_site", "site_to_hook", "saelens_hook_name",
            "SAELENS_LAYOUT_VERSION"]
 
 SAELENS_CFG = "cfg.json"
@@ -68,17 +68,20 @@ _HF_SUB = {
     "self_attn": ("attn_out", None), "attn": ("attn_out", None), "attention": ("attn_out", None),
     "self_attn.o_proj": ("attn_out", "z"), "attn.c_proj": ("attn_out", "z"), "attention.dense": ("attn_out", "z"),
     "attn.out_proj": ("attn_out", "z"), "self_attn.dense": ("attn_out", "z"),
-    "ln_2": ("mlp_in", None), "pre_feedforward_layernorm": ("mlp_in", None),
+    "ln_2": ("mlp_in", "resid_mid"), "pre_feedforward_layernorm": ("mlp_in", "resid_mid"),
 }
 _HF_GLOBAL = {"embed_tokens": "embed", "wte": "embed", "embed_in": "embed", "norm": "final_norm",
               "ln_f": "final_norm", "final_layer_norm": "final_norm", "lm_head": "logits", "embed_out": "logits"}
 _DL_NAMES = {"resid_post": "resid_post", "resid_out": "resid_post", "resid_pre": "resid_pre", "resid_in": "resid_pre",
              "mlp_out": "mlp_out", "attn_out": "attn_out", "mlp_in": "mlp_in", "neurons": "neurons"}
-_NO_SITE = {"hook_resid_mid": "the residual stream between attention and MLP (resid_mid)",
-            "mlp.hook_pre": "MLP pre-activations (before the nonlinearity)",
+_NO_SITE = {"mlp.hook_pre": "MLP pre-activations (before the nonlinearity)",
             "mlp.hook_pre_linear": "the MLP's linear (up) branch", "attn.hook_q": "queries",
             "attn.hook_k": "keys", "attn.hook_v": "values", "attn.hook_attn_scores": "attention scores",
-            "ln1.hook_normalized": "the attention input (after the first norm)"}
+            "ln1.hook_scale": "the pre-attention norm's scale sqrt(var + eps), one number per token",
+            "ln2.hook_scale": "the pre-MLP norm's scale sqrt(var + eps), one number per token",
+            "hook_attn_in": "the attention input split per head", "hook_q_input": "the query input split per head",
+            "hook_k_input": "the key input split per head", "hook_v_input": "the value input split per head"}
+_NO_GLOBAL_SITE = {"ln_final.hook_scale": "the final norm's scale sqrt(var + eps), one number per token"}
 
 
 def hook_to_site(name: str, io: str = "output") -> str:
@@ -95,8 +98,10 @@ def hook_to_site(name: str, io: str = "output") -> str:
     s = str(name).strip()
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", s)
     if m and m.group(2) in _NO_SITE:
-        raise DictionaryError(f"hook {name!r} reads {_NO_SITE[m.group(2)]}, which is not a workbench site; "
+        raise DictionaryError(f"hook {name!r} reads {_NO_SITE[m.group(2)]}; no workbench site equals it exactly, "
                               "pass site=... if you know an equivalent one")
+    if s in _NO_GLOBAL_SITE:
+        raise DictionaryError(f"hook {name!r} reads {_NO_GLOBAL_SITE[s]}; no workbench site equals it exactly")
     if m and m.group(2) in ("mlp.hook_in", "mlp.hook_out"):  # TransformerBridge-style MLP hooks
         return f"{'mlp_in' if m.group(2).endswith('in') else 'mlp_out'}.{m.group(1)}"
     try:
@@ -125,7 +130,8 @@ def hook_to_site(name: str, io: str = "output") -> str:
         if s == "embed":
             return "embed"
     raise DictionaryError(f"cannot map hook {name!r} to a workbench site; pass site='resid_post.3' (or another of "
-                          "embed, resid_pre.L, attn_out.L, mlp_in.L, neurons.L, mlp_out.L, resid_post.L)")
+                          "embed, resid_pre.L, attn_out.L, resid_mid.L, ln2_normalized.L, mlp_in.L, neurons.L, mlp_out.L, "
+                          "resid_post.L)")
 
 
 # -- low-level readers -----------------------------------------------------------------------------
@@ -599,6 +605,19 @@ def _load_dl(p: Path, *, site: str | None, out_site: str | None) -> Dictionary:
 
 
 # -- writer ----------------------------------------------------------------------------------------
+def saelens_hook_name(site: str) -> str:
+    """The ``hook_name`` a SAELens file gets for ``site``: its exact TransformerLens hook, else the site's own name.
+
+    ``mlp_in`` and ``final_norm`` (after the norm's weight) have no TransformerLens hook: writing
+    ``ln2.hook_normalized`` for them would make TransformerLens feed the dictionary another tensor,
+    so their files name the workbench site, which the workbench loads back and TransformerLens refuses.
+    """
+    try:
+        return site_to_hook(site)
+    except NoHookError:
+        return str(Site.parse(site))
+
+
 def save_saelens(d: Dictionary, path: str | Path) -> Path:
     """Write ``d`` as a SAELens v6 folder (cfg.json + sae_weights.safetensors [+ sparsity.safetensors]).
 
@@ -641,11 +660,11 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
     metadata: dict[str, Any] = {k: src_md[k] for k in _SAELENS_KEEP if k in src_md and _jsonable(src_md[k])}
     metadata.update({
         "sae_lens_version": SAELENS_LAYOUT_VERSION, "sae_lens_training_version": None,
-        "model_name": d.meta.get("model_name"), "hook_name": site_to_hook(d.site),
+        "model_name": d.meta.get("model_name"), "hook_name": saelens_hook_name(d.site),
         "hook_head_index": d.meta.get("head_index"),
     })
     if d.is_transcoder:
-        metadata["hook_name_out"] = site_to_hook(d.out_site)  # type: ignore[arg-type]
+        metadata["hook_name_out"] = saelens_hook_name(d.out_site)  # type: ignore[arg-type]
     metadata["workbench"] = {
         "version": _version(), "site": d.site, "out_site": d.out_site, "architecture": d.architecture,
         "source_format": d.meta.get("format"), "labels": {str(i): v for i, v in sorted(d.labels.items())},
