@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 import workbench as wb
+from workbench.core.program import finite_number
 from workbench.neurons.store import Exemplar
 
 __all__ = ["as_int", "finite_float", "json_float", "exemplar_payload", "predictions"]
@@ -29,13 +30,7 @@ def as_int(name: str, v: Any) -> int:
 
 def finite_float(what: str, v: Any) -> float:
     """A finite number parameter; ``what`` names it in the error (``"the scale factor"``)."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, not {v!r}") from None
-    if not math.isfinite(f):
-        raise ValueError(f"{what} must be finite, not {v!r}")
-    return f
+    return finite_number(what, v)
 
 
 def json_float(v: Any) -> float | None:

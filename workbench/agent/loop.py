@@ -1,12 +1,4 @@
-"""A MAIA-style interpretability agent: a chat model runs experiments on one unit with workbench tools.
-
-    agent = wb.Agent(model, store, unit=("neurons.12", 345))        # client=None: the local SmolLM2
-    result = agent.run()                                              # -> AgentResult
-    result.explanation, result.scores, result.to_pandas()
-    print(result.steps[3].python)                                     # the same experiment, by hand
-    agent.replay(result).ok                                           # rerun every tool call, compare
-    result.save("agent.json"); wb.agent.AgentResult.load("agent.json")
-    result2 = agent.resume(result, hypothesis="fires on plural nouns")  # your hypothesis, then go on
+"""The agent's loop: `Agent` runs, resumes and replays an investigation of one unit (usage: `workbench.agent`).
 
 The loop follows MAIA (Shaham et al. 2024, "A Multimodal Automated Interpretability Agent"):
 a system prompt describes the tools; at every step the chat model answers with one JSON

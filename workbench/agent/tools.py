@@ -7,12 +7,12 @@ experiment methods), that also records the same call as Python.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.program import finite_number
 from .errors import ToolError
 from .transcript import fmt_num, fmt_score, jsonable
 
@@ -57,12 +57,9 @@ def float_arg(args: dict, key: str) -> float | None:
     if v is None or v == "":
         return None
     try:
-        v = float(v)
-    except (TypeError, ValueError):
-        raise ToolError(f"{key} must be a number, not {v!r}") from None
-    if not math.isfinite(v):
-        raise ToolError(f"{key} must be finite, not {v!r}")
-    return v
+        return finite_number(key, v)
+    except ValueError as e:
+        raise ToolError(str(e)) from None
 
 
 def str_arg(args: dict, key: str, default: str = "") -> str:

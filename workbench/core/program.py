@@ -38,7 +38,7 @@ from .sites import Site
 if TYPE_CHECKING:
     from .specs import Spec
 
-__all__ = ["Batch", "Step", "TraceOp", "TraceProgram", "Reducer", "NonFiniteError", "check_finite",
+__all__ = ["Batch", "Step", "TraceOp", "TraceProgram", "Reducer", "NonFiniteError", "check_finite", "finite_number",
            "NormNotFoundError", "normalized"]
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
@@ -91,6 +91,17 @@ def check_finite(what: str, values: Any) -> None:
     if bad:
         shown = ", ".join(str(v) for v in bad[:3]) + (", …" if len(bad) > 3 else "")
         raise NonFiniteError(f"{what} must be finite: {len(bad)} of {n} value(s) are NaN or infinite ({shown})")
+
+
+def finite_number(what: str, v: Any) -> float:
+    """``v`` as a finite float; ValueError (or `NonFiniteError`) naming ``what`` otherwise."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, not {v!r}") from None
+    if not math.isfinite(f):
+        raise NonFiniteError(f"{what} must be finite, not {f!r}")
+    return f
 
 
 @dataclass
