@@ -28,6 +28,7 @@ ALLOWED = {  # layer -> layers it may import (besides itself)
     "core": set(),
     "causal": {"core"}, "neurons": {"core"}, "dictionaries": {"core"}, "llm": {"core"},
     "autointerp": {"core", "neurons", "llm"},
+    "circuits": {"core", "causal", "neurons"},
     "testing": {"core"},
     "agent": None, "cli": None, "widgets": None, "root": None,  # None: anything
 }
