@@ -1,8 +1,9 @@
 """Contrastive neurons on the embedded model: 64 prose + 64 code texts from Python's docs.
 
-Floor: bare ``torch.no_grad()`` forwards of the Hugging Face model over the very same batches
-(the texts sorted by length, ``batch_size`` 8) with ``logits_to_keep=1`` (the analysis needs no
-logits), timed alone; the same forwards with logits at every position are shown too. Compared: ``contrastive_neurons``
+Floor: bare ``torch.inference_mode()`` forwards of the Hugging Face model's body over the very same
+batches (the texts sorted by length, ``batch_size`` 8), stopping before the unembedding
+(``hf.base_model``), as the streaming pass does (it needs no logits); the forwards unembedding
+the last position (``logits_to_keep=1``) and every position are shown too. Compared: ``contrastive_neurons``
 over all 30 layers × 1536 neurons without the permutation test (the streaming pass: per-text
 reductions inside the nnsight trace), the permutation test alone (1000 shuffles of 128 labels,
 46,080 neurons), and the whole call with it. Prints medians and ratios measured in the same run.
@@ -52,13 +53,18 @@ def main() -> None:
           f"{len(batches)} batches of 8")
     hf = model.hf
 
-    def floor() -> None:  # the unembedding at one position only (what the analysis needs: none)
-        with torch.no_grad():
+    def floor() -> None:  # the body alone: the streaming pass stops before the unembedding
+        with torch.inference_mode():
+            for b in batches:
+                hf.base_model(input_ids=b.input_ids, attention_mask=b.attention_mask)
+
+    def forward_last_logits() -> None:
+        with torch.inference_mode():
             for b in batches:
                 hf(input_ids=b.input_ids, attention_mask=b.attention_mask, logits_to_keep=1)
 
     def forward_all_logits() -> None:
-        with torch.no_grad():
+        with torch.inference_mode():
             for b in batches:
                 hf(input_ids=b.input_ids, attention_mask=b.attention_mask)
 
@@ -67,6 +73,7 @@ def main() -> None:
 
     med = interleaved({"floor: bare forwards over the same batches": floor,
                        "contrastive_neurons, permutations=0": stream,
+                       "bare forwards, logits_to_keep=1": forward_last_logits,
                        "bare forwards with logits at every position": forward_all_logits}, repeats=5, warmup=1)
     report(f"Contrastive neurons (streaming pass) vs bare forwards, {model.n_layers} layers × {model.d_mlp}, "
            "1 thread", med, "floor: bare forwards over the same batches")

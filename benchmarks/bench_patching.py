@@ -7,7 +7,9 @@ with the subject replaced (same token count), denoising, logit difference " Pari
 - naive: one `model.run(corrupted, [Patch(resid_post.L, source=clean, positions=[p])])` per
   cell. It is measured on a sample of cells and extrapolated per cell to the full sweep (the
   output says so). Target: the batched sweep ≥ 4× faster. Also reported: a stricter naive loop
-  (clean activations cached once, one 1-row forward with a plain PyTorch hook per cell).
+  (clean activations cached once, one 1-row forward with a plain PyTorch hook per cell). Every
+  arm unembeds the last position only (``logits_to_keep=1``: the metric reads nothing else), as
+  `model.run` and the sweep do.
 - sweep: `activation_patching`, whose rows fork from the base run at their own layer.
 - attribution: one forward of clean + corrupted (two rows) and one backward. Targets: ≥ 20×
   faster than the exact sweep; the Spearman rank correlation of the two heatmaps is reported.
@@ -84,7 +86,7 @@ def main() -> None:
         h = layers[L].register_forward_hook(write)
         try:
             with torch.inference_mode():
-                hf(input_ids=ids)
+                hf(input_ids=ids, logits_to_keep=1)  # the last position's logits: all the metric reads
         finally:
             h.remove()
 

@@ -33,6 +33,10 @@ if [ "$TEST" = 1 ]; then
   "$VPY" -c "import transformer_lens" 2>/dev/null || "$VPY" -m pip install -q --no-deps transformer-lens==3.9.0 \
     jaxtyping wadler-lindig better-abc fancy-einsum beartype "typeguard<5" datasets pyarrow dill multiprocess xxhash \
     sentencepiece protobuf
+  # The real sae-lens, the writer/reader and HookedSAETransformer the SAELens peer tests compare with. --no-deps:
+  # it pulls plotly, nltk and pandas, which `import sae_lens` does not need; these are what it imports (wandb at top level).
+  "$VPY" -c "import sae_lens" 2>/dev/null || { "$VPY" -m pip install -q wandb==0.31.0 && "$VPY" -m pip install -q \
+    --no-deps sae-lens==6.54.12 "simple-parsing<0.2" docstring-parser "babe<0.0.8" python-dotenv tenacity; }
   (cd js && { [ -d node_modules/esbuild ] || npm ci --no-audit --no-fund; })
   if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" = 0 ]; then

@@ -262,7 +262,9 @@ def test_saelens_pre6_flat_configs(tmp_path):
     assert (d.architecture, d.k, d.site) == ("topk", 3, "resid_pre.0")
     n = {k: npy(v) for k, v in t.items()}
     x = xs(5, seed=8)
-    close(d.encode(x), ref_acts(npy(x), "topk", n["W_enc"], n["b_enc"], b_pre=n["b_dec"], k=3))
+    # SAELens before 3.19.2 trained on HookedTransformer.from_pretrained: a centred residual stream
+    assert d.center_input
+    close(d.encode(x), ref_acts(npy(x - x.mean(-1, keepdim=True)), "topk", n["W_enc"], n["b_enc"], b_pre=n["b_dec"], k=3))
 
     # no architecture: standard; boolean normalize_activations; a finetuning scaling factor on decode
     t = saelens_tensors("standard", seed=9)

@@ -15,6 +15,7 @@ if __name__ == "widgets":  # run under the old name: hand over to workbench.widg
 else:
     from .agent import AgentTranscript
     from .attention import AttentionHeads
+    from .circuit import CircuitGraph
     from .features import FeatureDashboard, FeatureList
     from .lens import LogitLens
     from .neuron_dashboard import NeuronDashboard
@@ -24,12 +25,15 @@ else:
 
 __all__ = ["AgentTranscript", "AttentionHeads", "FeatureDashboard", "FeatureList", "LogitLens", "NeuronDashboard", "NeuronHeatmap",
            "PatchingHeatmap", "SteeringPanel", "register_viewers"]
+__all__ += ["CircuitGraph"]
 
 
 def register_viewers() -> None:
     """Register each widget as the ``.show()`` viewer of the engine result it displays."""
+    import workbench.circuits as circuits
     from workbench.causal.lens import LensResult
     from workbench.causal.patching import PatchingResult
+    from workbench.circuits import EdgeScores
     from workbench.core.viewers import register_viewer
     from workbench.neurons.contrastive import ContrastiveResult
     from workbench.neurons.probing import ProbeResult
@@ -42,6 +46,26 @@ def register_viewers() -> None:
     register_viewer(NeuronWeights, _weights_dashboard)
     register_viewer(ContrastiveResult, _contrastive_dashboard)
     register_viewer(ProbeResult, _probe_dashboard)
+    register_viewer(EdgeScores, lambda res, **kw: CircuitGraph.from_scores(res, **kw))
+    register_viewer(circuits.PathPatchingResult, _path_patching_graph)
+    head_scores_cls = getattr(circuits, "HeadScores", None)
+    if head_scores_cls is None:  # until the facade exports it
+        from workbench.circuits.heads import HeadScores as head_scores_cls
+    register_viewer(head_scores_cls, lambda res, **kw: CircuitGraph.from_head_scores(res, **kw))
+
+
+def _path_patching_graph(res, **kw):
+    """``path_patching(...).show()``: the sender -> receiver edges, weighted by the metric's change."""
+    g = res.graph
+    names = list(dict.fromkeys([*res.senders, *res.receivers]))
+    nodes = []
+    for n in names:
+        i = g.node(n)
+        nodes.append({"id": n, "layer": g.node_layer[i], "kind": g.node_kind[i], "index": max(g.node_head[i], 0)})
+    change = res.change
+    edges = [(s, r, float(change[i, j])) for i, s in enumerate(res.senders) for j, r in enumerate(res.receivers)
+             if change[i, j] == change[i, j]]  # NaN: no such edge
+    return CircuitGraph.from_graph(nodes, edges, **kw)
 
 
 def _weights_dashboard(w, store, layer: int = 0, unit: int = 0, **kw):

@@ -9,7 +9,8 @@
 The root holds the everyday names (`__all__`); each capability's full API is in its subpackage:
 `workbench.core` (model, sites, specs, results), `workbench.causal` (patching, lenses, directions),
 `workbench.neurons` (scans, weights, contrastive sets, probes, hypotheses), `workbench.dictionaries`
-(SAEs: load, splice, train, evaluate), `workbench.llm`, `workbench.autointerp`, `workbench.agent`,
+(SAEs: load, splice, train, evaluate), `workbench.circuits` (tasks, EAP, edge and path patching,
+faithfulness, head scores), `workbench.llm`, `workbench.autointerp`, `workbench.agent`,
 and the widgets in `workbench.widgets`. Names load on first use, so ``import workbench`` is cheap.
 """
 
@@ -48,6 +49,7 @@ _EXPORTS = {
     "load_dictionary": "dictionaries.formats", "train_sae": "dictionaries.train",
     "evaluate_dictionary": "dictionaries.evaluate",
     "explain": "autointerp", "score": "autointerp", "Agent": "agent", "llm_client": "llm",
+    "eap": "circuits.attribution", "head_scores": "circuits.heads",
 }
 #: Names the 0.1 root exported that now live only in their subpackage (a DeprecationWarning, then the object).
 _MOVED = {
@@ -69,8 +71,8 @@ _MOVED = {
     "AgentResult": "agent", "Explanation": "autointerp", "ExplanationStore": "autointerp", "Score": "autointerp",
     "explain_units": "autointerp",
 }
-_SUBPACKAGES = frozenset({"core", "causal", "neurons", "dictionaries", "llm", "autointerp", "agent", "widgets",
-                          "cli", "testing"})
+_SUBPACKAGES = frozenset({"core", "causal", "neurons", "dictionaries", "llm", "autointerp", "circuits", "agent",
+                          "widgets", "cli", "testing"})
 
 __all__ = list(_EXPORTS)
 

@@ -1,7 +1,10 @@
 // AttentionHeads widget: a layer × head grid of attention-pattern thumbnails (one
 // <canvas> per head, drawn progressively as each layer's reply arrives), and a detail
 // panel for the clicked head with token labels, a hover readout and token tints.
-// Everything data-sized is drawn on canvases; tokens are spans filled via textContent.
+// The grid gets only thumbnails (at most 64 × 64 values a head, max-pooled by the kernel);
+// the detail panel asks for the clicked head's full pattern with a "head" request, and keeps
+// the last few it got. Everything data-sized is drawn on canvases; tokens are spans filled
+// via textContent.
 import { Cancelled, KernelError, Rpc, type AnyModel } from "./lib/rpc";
 import { el, errorBox, tokenSpan, withStyle } from "./lib/dom";
 import {
@@ -10,24 +13,23 @@ import {
   describeCell,
   detailCss,
   fmtP,
+  headThumb,
   inkFor,
   labelStep,
-  maxPoolTril,
+  Lru,
   paintRGBA,
-  poolPlan,
   seqFromTril,
   shortLabel,
   thumbCss,
   tint,
   trilCol,
   trilRow,
-  trilSize,
   unpackTril,
 } from "./lib/attention-logic";
 
 const GAMMA = 0.5;
-const THUMB_MAX_PX = 128;
 const LABEL_PX = 84;
+const KEPT_HEADS = 8; // full patterns kept for re-enlarging (≤ 4 MB each at 1,024 tokens)
 
 const CSS = `
 .iw-attention .iw-att-bar { display: flex; gap: 6px; align-items: center; margin-bottom: 6px; }
@@ -56,8 +58,8 @@ const CSS = `
 .iw-attention .iw-att-toks .iw-tok.masked { opacity: 0.3; }
 `;
 
-interface LayerPattern {
-  data: ArrayLike<number>;
+interface HeadPattern {
+  data: ArrayLike<number>; // the packed lower triangle, s(s+1)/2 values
   seq: number;
 }
 
@@ -101,7 +103,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   host.append(root);
 
   // -- state ----------------------------------------------------------------------------
-  const patterns = new Map<number, LayerPattern>();
+  const heads = new Lru<string, HeadPattern>(KEPT_HEADS); // key: `${runCount}:${layer}:${head}`
   const thumbs = new Map<string, HTMLCanvasElement>();
   let gridKey = "";
   let tokens: string[] = [];
@@ -110,11 +112,15 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   let currentId: number | null = null;
   let requests = 0;
   let lastPrompt: string | null = null;
+  let shownPrompt = ""; // the prompt of the grid on screen (what a head request asks for)
   let t0 = 0;
   let detailDrawn = "";
+  let detailHead: HeadPattern | null = null;
   let detailMatrix: Float32Array | null = null;
   let detailSeq = 0;
   let focusPos = -1;
+  let headId: number | null = null;
+  let headKey = "";
 
   const key = (l: number, h: number) => `${l}:${h}`;
   /** Paint a size × size grid of probabilities (or -1 for masked), one pixel per value. */
@@ -155,14 +161,13 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     markSelected();
   }
 
-  function drawLayer(l: number, p: LayerPattern, heads: number): void {
-    const T = trilSize(p.seq);
-    const { factor } = poolPlan(p.seq, THUMB_MAX_PX);
+  /** Draw one layer's thumbnails: `data` is [nh, size, size], already pooled by the kernel. */
+  function drawLayer(l: number, data: Float32Array, nh: number, size: number): void {
     const dpr = window.devicePixelRatio || 1;
-    for (let h = 0; h < heads; h++) {
+    for (let h = 0; h < nh; h++) {
       const c = thumbs.get(key(l, h));
       if (!c) continue;
-      const { size, values } = maxPoolTril(p.data, h * T, p.seq, factor);
+      const values = headThumb(data, h, size);
       c.width = c.height = size;
       const ctx = c.getContext("2d");
       if (ctx) putPixels(ctx, values, size);
@@ -242,20 +247,28 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       return;
     }
     const [l, h] = sel;
-    const p = patterns.get(l);
     detail.hidden = false;
     title.textContent = `Layer ${l} · Head ${h}`;
-    if (!p || h >= nHeads || p.seq !== tokens.length) {
-      detail.classList.add("stale");
+    const k = `${runCount}:${l}:${h}`;
+    const p = heads.get(k);
+    const ready = currentId === null && tokens.length > 0 && h < nHeads && layersOf().includes(l);
+    if (!ready || !p || p.seq !== tokens.length) {
+      detail.classList.add("stale"); // the grid is rerunning, or this head's full pattern is on its way
+      detail.dataset.state = "stale";
+      detailDrawn = "";
+      detailMatrix = null; // no hover readout of the head shown before
+      if (ready) fetchHead(l, h, k);
       return;
     }
-    const k = `${runCount}:${l}:${h}`;
     if (!force && k === detailDrawn) return;
     detailDrawn = k;
+    detailHead = p;
     detail.classList.remove("stale");
+    detail.dataset.state = "done";
+    detail.dataset.shown = `${l}:${h}`;
     const s = p.seq;
     detailSeq = s;
-    detailMatrix = unpackTril(p.data, h * trilSize(s), s);
+    detailMatrix = unpackTril(p.data, 0, s);
     heat.width = heat.height = s;
     const ctx = heat.getContext("2d");
     if (ctx) putPixels(ctx, detailMatrix, s);
@@ -268,11 +281,41 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     focus(focusPos >= 0 && focusPos < s ? focusPos : -1);
   }
 
+  /** Ask the kernel for one head's full pattern (of the grid's prompt); draw it when it comes. */
+  function fetchHead(l: number, h: number, k: string): void {
+    if (headId !== null && headKey === k) return; // already on its way
+    if (headId !== null) rpc.cancel(headId);
+    detail.dataset.state = "loading";
+    readout.textContent = "loading the full pattern…";
+    const started = performance.now();
+    const { id, promise } = rpc.request("head", { prompt: shownPrompt, layer: l, head: h });
+    headId = id;
+    headKey = k;
+    promise.then(
+      (res: any) => {
+        if (headId === id) headId = null;
+        const seq = Number(res.seq) || seqFromTril(res.pattern.shape[0]);
+        heads.set(k, { data: res.pattern.data, seq });
+        const sel = selectedHead();
+        if (sel && `${runCount}:${sel[0]}:${sel[1]}` === k) showDetail(true);
+        detail.dataset.loadMs = String(Math.round(performance.now() - started)); // request → drawn
+      },
+      (err: unknown) => {
+        if (headId === id) headId = null;
+        if (err instanceof Cancelled) return;
+        detail.dataset.state = "error";
+        readout.textContent = "";
+        const box = err instanceof KernelError ? errorBox(err.message, err.traceback) : errorBox(String(err));
+        errSlot.replaceChildren(box);
+      },
+    );
+  }
+
   /** Tint the "attends to" / "attended by" rows for token i (-1 clears). */
   function focus(i: number): void {
     focusPos = i;
     const sel = selectedHead();
-    const p = sel ? patterns.get(sel[0]) : undefined;
+    const p = sel && detailDrawn === `${runCount}:${sel[0]}:${sel[1]}` ? detailHead : null;
     const spansTo = toRow.children;
     const spansBy = byRow.children;
     const spansTok = tokRow.children;
@@ -289,9 +332,8 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       }
       return;
     }
-    const off = sel[1] * trilSize(p.seq);
-    const row = trilRow(p.data, off, p.seq, i);
-    const col = trilCol(p.data, off, p.seq, i);
+    const row = trilRow(p.data, 0, p.seq, i);
+    const col = trilCol(p.data, 0, p.seq, i);
     const q = (t: number) => `"${shortLabel(tokens[t] ?? "", 20)}"`;
     const paint = (e: HTMLElement, v: number, masked: boolean, tip: string) => {
       e.classList.toggle("masked", masked);
@@ -331,6 +373,8 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   // -- requests -------------------------------------------------------------------------
   function request(): void {
     if (currentId !== null) rpc.cancel(currentId);
+    if (headId !== null) rpc.cancel(headId);
+    headId = null;
     requests++;
     const prompt = String(model.get("prompt") ?? "");
     const layers = layersOf();
@@ -346,12 +390,14 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     status.textContent = "running…";
     t0 = performance.now();
     let received = 0;
+    let drawMs = 0; // the browser's drawing of the thumbnails, in total
     const { id, promise } = rpc.request("patterns", { prompt, layers }, (part: any) => {
       if (id !== currentId) return;
-      const seq = Number(part.seq) || seqFromTril(part.pattern.shape[1]);
-      const lp: LayerPattern = { data: part.pattern.data, seq };
-      patterns.set(part.layer, lp);
-      drawLayer(part.layer, lp, part.pattern.shape[0]);
+      if (received === 0) root.dataset.firstPartMs = String(Math.round(performance.now() - t0)); // ≈ the kernel's run
+      const [nh, size] = part.thumbs.shape as number[];
+      const d0 = performance.now();
+      drawLayer(part.layer, part.thumbs.data as Float32Array, nh, size);
+      drawMs += performance.now() - d0;
       received++;
       status.textContent = `running… ${received}/${layers.length} layers`;
     });
@@ -361,15 +407,18 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
         if (id !== currentId) return;
         currentId = null;
         tokens = (final.tokens as string[]) ?? [];
+        shownPrompt = prompt;
         buildTokenRows();
         runCount++;
-        showDetail(true);
+        heads.clear(); // the kept heads belong to the previous run
         const ms = Math.round(performance.now() - t0);
         root.dataset.renderMs = String(ms);
+        root.dataset.drawMs = String(Math.round(drawMs));
         root.dataset.rendered = "true";
         root.dataset.state = "done";
         root.setAttribute("data-run-count", String(runCount));
         status.textContent = `${tokens.length} tokens · ${layers.length} layers × ${nHeads} heads · ${ms} ms`;
+        showDetail(true); // after the timing: the enlarged head's full pattern is a request of its own
       },
       (err: unknown) => {
         if (err instanceof Cancelled || id !== currentId) return;

@@ -6,8 +6,10 @@ import {
   describeCell,
   detailCss,
   fmtP,
+  headThumb,
   intensity,
   labelStep,
+  Lru,
   MASKED_RGB,
   maxPoolTril,
   paintRGBA,
@@ -159,4 +161,41 @@ test("labels and readouts", () => {
   const toks = ["The", " cat", " sat"];
   assert.equal(describeCell(toks, 2, 1, 0.5), '" sat" (2) → " cat" (1): 0.500');
   assert.match(describeCell(toks, 0, 2, null), /masked/);
+});
+
+test("headThumb views one head's thumbnail in a layer's [heads, size, size] buffer", () => {
+  const size = 3, H = 4;
+  const data = new Float32Array(H * size * size).map((_v, i) => i);
+  const t2 = headThumb(data, 2, size);
+  assert.equal(t2.length, 9);
+  assert.deepEqual(Array.from(t2), [18, 19, 20, 21, 22, 23, 24, 25, 26]);
+  assert.equal(t2.buffer, data.buffer, "a view, not a copy");
+  assert.throws(() => headThumb(data, 4, size), RangeError);
+  assert.throws(() => headThumb(data, -1, size), RangeError);
+});
+
+test("kernel thumbnails paint like the JS max-pool of the full pattern", () => {
+  // the kernel's layout (widgets/attention.py thumbnails): row-major blocks, -1 above the diagonal
+  const s = 37, H = 2;
+  const d = packed(H, s, (h, q, k) => ((h + 1) * (q * 7 + k * 3)) % 11 / 11);
+  const { factor, size } = poolPlan(s, 8);
+  assert.deepEqual([factor, size], [5, 8]);
+  const layer = new Float32Array(H * size * size);
+  for (let h = 0; h < H; h++) layer.set(maxPoolTril(d, h * trilSize(s), s, factor).values, h * size * size);
+  const lut = colorLut(0.5);
+  assert.deepEqual(paintRGBA(headThumb(layer, 1, size), lut), paintRGBA(maxPoolTril(d, trilSize(s), s, factor).values, lut));
+});
+
+test("Lru keeps the most recently used entries", () => {
+  const c = new Lru<string, number>(2);
+  c.set("a", 1);
+  c.set("b", 2);
+  assert.equal(c.get("a"), 1); // a is now the most recent
+  c.set("c", 3); // evicts b
+  assert.equal(c.has("b"), false);
+  assert.deepEqual([c.get("a"), c.get("c"), c.size], [1, 3, 2]);
+  c.set("a", 10);
+  assert.equal(c.get("a"), 10);
+  c.clear();
+  assert.equal(c.size, 0);
 });

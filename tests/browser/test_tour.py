@@ -137,6 +137,9 @@ def test_attention_grid_detail_and_token_hover(tour: NotebookPage) -> None:
     thumb.scroll_into_view_if_needed()
     thumb.click()
     detail.wait_for(state="visible")
+    tour.page.wait_for_function(  # the head's full pattern is a request of its own
+        "(d) => d.dataset.state === 'done' && d.dataset.shown === '3:2'",
+        arg=detail.element_handle(), timeout=REPLY_TIMEOUT * 1000)
     tokens = detail.locator("[data-testid=token]")
     assert tokens.count() >= 10
     assert "Mary" in "".join(texts(tokens))

@@ -328,6 +328,7 @@ class TraceProgram:
         """Visit sites in forward order: apply the ops, then capture. Returns saved tensors."""
         cache: dict = {}
         out: dict[str, torch.Tensor] = {}
+        self.nn = nn  # ops that act on a module beside their site (the circuit ops' q/k/v projections) read it
         for site in self.sites:
             key = str(site)
             x = self.read(nn, site, cache)
@@ -344,4 +345,5 @@ class TraceProgram:
                     out[key] = nnsight.save(value)
                 else:
                     saves[key].append(value)
+        self.nn = None  # a remote run sends the program back: it must not hold the model
         return out

@@ -11,6 +11,16 @@ an SAE, ``out_site`` for a transcoder. Encoding, for every architecture::
 and decoding ``y = acts @ W_dec + b_dec``, then the normalization is undone (SAEs only for the
 per-token modes, as SAELens does), then a skip connection adds ``x @ W_skip`` (raw input).
 
+TransformerLens weight processing. An SAE trained on a TransformerLens model loaded with
+``center_writing_weights=True`` (a LayerNorm model: every weight writing to the residual stream
+has mean 0 over d_model) saw its site minus the site's mean over d_model. ``center_input``
+reproduces that: ``x`` is replaced by ``x - x.mean(-1)`` before everything above (the skip
+connection reads it too), and an SAE with ``center_output`` adds the input's mean back after
+decoding, so that its reconstruction lives where the site's value does. A transcoder with
+``center_output`` writes mean-free outputs (what TransformerLens's ``hook_mlp_out`` holds then);
+`workbench.dictionaries.Splice` adds the replaced value's mean back. The SAELens loader sets both
+from the file's ``model_from_pretrained_kwargs`` (`workbench.dictionaries.formats`).
+
 Normalization modes (SAELens names): ``"constant_norm_rescale"`` scales each token to norm
 ``sqrt(d_in)``; ``"layer_norm"`` subtracts the token mean and divides by its (unbiased) std + 1e-5;
 ``"expected_average_only_in"`` multiplies by the constant ``norm_scale`` (1 when unknown).
@@ -39,11 +49,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.arch import resolve
 from ..core.sites import Site
 from .architectures import ARCHITECTURES, Architecture, get_architecture
 from .errors import DictionaryError, DictionaryWarning
 
-__all__ = ["Dictionary", "DictionaryError", "DictionaryWarning", "ARCHITECTURES", "NORMALIZE_MODES", "set_file_io"]
+__all__ = ["Dictionary", "DictionaryError", "DictionaryWarning", "ARCHITECTURES", "NORMALIZE_MODES", "set_file_io",
+           "uses_layernorm"]
 
 NORMALIZE_MODES = (None, "constant_norm_rescale", "layer_norm", "expected_average_only_in")
 _PER_TOKEN = ("constant_norm_rescale", "layer_norm")
@@ -64,6 +76,19 @@ def _file_io(what: str) -> Callable[..., Any]:
     if fn is None:
         raise DictionaryError("no dictionary file format is installed: import workbench.dictionaries")
     return fn
+
+
+def uses_layernorm(model: Any) -> bool:
+    """Whether ``model``'s blocks normalize with LayerNorm (mean and variance), as GPT-2 and Pythia do,
+    rather than RMSNorm: TransformerLens centres the residual stream of LayerNorm models only."""
+    arch = model.arch
+    try:
+        layer0 = resolve(model.hf, arch.layers)[0]
+        norm = resolve(layer0, arch.ln1) if arch.ln1 else resolve(model.hf, arch.final_norm)
+    except (AttributeError, IndexError, TypeError):
+        return False
+    name = type(norm).__name__
+    return isinstance(norm, torch.nn.LayerNorm) or ("LayerNorm" in name and "RMS" not in name)
 
 
 def _norm_name(name: str) -> str:
@@ -101,6 +126,8 @@ class Dictionary:
     W_skip: Tensor | None = None
     labels: dict[int, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    center_input: bool = False  # subtract the input's mean over d_in first (TransformerLens centring)
+    center_output: bool = False  # the decoder's outputs are mean-free (an SAE adds the input's mean back)
 
     # -- validation ------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -157,6 +184,7 @@ class Dictionary:
                 raise DictionaryError(f"norm_scale must be a positive number, got {self.norm_scale}")
         self.labels = {int(i): str(v) for i, v in dict(self.labels or {}).items()}
         self.meta = dict(self.meta or {})
+        self.center_input, self.center_output = bool(self.center_input), bool(self.center_output)
 
     # -- sizes -----------------------------------------------------------------------------
     @property
@@ -219,6 +247,11 @@ class Dictionary:
             return 1.0 / (std + _LN_EPS), mu, std
         return None
 
+    def processed_input(self, x: Tensor) -> Tensor:
+        """``x`` as the dictionary was trained to read it: minus its mean over the last axis when
+        ``center_input`` (TransformerLens's ``center_writing_weights``), else ``x`` itself."""
+        return x - x.mean(dim=-1, keepdim=True) if self.center_input else x
+
     def _normalized(self, x: Tensor) -> Tensor:
         if self.normalize == "expected_average_only_in":
             return x * self.norm_scale if self.norm_scale not in (None, 1.0) else x
@@ -229,7 +262,7 @@ class Dictionary:
         return ((x.float() - shift) * mult).to(x.dtype)
 
     def _centered(self, x: Tensor) -> Tensor:
-        xn = self._normalized(x)
+        xn = self._normalized(self.processed_input(x))
         return xn - self.b_pre if self.b_pre is not None else xn
 
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -253,11 +286,13 @@ class Dictionary:
         per-token normalization and for a skip connection."""
         acts = self._input(acts, self.d_sae, "latent activations")
         y = self.architecture_impl.decode(self, acts)
+        raw = None
         if x is not None:
-            x = self._input(x, self.d_in, "input")
-            if x.shape[:-1] != acts.shape[:-1]:
-                raise DictionaryError(f"decode: input x {list(x.shape)} and latents {list(acts.shape)} "
+            raw = self._input(x, self.d_in, "input")
+            if raw.shape[:-1] != acts.shape[:-1]:
+                raise DictionaryError(f"decode: input x {list(raw.shape)} and latents {list(acts.shape)} "
                                       "have different leading shapes")
+            x = self.processed_input(raw)
         if self.normalize == "expected_average_only_in":
             if self.norm_scale is not None and self.norm_scale != 1.0:
                 y = y / self.norm_scale
@@ -272,6 +307,12 @@ class Dictionary:
                 raise DictionaryError("this dictionary has a skip connection (W_skip), which reads the input: "
                                       "use decode(acts, x) or forward(x)")
             y = y + x @ self.W_skip
+        if self.center_output and not self.is_transcoder:
+            if raw is None:
+                raise DictionaryError("this SAE reads its input minus the input's mean (center_input, TransformerLens's "
+                                      "center_writing_weights); decoding back to the site needs that input: use "
+                                      "decode(acts, x) or forward(x)")
+            y = y + raw.mean(dim=-1, keepdim=True).to(y.dtype)
         return y
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -325,6 +366,13 @@ class Dictionary:
                     f"the dictionary {role} {site} with width {width}, but {getattr(model, 'name', '') or 'this model'} "
                     f"has width {expected} there (d_model={arch.d_model}, d_mlp={arch.d_mlp}): "
                     "it was trained on another model or site")
+        if (self.center_input or self.center_output) and self.meta.get("centring_assumes_layernorm") \
+                and not uses_layernorm(model):
+            raise DictionaryError(
+                f"the dictionary centres its {'input' if self.center_input else 'output'} because its file says "
+                "center_writing_weights=True (model_from_pretrained_kwargs), which TransformerLens applies to "
+                f"LayerNorm models only; {getattr(model, 'name', '') or 'this model'} uses RMSNorm, so TransformerLens "
+                "fed it uncentred activations: load it with load_dictionary(path, model=model) to read it that way")
         theirs = self.meta.get("model_name")
         ours = getattr(model, "name", "")
         if theirs and ours and _norm_name(theirs) != _norm_name(ours):
@@ -358,6 +406,9 @@ class Dictionary:
             rows.append(("normalize", self.normalize + (f" (scale {self.norm_scale:g})" if self.norm_scale else "")))
         if self.b_pre is not None:
             rows.append(("input centering", "b_pre subtracted before encoding"))
+        if self.center_input or self.center_output:
+            what = " and ".join(w for w, on in (("input", self.center_input), ("output", self.center_output)) if on)
+            rows.append(("TransformerLens centring", f"{what} mean-free over d_model (center_writing_weights)"))
         for key, label in (("format", "source format"), ("model_name", "trained on"), ("path", "path")):
             if self.meta.get(key):
                 rows.append((label, str(self.meta[key])))

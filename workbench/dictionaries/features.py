@@ -26,6 +26,11 @@ Two specs, compiled by the engine like every other spec (`workbench.core.specs`)
   ``forward(x)[0]``, error term dropped: for evaluation (`workbench.evaluate_dictionary`)
   and to see the model through the dictionary.
 
+A dictionary trained on a TransformerLens model with centred weights (``center_input`` /
+``center_output``, read from its SAELens file) reads the site minus its mean over d_model; an
+SAE's reconstruction gets that mean back, and a transcoder's spliced output gets the mean of the
+value it replaces, so only the mean-free part changes (which is all that the next norm sees).
+
 Several specs on one site apply in list order, each on the output of the previous one.
 
 JSON. A spec names its dictionary: ``to_dict()`` stores ``dictionary`` (a name in this
@@ -358,7 +363,7 @@ def feature_delta(d: Dictionary, x: Tensor, features: list[int], op: str, value:
     all but top-k). Returns ``[..., d_out]`` in the dictionary's dtype.
     """
     cache = {} if cache is None else cache
-    x = x.to(dtype=d.dtype)
+    x = d.processed_input(x.to(dtype=d.dtype))  # TransformerLens centring (its mean cancels in the difference)
     dev, key = x.device, (id(d), x.device, tuple(features))
     idx = _sub(cache, ("idx",) + key, lambda: torch.tensor(features, device=dev, dtype=torch.long))
     st = d.norm_stats(x) if d.normalize in _PER_TOKEN else None
@@ -443,6 +448,8 @@ class WriteBackOp(TraceOp):
 
     def apply(self, program: TraceProgram, x: Tensor, st: Step) -> None:
         for rows, pos, out in self.src.pending:
+            if self.src.mode == "splice" and self.src.d.center_output:  # mean-free outputs: keep the site's mean
+                out = out + x[rows, pos].mean(dim=-1, keepdim=True).to(out.dtype)
             _write(x, rows, pos, out, self.src.mode, False)
         self.src.pending = []
 

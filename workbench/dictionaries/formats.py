@@ -15,6 +15,23 @@
 
 Hook names become workbench sites with `hook_to_site` (TransformerLens names, Hugging Face
 module paths, dictionary_learning submodule names). ``save_saelens`` writes the SAELens v6 layout.
+
+TransformerLens weight processing (`saelens_weight_processing`). A SAELens file records how its
+model was loaded, ``model_from_pretrained_kwargs`` (v6: under ``metadata``; older: top level).
+SAELens 3.19.2 and later load ``HookedTransformer.from_pretrained_no_processing(**kwargs)``
+(every flag off unless the record turns it on); older versions (``sae_lens_training_version``
+below 3.19.2) loaded ``from_pretrained(**kwargs)`` (fold_ln, center_writing_weights,
+center_unembed and fold_value_biases on by default). What each flag does to the site read:
+
+- ``center_writing_weights`` (LayerNorm models only, as in TransformerLens): the residual stream
+  and everything writing to it (``embed``, ``resid_pre/mid/post``, ``attn_out``, ``mlp_out``) have
+  mean 0 over d_model; reproduced exactly by subtracting the mean (`Dictionary.center_input`).
+  The norms' ``hook_normalized`` values, ``mlp.hook_post`` and ``hook_z`` do not change.
+- ``fold_ln`` and ``center_unembed``: no per-token site changes (the norms' ``hook_normalized``
+  is taken before their weights either way; the unembedding is no dictionary site).
+- ``fold_value_biases``: ``hook_z`` loses each head's value bias; a ``z`` dictionary is refused
+  unless the model has no attention biases. ``refactor_factored_attn_matrices``: ``hook_z`` is
+  re-based by an SVD; a ``z`` dictionary is refused.
 What depends on the architecture (its SAELens name, its encoder tensors and config keys) comes
 from its registered class (`workbench.dictionaries.architectures`). Importing this module
 installs `load_dictionary` and `save_saelens` behind `Dictionary.load` / `Dictionary.save`.
@@ -27,6 +44,7 @@ import math
 import pickle
 import re
 import warnings
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,14 +52,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.arch import resolve
 from ..core.fileio import atomic_folder
 from ..core.sites import NoHookError, Site, site_to_hook
 from .architectures import ARCHITECTURES, SAELensSource, get_architecture, saelens_architectures
-from .dictionary import Dictionary, set_file_io
+from .dictionary import Dictionary, set_file_io, uses_layernorm
 from .errors import DictionaryError, DictionaryWarning
 
 __all__ = ["load_dictionary", "save_saelens", "detect_format", "hook_to_site", "site_to_hook", "saelens_hook_name",
-           "SAELENS_LAYOUT_VERSION"]
+           "SAELENS_LAYOUT_VERSION", "saelens_weight_processing", "TL_PROCESSING_DEFAULTS"]
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -239,16 +258,100 @@ def _children(folder: Path) -> list[str]:
     return sorted((c.name for c in subs), key=_natural_key)
 
 
+# -- TransformerLens weight processing recorded by SAELens ---------------------------------------------
+#: TransformerLens's weight-processing flags, as ``HookedTransformer.from_pretrained`` defaults them.
+TL_PROCESSING_DEFAULTS = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+                          "fold_value_biases": True, "refactor_factored_attn_matrices": False}
+_NO_PROCESSING_SINCE = (3, 19, 2)  # SAELens loads from_pretrained_no_processing(**kwargs) from this version on
+#: Sites whose TransformerLens values are mean-free under center_writing_weights (LayerNorm models).
+_CENTRED_SITES = frozenset({"embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"})
+
+
+def _version_tuple(v: Any) -> tuple[int, ...] | None:
+    m = re.match(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?", str(v)) if v is not None else None
+    return None if m is None else tuple(int(g or 0) for g in m.groups())
+
+
+def saelens_weight_processing(cfg: dict[str, Any], where: str = "cfg.json") -> dict[str, bool] | None:
+    """The TransformerLens weight processing a SAELens SAE's model was loaded with (the five
+    `TL_PROCESSING_DEFAULTS` flags), from ``cfg``'s ``model_from_pretrained_kwargs`` and
+    ``sae_lens_training_version``; None when the model was no HookedTransformer (``model_class_name``)."""
+    md = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+
+    def get(key: str) -> Any:
+        return md[key] if key in md else cfg.get(key)
+
+    if (get("model_class_name") or "HookedTransformer") not in ("HookedTransformer", "HookedSAETransformer"):
+        return None
+    kwargs = get("model_from_pretrained_kwargs")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise DictionaryError(f"{where}: model_from_pretrained_kwargs should be a JSON object, not {kwargs!r}")
+    version = _version_tuple(get("sae_lens_training_version"))
+    old = version is not None and version < _NO_PROCESSING_SINCE
+    flags = dict(TL_PROCESSING_DEFAULTS) if old else dict.fromkeys(TL_PROCESSING_DEFAULTS, False)
+    for key in TL_PROCESSING_DEFAULTS:
+        if key in kwargs:
+            flags[key] = bool(kwargs[key])
+    return flags
+
+
+def _has_attention_biases(model: Any) -> bool:
+    """Whether layer 0's attention has biases on its inputs (value biases among them)."""
+    arch = model.arch
+    attn = resolve(resolve(model.hf, arch.layers)[0], arch.attn)
+    out = arch.attn_o_proj[len(arch.attn) + 1:] if arch.attn_o_proj.startswith(arch.attn + ".") else arch.attn_o_proj
+    return any(n.endswith("bias") and not n.startswith(out + ".") for n, _ in attn.named_parameters())
+
+
+def _apply_processing(d: Dictionary, flags: dict[str, bool] | None, model: Any, where: str) -> Dictionary:
+    """``d`` reading its site as TransformerLens fed it under ``flags``, or `DictionaryError` naming the setting."""
+    if not flags:
+        return d
+    sites = [Site.parse(d.site).name] + ([Site.parse(d.out_site).name] if d.out_site else [])
+    if "z" in sites and flags.get("refactor_factored_attn_matrices"):
+        raise DictionaryError(f"{where}: the model was loaded with refactor_factored_attn_matrices=True "
+                              "(model_from_pretrained_kwargs), which re-bases hook_z by an SVD of each head's W_V W_O; "
+                              "the workbench does not reproduce it, so this hook_z dictionary would read another tensor")
+    if "z" in sites and flags.get("fold_value_biases") and (model is None or _has_attention_biases(model)):
+        why = ("the model has attention biases" if model is not None else
+               "pass model=... to check that the model has no attention biases, where it changes nothing")
+        raise DictionaryError(f"{where}: the model was loaded with fold_value_biases=True (model_from_pretrained_kwargs), "
+                              "which removes each head's value bias from hook_z; the workbench does not reproduce it "
+                              f"({why})")
+    meta = dict(d.meta, tl_processing=dict(flags))
+    centre = bool(flags.get("center_writing_weights"))
+    if centre and model is not None:
+        centre = uses_layernorm(model)  # TransformerLens centres LayerNorm models only
+    elif centre:
+        meta["centring_assumes_layernorm"] = True  # checked against the model by Dictionary.check
+    c_in = centre and sites[0] in _CENTRED_SITES
+    c_out = centre and sites[-1] in _CENTRED_SITES
+    if not (c_in or c_out):
+        meta.pop("centring_assumes_layernorm", None)
+    return replace(d, center_input=c_in, center_output=c_out, meta=meta, labels=dict(d.labels))
+
+
 # -- public loader ---------------------------------------------------------------------------------
 def load_dictionary(path: str | Path, model: Any = None, *, device: str | torch.device | None = None,
                     dtype: torch.dtype | str | None = None, site: str | None = None,
-                    out_site: str | None = None, hookpoint: str | None = None) -> Dictionary:
+                    out_site: str | None = None, hookpoint: str | None = None,
+                    tl_processing: dict[str, bool] | None = None) -> Dictionary:
     """Load a sparse dictionary, detecting its format (SAELens, sparsify, dictionary_learning).
 
     ``model``: check the dictionary fits it (`Dictionary.check`) and default ``device`` to its device.
     ``dtype``: convert (default: as stored). ``site``/``out_site``: override the sites read from the
     files. ``hookpoint``: the subfolder to load when ``path`` holds several (sparsify layout).
+    ``tl_processing``: TransformerLens flags (``{"center_writing_weights": True}``) overriding what a
+    SAELens file records (`saelens_weight_processing`), e.g. for an old file that records nothing.
+    A SAELens dictionary reads its site as TransformerLens fed it under the recorded processing
+    (centred for ``center_writing_weights`` on a LayerNorm model), or is refused naming the setting.
     """
+    if tl_processing is not None:
+        if not isinstance(tl_processing, dict) or not set(tl_processing) <= set(TL_PROCESSING_DEFAULTS):
+            raise DictionaryError(f"tl_processing is a dict with keys among {', '.join(TL_PROCESSING_DEFAULTS)}, "
+                                  f"not {tl_processing!r}")
     p = Path(path).expanduser()
     if not p.exists():
         raise DictionaryError(f"no dictionary at {str(path)!r}: no such file or folder")
@@ -280,6 +383,13 @@ def load_dictionary(path: str | Path, model: Any = None, *, device: str | torch.
                 f"({DL_WEIGHTS} + {DL_CFG})")
     loader = {"saelens": _load_saelens, "sparsify": _load_sparsify, "dictionary_learning": _load_dl}[fmt]
     d = loader(p, site=site, out_site=out_site)
+    if fmt == "saelens" or tl_processing is not None:
+        cfg = d.meta.get("cfg") if fmt == "saelens" else {}
+        flags = saelens_weight_processing(cfg, str(d.meta.get("path", p)))
+        if tl_processing is not None:
+            flags = {**(flags or dict.fromkeys(TL_PROCESSING_DEFAULTS, False)),
+                     **{k: bool(v) for k, v in tl_processing.items()}}
+        d = _apply_processing(d, flags, model, str(d.meta.get("path", p)))
     if device is None and model is not None:
         device = _model_device(model)
     if isinstance(dtype, str):
@@ -665,6 +775,14 @@ def save_saelens(d: Dictionary, path: str | Path) -> Path:
     })
     if d.is_transcoder:
         metadata["hook_name_out"] = saelens_hook_name(d.out_site)  # type: ignore[arg-type]
+    kw = dict(metadata.get("model_from_pretrained_kwargs") or {})
+    flags = d.meta.get("tl_processing")
+    if isinstance(flags, dict) and (any(flags.values()) or kw):
+        kw.update({k: bool(v) for k, v in flags.items()})  # explicit: SAELens loads from_pretrained_no_processing(**kw)
+    if d.center_input or d.center_output:
+        kw["center_writing_weights"] = True
+    if kw:
+        metadata["model_from_pretrained_kwargs"] = kw
     metadata["workbench"] = {
         "version": _version(), "site": d.site, "out_site": d.out_site, "architecture": d.architecture,
         "source_format": d.meta.get("format"), "labels": {str(i): v for i, v in sorted(d.labels.items())},

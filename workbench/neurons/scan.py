@@ -5,11 +5,13 @@
     store.exemplars(12, 345)                             # top windows of neuron 345 in layer 12
 
 The corpus is cut into windows of ``window`` tokens (per text, never across texts). Each
-batch of windows runs once through `Model.run`, whose capture reducers (inside the nnsight
-trace, so this also works with ``remote=...``) return per window the maximum of each unit
-and its position, plus the batch's central moments, active counts and histogram. The
-client merges those into the store's O(units × k) state, and checkpoints it: stop a scan at
-any time (Ctrl-C, ``cancel``) and the same call resumes it. Shards of a corpus
+batch of windows runs once through the model (`streaming.run_to_last_site`: the engine's trace
+program, stopped after the last scanned site, so no unembedding runs), whose capture reducers
+(`ScanReducer`, inside the nnsight trace, so this also works with ``remote=...``) return per
+window the maximum of each unit (and its position where it can enter the top-k), plus the
+batch's power sums and histogram. The client merges those into the store's O(units × k)
+state, and checkpoints it: stop a scan at any time (Ctrl-C, ``cancel``) and the same call
+resumes it. Shards of a corpus
 (``shard=(i, n)``) scan on different machines and `ScanStore.merge` combines them.
 
 From a terminal (progress bar with tokens/s and time left; Ctrl-C checkpoints)::
@@ -47,8 +49,9 @@ from .store import (
     window_priority,
     write_store,
 )
+from .streaming import run_to_last_site
 
-__all__ = ["scan", "ScanCancelled", "SCAN_SITES", "Window", "iter_windows"]
+__all__ = ["scan", "ScanCancelled", "SCAN_SITES", "ScanReducer", "Window", "iter_windows"]
 
 #: The sites a scan reads: the per-token ``[batch, seq, width]`` sites of the site table.
 SCAN_SITES = TOKEN_SITES
@@ -120,45 +123,99 @@ def _expand_sites(model: Any, sites: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-class _Reduce:
+class ScanReducer:
     """Runs inside the trace: a batch's activations at one site -> what the store merges.
 
-    Everything is a handful of passes over the batch: the per-window maximum, power sums
-    shifted by the running mean (so float32 sums stay accurate), and the histogram, whose
-    bin index comes from the float32 bit pattern (`store.HIST`) with integer operations.
+    ``mask`` ``[b, s]`` marks the counted tokens (not padding, not the first ``first``
+    positions); ``shift`` is the running mean the power sums are taken around (so float32 sums
+    stay accurate); ``threshold`` the k-th best value of each unit so far (NaN while a slot is
+    empty): only windows above it can enter the top-k, so only theirs need a position.
+    Each part is a method (`maxima`, `positions`, `moments`, `histogram`) so its cost can be
+    measured alone (benchmarks/bench_scan.py ``--profile``); every part reads the batch in a
+    few whole-tensor passes and none copies the counted tokens out.
     """
 
     def __init__(self, mask: torch.Tensor, pad_rows: torch.Tensor, shift: torch.Tensor | None, k: int,
                  sample_rows: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 first: int = 1):
+                 first: int = 1, threshold: torch.Tensor | None = None):
         self.mask, self.pad_rows, self.shift, self.k = mask, pad_rows, shift, k
-        self.sample_rows, self.transform, self.first = sample_rows, transform, first
+        self.sample_rows, self.transform, self.first, self.threshold = sample_rows, transform, first, threshold
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations as a contiguous float32 ``[b, s, d]`` tensor (after the transform)."""
         if self.transform is not None:
             x = self.transform(x)
-        x = x.float()
-        dev = x.device
-        m = self.mask.to(dev)
-        wmax, wpos = x[:, self.first :].max(dim=1)
-        wpos += self.first
+        return x.float().contiguous()
+
+    def maxima(self, x: torch.Tensor) -> torch.Tensor:
+        """Each window's maximum of each unit over its counted tokens, ``[b, d]``."""
+        wmax = x[:, self.first :].amax(dim=1)
         if len(self.pad_rows):  # windows shorter than the batch: mask their padding
-            rows = self.pad_rows.to(dev)
-            pm, pp = x[rows].masked_fill(~m[rows, :, None], -torch.inf).max(dim=1)
-            wmax[rows], wpos[rows] = pm, pp
-        flat = x[m]
-        y = flat - self.shift.to(dev) if self.shift is not None else flat
+            rows = self.pad_rows.to(x.device)
+            m = self.mask.to(x.device)[rows, :, None]
+            wmax[rows] = x[rows].masked_fill(~m, -torch.inf).amax(dim=1)
+        return wmax
+
+    def positions(self, x: torch.Tensor, rows: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """Position of the (first) maximum of unit ``units[i]`` in window ``rows[i]``."""
+        m = self.mask.to(x.device)
+        if len(rows) * 4 >= x.shape[0] * x.shape[2]:  # most pairs: one dense pass
+            pos = x[:, self.first :].max(dim=1).indices + self.first
+            if len(self.pad_rows):
+                pr = self.pad_rows.to(x.device)
+                pos[pr] = x[pr].masked_fill(~m[pr, :, None], -torch.inf).max(dim=1).indices
+            return pos[rows, units]
+        cols = x[rows, :, units]  # [pairs, s]
+        return cols.masked_fill(~m[rows], -torch.inf).argmax(dim=1)
+
+    def moments(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Power sums 1..4 of ``x - shift`` over the counted tokens (float32, per unit)."""
+        y = x - self.shift.to(x.device) if self.shift is not None else x.clone()
+        if self.first:
+            y[:, : self.first] = 0
+        if len(self.pad_rows):
+            rows = self.pad_rows.to(x.device)
+            y[rows] = y[rows].masked_fill(~self.mask.to(x.device)[rows, :, None], 0)
         y2 = y * y
-        out = {"s1": y.sum(0), "s2": y2.sum(0), "s3": torch.linalg.vecdot(y2, y, dim=0),
-               "s4": torch.linalg.vecdot(y2, y2, dim=0), "hist": HIST.counts(flat)}
-        if x.shape[0] > self.k:
+        s1, s2 = y.sum((0, 1)), y2.sum((0, 1))
+        s3 = y.mul_(y2).sum((0, 1))
+        s4 = y2.mul_(y2).sum((0, 1))
+        return {"s1": s1, "s2": s2, "s3": s3, "s4": s4}
+
+    def histogram(self, x: torch.Tensor) -> torch.Tensor:
+        """``[d, n_bins]`` counts of the counted tokens: every token's, less the uncounted ones'."""
+        d = x.shape[-1]
+        hist = HIST.counts(x.view(-1, d))
+        m = self.mask.to(x.device)
+        if not bool(m.all()):
+            hist -= HIST.counts(x[~m])
+        return hist
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.prepare(x)
+        dev = x.device
+        wmax = self.maxima(x)
+        b, d = wmax.shape
+        out = self.moments(x)
+        out["hist"] = self.histogram(x)
+        if b > self.k:
             tv, ti = wmax.topk(self.k, dim=0)
-            out.update(tv=tv, ti=ti, tp=wpos.gather(0, ti))
         else:
-            out.update(tv=wmax, tp=wpos)
+            tv, ti = wmax, torch.arange(b, device=dev)[:, None].expand(b, d)
+        # Only windows that can enter the top-k need their position (the rest never survive a merge).
+        need = ~(tv <= self.threshold.to(dev)) if self.threshold is not None else torch.ones_like(tv, dtype=torch.bool)
+        j, u = need.nonzero(as_tuple=True)
+        tp = torch.zeros(tv.shape, dtype=torch.long, device=dev)
+        if len(j):
+            tp[j, u] = self.positions(x, ti[j, u], u)
+        out.update(tv=tv, tp=tp)
+        if b > self.k:
+            out["ti"] = ti
         if len(self.sample_rows):
             rows = self.sample_rows.to(dev)
-            out.update(sv=wmax[rows], sp=wpos[rows])
+            r = rows[:, None].expand(len(rows), d).reshape(-1)
+            uu = torch.arange(d, device=dev).repeat(len(rows))
+            out.update(sv=wmax[rows], sp=self.positions(x, r, uu).view(len(rows), d))
         return out
 
 
@@ -222,18 +279,19 @@ class _Scan:
             tr = self.features[key][1] if key in self.features else None
             st = self.states.get(key)
             shift = st.mean.float() if st is not None and st.n else None
-            r = _Reduce(mask, pad_rows, shift, k, cand, tr, first)
+            thr = st.threshold() if st is not None else None
+            r = ScanReducer(mask, pad_rows, shift, k, cand, tr, first, thr)
             reducers[key] = r
             caps.setdefault(info["site"], []).append((key, r))
         capture = {}
         for site, pairs in caps.items():
             capture[site] = (lambda x, pairs=pairs: {key: r(x) for key, r in pairs})
-        res = model.run(batch, self.interventions or None, capture=capture, top_k=0, logits=None, remote=self.remote)
+        activations = run_to_last_site(model, batch, self.interventions, capture, self.remote)
         n = int(mask.sum())
         with _deferred_interrupt():
             keys, svals, spos = [], [], []
             for site, pairs in caps.items():
-                outs = res.activations[site]
+                outs = activations[site]
                 for key, _ in pairs:
                     o = {f: v.detach().cpu() for f, v in outs[key].items()}
                     if key not in self.states:
@@ -258,6 +316,12 @@ class _Scan:
             meta["cursor"] = windows[-1].id + 1
             meta["fingerprint"] = fingerprint
         return n
+
+    def store(self, features: dict[str, tuple[str, Callable]]) -> ScanStore:
+        """The store as last checkpointed, from memory (what `ScanStore.open` would read back)."""
+        store = ScanStore(self.path, self.meta, self.states, self.sample, self.model)
+        store.transforms = {key: fn for key, (_, fn) in features.items()}
+        return store
 
     def checkpoint(self) -> None:
         """Write the windows since the last checkpoint and the state; meta.json commits both."""
@@ -382,7 +446,9 @@ def scan(model: Any, corpus: Any = None, path: str | Path | None = None, *, site
     job = _Scan(model, path, meta, states, smp, features, specs, remote)
     cursor = int(meta["cursor"])
     fp = Fingerprint()
-    total = _count_tokens(model, corpus, window, skip_first, shard, max_tokens) if hasattr(corpus, "__len__") or corpus is None else None
+    # The bar's total needs a tokenization pass of its own: only when there is a bar to show.
+    sized = hasattr(corpus, "__len__") or corpus is None
+    total = _count_tokens(model, corpus, window, skip_first, shard, max_tokens) if progress and sized else None
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=min(meta["n_tokens"], total or meta["n_tokens"]), unit="tok", unit_scale=True,
@@ -427,7 +493,7 @@ def scan(model: Any, corpus: Any = None, path: str | Path | None = None, *, site
                         bar.close()
                         raise ScanCancelled(f"scan cancelled after {meta['n_windows']} windows; the checkpoint is in "
                                             f"{path}: run the same call again to resume",
-                                            partial=_opened(path, model, features))
+                                            partial=job.store(features))
             else:
                 if not resumed_check and fp.hexdigest() != meta["fingerprint"]:
                     raise StoreError(f"{path}: the corpus is shorter than the one this scan started on")
@@ -445,17 +511,11 @@ def scan(model: Any, corpus: Any = None, path: str | Path | None = None, *, site
     meta["complete"] = True
     job.checkpoint()
     bar.close()
-    return _opened(path, model, features)
+    return job.store(features)
 
 
 def _same_sites(a: dict, b: dict) -> bool:
     return {k: (v["site"], v.get("transform")) for k, v in a.items()} == {k: (v["site"], v.get("transform")) for k, v in b.items()}
-
-
-def _opened(path: Path, model: Any, features: dict) -> ScanStore:
-    store = ScanStore.open(path, model)
-    store.transforms = {key: fn for key, (_, fn) in features.items()}
-    return store
 
 
 def _count_tokens(model: Any, corpus: Any, window: int, skip_first: bool, shard: tuple[int, int] | None,

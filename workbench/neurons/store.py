@@ -1,19 +1,25 @@
 """The scan store: per-unit exemplars and statistics from one pass over a corpus, on disk.
 
-Format (``format: "interp-workbench/scan"``, version 1), one folder::
+Format (``format: "interp-workbench/scan"``, version 2; version 1 stores still open), one folder::
 
     meta.json                 what was scanned and how far (the commit point of every checkpoint)
     state-<step>.safetensors  the running reductions, per key ``<site>/<field>``:
         top.values  [k, d] f32   top-k window maxima per unit, best first (ties: lower window first)
-        top.window  [k, d] i64   their window ids (-1: empty slot)
-        top.pos     [k, d] i32   position of the maximum inside the window
+        top.window  [k, d] int   their window ids (-1: empty slot)
+        top.pos     [k, d] int   position of the maximum inside the window
         n           [1]    i64   tokens counted (every unit of a site sees the same tokens)
         mean, m2, m3, m4 [d] f64 mean and central moment sums (merged with Pébay's formulas)
-        hist        [d, nb] i64  counts in the fixed signed-log bins of ``meta.json["hist"]``
-                                 (`SignedLogBins`; the fraction active, x > 0, is read from it)
+        hist        [d, nb'] int counts in the fixed signed-log bins of ``meta.json["hist"]``
+                                 (`SignedLogBins`; the fraction active, x > 0, is read from it),
+                                 bins ``hist.lo`` ([1] i64) to ``hist.lo + nb'`` only: every bin
+                                 outside is empty for every unit of the key
         sample.values/sample.pos [R, d]  each unit's maximum in R sampled windows
-      and, shared by all sites, ``sample.window [R] i64`` / ``sample.priority [R] f64``: the R
+      and, shared by all sites, ``sample.window [R] int`` / ``sample.priority [R] f64``: the R
       windows with the smallest hash priority (a deterministic sample, so shards merge exactly).
+
+    Integer tensors ("int") are written in the smallest of uint8, int16, int32 and int64 that
+    holds their values (exact); in memory they are int64 (counts, window ids) and int32
+    (positions) whatever the file holds. Version 1 wrote them all as int64/int32, with every bin.
     windows/<chunk>.safetensors   token ids of scanned windows: ``ids [n, W] i32`` (-1 = padding),
                                   ``window [n] i64`` (global id), ``doc [n] i64``, ``start [n] i64``
 
@@ -43,7 +49,9 @@ from ..core.sites import Site
 from ..core.viewers import Showable
 
 FORMAT = "interp-workbench/scan"
-VERSION = 1
+VERSION = 2
+#: Store versions this workbench opens (older ones are read into the current in-memory layout).
+READABLE_VERSIONS = (1, 2)
 
 
 class StoreError(WorkbenchError):
@@ -96,12 +104,15 @@ class SignedLogBins:
         d = flat.shape[1]
         bits = flat.view(torch.int32)
         s = bits >> 31  # -1 for negative (and -0.0), else 0
-        u = bits & 0x7FFFFFFF
-        z = (u - 1) >> 31  # -1 for ±0
-        q = (u >> self.shift).sub_(self.base).clamp_(-1, self.M).add_(2).add_(z)
-        q = (q ^ s).sub_(s)  # negate for negative values
+        q = bits & 0x7FFFFFFF
+        z = q - 1
+        z >>= 31  # -1 for ±0
+        # In place from here (three temporaries in all): the bin counted from the centre, signed.
+        q >>= self.shift
+        q.clamp_(self.base - 1, self.base + self.M).sub_(self.base - 2).add_(z)
+        q.bitwise_xor_(s).sub_(s)  # negate for negative values
         q += torch.arange(d, dtype=torch.int32, device=flat.device) * self.n_bins + self.center
-        return torch.bincount(q.flatten(), minlength=d * self.n_bins).view(d, self.n_bins)
+        return torch.bincount(q.view(-1), minlength=d * self.n_bins).view(d, self.n_bins)
 
 
 HIST = SignedLogBins()
@@ -148,17 +159,43 @@ class KeyState:
     def width(self) -> int:
         return self.mean.shape[0]
 
+    def threshold(self) -> torch.Tensor:
+        """Each unit's k-th best value so far, NaN while its top-k has an empty slot (a later window
+        enters the top-k only if its value is above this: ties keep the earlier window)."""
+        return torch.where(self.top_window[-1] >= 0, self.top_values[-1], torch.nan)
+
     def merge_top(self, values: torch.Tensor, windows: torch.Tensor, pos: torch.Tensor) -> None:
-        """Merge candidates [c, d] into the top-k: value descending, then window ascending."""
-        k = self.top_values.shape[0]
-        v = torch.cat([self.top_values, values.float()])
-        w = torch.cat([self.top_window, windows.long()])
-        p = torch.cat([self.top_pos, pos.int()])
+        """Merge candidates [c, d] into the top-k: value descending, then window ascending.
+
+        Only the units where some candidate reaches the current k-th value (or a slot is
+        empty) are sorted; the others cannot change (late in a scan, most of them)."""
+        values, windows, pos = values.float(), windows.long(), pos.int()
+        cols = (~(values < self.top_values[-1]) | (self.top_window[-1] < 0)).any(0)  # ties and NaN: candidates
+        if not bool(cols.any()):
+            return
+        if bool(cols.all()):
+            self.top_values, self.top_window, self.top_pos = self._merged(self.top_values, self.top_window,
+                                                                          self.top_pos, values, windows, pos)
+            return
+        idx = cols.nonzero().flatten()
+        v, w, p = self._merged(self.top_values[:, idx], self.top_window[:, idx], self.top_pos[:, idx],
+                               values[:, idx], windows[:, idx], pos[:, idx])
+        self.top_values, self.top_window, self.top_pos = (self.top_values.clone(), self.top_window.clone(),
+                                                          self.top_pos.clone())
+        self.top_values[:, idx], self.top_window[:, idx], self.top_pos[:, idx] = v, w, p
+
+    @staticmethod
+    def _merged(tv: torch.Tensor, tw: torch.Tensor, tp: torch.Tensor, values: torch.Tensor, windows: torch.Tensor,
+                pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = tv.shape[0]
+        v = torch.cat([tv, values])
+        w = torch.cat([tw, windows])
+        p = torch.cat([tp, pos])
         wkey = torch.where(w < 0, torch.iinfo(torch.long).max, w)
         o1 = torch.sort(wkey, dim=0, stable=True).indices
         v, w, p = v.gather(0, o1), w.gather(0, o1), p.gather(0, o1)
         o2 = torch.sort(v, dim=0, descending=True, stable=True).indices[:k]
-        self.top_values, self.top_window, self.top_pos = v.gather(0, o2), w.gather(0, o2), p.gather(0, o2)
+        return v.gather(0, o2), w.gather(0, o2), p.gather(0, o2)
 
     def merge_moments(self, n_b: int, mean: torch.Tensor, m2: torch.Tensor, m3: torch.Tensor,
                       m4: torch.Tensor) -> None:
@@ -202,17 +239,32 @@ class KeyState:
         self.merge_hist(other.hist)
 
     def tensors(self, key: str) -> dict[str, torch.Tensor]:
-        return {f"{key}/top.values": self.top_values, f"{key}/top.window": self.top_window,
-                f"{key}/top.pos": self.top_pos, f"{key}/n": torch.tensor([self.n]), f"{key}/mean": self.mean,
-                f"{key}/m2": self.m2, f"{key}/m3": self.m3, f"{key}/m4": self.m4, f"{key}/hist": self.hist, f"{key}/sample.values": self.sample_values,
-                f"{key}/sample.pos": self.sample_pos}
+        """The state as the store writes it: integers in their smallest exact dtype, the histogram
+        cut to the bins some unit uses (``hist.lo`` is the first kept bin)."""
+        used = (self.hist != 0).any(0).nonzero().flatten()
+        lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
+        return {f"{key}/top.values": self.top_values, f"{key}/top.window": compact_int(self.top_window),
+                f"{key}/top.pos": compact_int(self.top_pos), f"{key}/n": torch.tensor([self.n]), f"{key}/mean": self.mean,
+                f"{key}/m2": self.m2, f"{key}/m3": self.m3, f"{key}/m4": self.m4,
+                f"{key}/hist": compact_int(self.hist[:, lo:hi].contiguous()), f"{key}/hist.lo": torch.tensor([lo]),
+                f"{key}/sample.values": self.sample_values, f"{key}/sample.pos": compact_int(self.sample_pos)}
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor], key: str, width: int, k: int, n_bins: int,
                      n_sample: int) -> KeyState:
+        """Read a key's state from a state file of any readable version (into the in-memory dtypes)."""
+        lo, nb = 0, n_bins  # version 1: every bin
+        lo_t, hist_t = t.get(f"{key}/hist.lo"), t.get(f"{key}/hist")
+        if lo_t is not None and hist_t is not None:  # version 2: the used bins from hist.lo on
+            if lo_t.shape != (1,) or hist_t.dim() != 2:
+                raise StoreError(f"{key}/hist.lo or {key}/hist has the wrong shape: the store is corrupt")
+            lo, nb = int(lo_t[0]), hist_t.shape[1]
+            if not (0 <= lo and lo + nb <= n_bins):
+                raise StoreError(f"{key}/hist covers bins {lo}..{lo + nb}, outside the {n_bins} bins of meta.json: "
+                                 "the store is corrupt")
         shapes = {"top.values": (k, width), "top.window": (k, width), "top.pos": (k, width), "n": (1,),
-                  "mean": (width,), "m2": (width,), "m3": (width,), "m4": (width,), "hist": (width, n_bins), "sample.values": (n_sample, width),
-                  "sample.pos": (n_sample, width)}
+                  "mean": (width,), "m2": (width,), "m3": (width,), "m4": (width,), "hist": (width, nb),
+                  "sample.values": (n_sample, width), "sample.pos": (n_sample, width)}
         got = {}
         for f, shape in shapes.items():
             name = f"{key}/{f}"
@@ -222,8 +274,23 @@ class KeyState:
                 raise StoreError(f"tensor {name!r} has shape {tuple(t[name].shape)}, expected {shape} "
                                  "(from meta.json): the store is corrupt")
             got[f] = t[name]
-        return cls(got["top.values"], got["top.window"], got["top.pos"], int(got["n"][0]), got["mean"], got["m2"],
-                   got["m3"], got["m4"], got["hist"], got["sample.values"], got["sample.pos"])
+        hist = torch.zeros((width, n_bins), dtype=torch.long)
+        hist[:, lo : lo + nb] = got["hist"].long()
+        return cls(got["top.values"].float(), got["top.window"].long(), got["top.pos"].int(), int(got["n"][0]),
+                   got["mean"].double(), got["m2"].double(), got["m3"].double(), got["m4"].double(), hist,
+                   got["sample.values"].float(), got["sample.pos"].int())
+
+
+def compact_int(t: torch.Tensor) -> torch.Tensor:
+    """An integer tensor in the smallest of uint8, int16, int32, int64 that holds its values exactly."""
+    if t.numel() == 0:
+        return t
+    lo, hi = int(t.min()), int(t.max())
+    for dt in (torch.uint8, torch.int16, torch.int32):
+        info = torch.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return t.to(dt) if t.dtype != dt else t
+    return t.long()
 
 
 @dataclass
@@ -258,11 +325,12 @@ class Sample:
 
 def write_store(path: Path, meta: dict, states: dict[str, KeyState], sample: Sample, step: int) -> None:
     """Write the state file, then meta.json (the commit point), then drop older state files."""
-    tensors: dict[str, torch.Tensor] = {"sample.window": sample.windows, "sample.priority": sample.priority}
+    tensors: dict[str, torch.Tensor] = {"sample.window": compact_int(sample.windows), "sample.priority": sample.priority}
     for key, st in states.items():
         tensors.update(st.tensors(key))
     name = f"state-{step:08d}.safetensors"
     atomic_tensors(path / name, tensors)
+    meta["version"] = VERSION  # the state file is in this version's layout (a resumed old store is upgraded)
     meta["state"] = name
     meta["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_json(path / "meta.json", meta)
@@ -282,8 +350,9 @@ def _read_json(path: Path) -> dict:
         raise StoreError(f"{path} is corrupt (not valid JSON: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise StoreError(f"{path} is not a scan store's metadata (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("version") != VERSION:
-        raise StoreError(f"{path}: store version {meta.get('version')!r} is not supported (this workbench reads {VERSION})")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise StoreError(f"{path}: store version {meta.get('version')!r} is not supported (this workbench reads "
+                         f"versions {', '.join(map(str, READABLE_VERSIONS))}; a newer workbench wrote it?)")
     required = ("sites", "k", "window", "n_sample", "hist", "state", "chunks", "n_tokens", "n_windows", "cursor")
     missing = [r for r in required if r not in meta]
     if missing:
@@ -366,7 +435,7 @@ class ScanStore(Showable):
         for name in ("sample.window", "sample.priority"):
             if name not in t or tuple(t[name].shape) != (R,):
                 raise StoreError(f"{path / meta['state']}: tensor {name!r} is missing or has the wrong shape")
-        store = cls(path, meta, states, Sample(t["sample.window"], t["sample.priority"]), model)
+        store = cls(path, meta, states, Sample(t["sample.window"].long(), t["sample.priority"].double()), model)
         if model is not None:
             store.check_model(model)
         return store

@@ -1,7 +1,10 @@
 // Pure helpers for the AttentionHeads widget (no DOM): packed lower-triangle access,
-// max-pool downsampling, the colour ramp with gamma, and layout/hover geometry.
-// Patterns arrive as [n_heads, s(s+1)/2]: head h's row q, key k (k <= q) is at
-// h * s(s+1)/2 + q(q+1)/2 + k.
+// max-pool downsampling, the colour ramp with gamma, layout/hover geometry and the cache
+// of enlarged heads.
+// The grid's thumbnails arrive per layer as [n_heads, size, size] (max-pooled in the kernel,
+// -1 where a block is wholly above the diagonal); an enlarged head's full pattern arrives as
+// its packed lower triangle [s(s+1)/2]: row q, key k (k <= q) is at q(q+1)/2 + k (head h of
+// a [n_heads, s(s+1)/2] layer starts at h * s(s+1)/2).
 import { seqColor } from "./dom";
 
 /** Number of values in the packed lower triangle of an s × s matrix. */
@@ -44,7 +47,7 @@ export function unpackTril(data: Floats, offset: number, s: number): Float32Arra
   return out;
 }
 
-/** How to downsample an s-token pattern to at most maxPx pixels a side. */
+/** How to downsample an s-token pattern to at most maxPx pixels a side (the kernel's `thumbnail_plan`). */
 export function poolPlan(s: number, maxPx = 128): { factor: number; size: number } {
   const factor = Math.max(1, Math.ceil(s / Math.max(1, maxPx)));
   return { factor, size: Math.ceil(s / factor) };
@@ -161,4 +164,44 @@ export function describeCell(tokens: string[], q: number, k: number, p: number |
   const name = (i: number) => `"${shortLabel(tokens[i] ?? "?", 20)}" (${i})`;
   if (k > q || p === null) return `${name(q)} → ${name(k)}: masked (causal)`;
   return `${name(q)} → ${name(k)}: ${fmtP(p)}`;
+}
+
+/** Head h's size × size thumbnail inside one layer's [n_heads, size, size] buffer (a view, no copy). */
+export function headThumb<T extends Float32Array | Float64Array>(data: T, h: number, size: number): T {
+  const n = size * size;
+  if ((h + 1) * n > data.length || h < 0) throw new RangeError(`head ${h} is not in a buffer of ${data.length / n} heads`);
+  return data.subarray(h * n, (h + 1) * n) as T;
+}
+
+/** A small least-recently-used map (the enlarged heads' full patterns, a few MB each). */
+export class Lru<K, V> {
+  private map = new Map<K, V>();
+  constructor(readonly capacity: number) {}
+
+  get(key: K): V | undefined {
+    const v = this.map.get(key);
+    if (v !== undefined) {
+      this.map.delete(key);
+      this.map.set(key, v);
+    }
+    return v;
+  }
+
+  set(key: K, value: V): void {
+    this.map.delete(key);
+    this.map.set(key, value);
+    while (this.map.size > this.capacity) this.map.delete(this.map.keys().next().value as K);
+  }
+
+  has(key: K): boolean {
+    return this.map.has(key);
+  }
+
+  clear(): void {
+    this.map.clear();
+  }
+
+  get size(): number {
+    return this.map.size;
+  }
 }
