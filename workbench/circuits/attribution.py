@@ -134,7 +134,7 @@ def _scores_from(graph: ComputationGraph, diff: torch.Tensor, grads: list[tuple[
 
 
 def eap(model: Any, task: Any, method: str = "eap", steps: int = 5, *, split_qkv: bool = False,
-        graph: ComputationGraph | None = None, budget: int = DEFAULT_BUDGET, progress: bool = False,
+        graph: ComputationGraph | None = None, budget: int = DEFAULT_BUDGET, progress: bool = True,
         cancel: threading.Event | None = None) -> EdgeScores:
     """Edge attribution scores of ``task`` on ``model`` (see the module docstring).
 

@@ -38,7 +38,7 @@ def top_n(scores: Any, n: int, absolute: bool = True) -> Circuit:
 
 
 def greedy_prune(model: Any, task: Any, scores: Any, threshold: float = 0.8, *, absolute: bool = True,
-                 per_round: int = 8, budget: int = DEFAULT_BUDGET, progress: bool = False,
+                 per_round: int = 8, budget: int = DEFAULT_BUDGET, progress: bool = True,
                  cancel: threading.Event | None = None) -> Circuit:
     """The smallest top-k circuit of ``scores`` whose faithfulness reaches ``threshold`` (see the module docstring).
 
@@ -96,7 +96,7 @@ def _node_receivers(graph: ComputationGraph, nodes: list[str]) -> set[int]:
 
 
 def acdc(model: Any, task: Any, tau: float, *, nodes: list[str] | None = None, budget: int | None = None,
-         metric: str = "kl", split_qkv: bool = False, memory: int = DEFAULT_BUDGET, progress: bool = False,
+         metric: str = "kl", split_qkv: bool = False, memory: int = DEFAULT_BUDGET, progress: bool = True,
          cancel: threading.Event | None = None) -> Circuit:
     """ACDC with threshold ``tau`` (see the module docstring).
 

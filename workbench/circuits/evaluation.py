@@ -165,7 +165,7 @@ def _sizes(sizes: Sequence[float] | None, n_edges: int) -> list[int]:
 
 
 def faithfulness_curve(model: Any, task: Any, scores: Any, sizes: Sequence[float] | None = None, *,
-                       absolute: bool = True, budget: int = DEFAULT_BUDGET, progress: bool = False,
+                       absolute: bool = True, budget: int = DEFAULT_BUDGET, progress: bool = True,
                        cancel: threading.Event | None = None) -> FaithfulnessCurve | CurveSet:
     """Faithfulness of the top-k edges of ``scores`` (an `EdgeScores`, or a list of them) for each k.
 

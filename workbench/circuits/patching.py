@@ -144,7 +144,7 @@ def _expand(graph: ComputationGraph, names: Any, what: str) -> list[str]:
 
 
 def path_patching(model: Any, task: Any, senders: Any, receivers: Any, *, split_qkv: bool | None = None,
-                  budget: int = DEFAULT_BUDGET, progress: bool = False,
+                  budget: int = DEFAULT_BUDGET, progress: bool = True,
                   cancel: threading.Event | None = None) -> PathPatchingResult:
     """Path patching from ``senders`` (node names such as ``"a9.h6"`` or ``(layer, head)``) to
     ``receivers`` (``"a10.h7.q"``, ``"a10.kv2.k"``, ``"a10.h7"``, ``"m11"`` or ``"logits"``).
