@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hf_paths import PATHS
+from tl_reference import hooked
 
 from workbench.core.errors import WorkbenchError
 from workbench.core.sites import SITES, WRITABLE, NoHookError, Site, site_to_hook
@@ -196,31 +197,8 @@ def test_post_norm_model_without_pre_norms_says_so(tiny):
 # -- against TransformerLens itself, where it is installed -----------------------------------------------------
 def hooked_transformer(tl, model, family: str):
     """The tiny HF model converted by transformer-lens's own weight conversion, with no weight processing."""
-    from transformer_lens.pretrained.weight_conversions import (
-        convert_gpt2_weights,
-        convert_llama_weights,
-    )
-
-    c, a = model.hf.config, model.arch
-    common = dict(n_layers=a.n_layers, d_model=a.d_model, n_heads=a.n_heads, d_head=a.d_head, d_mlp=a.d_mlp,
-                  d_vocab=a.vocab, n_ctx=256, device="cpu", dtype=torch.float32, default_prepend_bos=False)
-    if family == "gpt2":
-        cfg = tl.HookedTransformerConfig(act_fn="gelu_new", normalization_type="LN", eps=c.layer_norm_epsilon,
-                                         positional_embedding_type="standard", original_architecture="GPT2LMHeadModel",
-                                         **common)
-        sd = convert_gpt2_weights(model.hf, cfg)
-    else:
-        cfg = tl.HookedTransformerConfig(act_fn="silu", normalization_type="RMS", eps=c.rms_norm_eps, gated_mlp=True,
-                                         positional_embedding_type="rotary", rotary_dim=a.d_head,
-                                         rotary_base=int(c.rope_parameters["rope_theta"]),
-                                         n_key_value_heads=c.num_key_value_heads, final_rms=True,
-                                         original_architecture="LlamaForCausalLM", **common)
-        sd = convert_llama_weights(model.hf, cfg)
-    ht = tl.HookedTransformer(cfg)
-    ht.load_and_process_state_dict(sd, fold_ln=False, center_writing_weights=False, center_unembed=False,
-                                   fold_value_biases=False)
-    ht.set_use_hook_mlp_in(True)
-    return ht.eval()
+    assert model.arch.family == ("gpt2" if family == "gpt2" else "llama")
+    return hooked(model)
 
 
 @pytest.mark.parametrize("fam", ["gpt2", "llama"])

@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from tl_reference import hooked  # noqa: F401  (the peer tests import it from here too)
 
 from workbench.dictionaries import DictionaryError, Splice, load_dictionary
 
@@ -60,34 +61,6 @@ def gpt2():
                     p.add_(0.2 + torch.randn(p.shape[-1], generator=g) * 0.1)
         _MODELS["gpt2"] = model
     return _MODELS["gpt2"]
-
-
-def hooked(model, flags: dict, cls=None):
-    """The workbench's tiny HF model, converted by transformer-lens and processed with ``flags``."""
-    from transformer_lens.pretrained.weight_conversions import (
-        convert_gpt2_weights,
-        convert_llama_weights,
-    )
-
-    c, a = model.hf.config, model.arch
-    common = dict(n_layers=a.n_layers, d_model=a.d_model, n_heads=a.n_heads, d_head=a.d_head, d_mlp=a.d_mlp,
-                  d_vocab=a.vocab, n_ctx=256, device="cpu", dtype=torch.float32, default_prepend_bos=False)
-    if a.family == "gpt2":
-        cfg = tl.HookedTransformerConfig(act_fn="gelu_new", normalization_type="LN", eps=c.layer_norm_epsilon,
-                                         positional_embedding_type="standard", original_architecture="GPT2LMHeadModel",
-                                         **common)
-        sd = convert_gpt2_weights(model.hf, cfg)
-    else:
-        cfg = tl.HookedTransformerConfig(act_fn="silu", normalization_type="RMS", eps=c.rms_norm_eps, gated_mlp=True,
-                                         positional_embedding_type="rotary", rotary_dim=a.d_head,
-                                         rotary_base=int(c.rope_parameters["rope_theta"]),
-                                         n_key_value_heads=c.num_key_value_heads, final_rms=True,
-                                         original_architecture="LlamaForCausalLM", **common)
-        sd = convert_llama_weights(model.hf, cfg)
-    ht = (cls or tl.HookedTransformer)(cfg)
-    ht.load_and_process_state_dict(sd, **flags)
-    ht.set_use_hook_mlp_in(True)
-    return ht.eval()
 
 
 def write_sae(path, hook: str, d_in: int, kwargs: dict | None, version: str, seed: int = 0):
