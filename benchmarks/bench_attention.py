@@ -23,18 +23,15 @@ beyond a 20 s forward under the heavier load); thumbnails move 2.3 MB, the whole
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
-from _common import interleaved, report
+from _common import chromium_page_loads, interleaved, report
 
 import workbench as wb
 from workbench.widgets import AttentionHeads
@@ -101,35 +98,16 @@ def total_bytes(sent: list[tuple[dict, list]]) -> int:
 
 def browser_ms(folder: Path, repeats: int = 5) -> list[tuple[float, float]]:
     """(grid render ms, enlarged head ms) per page load in headless Chromium."""
-    from playwright.sync_api import sync_playwright
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
+    def measure(page) -> tuple[float, float]:
+        page.wait_for_selector(".iw-attention[data-rendered=true]", timeout=120_000)
+        grid = float(page.get_attribute(".iw-attention", "data-render-ms"))
+        page.click(f"[data-testid=head-thumb][data-layer='{HEAD[0]}'][data-head='{HEAD[1]}']")
+        page.wait_for_selector(f"[data-testid=head-detail][data-state=done][data-shown='{HEAD[0]}:{HEAD[1]}']",
+                               timeout=120_000)
+        return grid, float(page.get_attribute("[data-testid=head-detail]", "data-load-ms"))
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
-    times = []
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic"])
-            for _ in range(repeats):
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(url)
-                page.wait_for_selector(".iw-attention[data-rendered=true]", timeout=120_000)
-                grid = float(page.get_attribute(".iw-attention", "data-render-ms"))
-                page.click(f"[data-testid=head-thumb][data-layer='{HEAD[0]}'][data-head='{HEAD[1]}']")
-                page.wait_for_selector(f"[data-testid=head-detail][data-state=done][data-shown='{HEAD[0]}:{HEAD[1]}']",
-                                       timeout=120_000)
-                times.append((grid, float(page.get_attribute("[data-testid=head-detail]", "data-load-ms"))))
-                page.close()
-            browser.close()
-    finally:
-        server.shutdown()
-    return times
+    return chromium_page_loads(folder, measure, repeats)
 
 
 def main() -> None:

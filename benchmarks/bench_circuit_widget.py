@@ -15,18 +15,16 @@ same view redrawn at 200 edges (the fixed cost of nodes and page). Target: < 1 s
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
+from _common import chromium_page_loads
 
 from workbench.widgets.circuit import CircuitGraph
 
@@ -93,33 +91,14 @@ def record(widget: CircuitGraph) -> tuple[list[dict], bytes]:
 
 
 def browser_render_ms(folder: Path, repeats: int = 7) -> list[tuple[float, int]]:
-    from playwright.sync_api import sync_playwright
+    """(render ms, edges drawn) per page load in headless Chromium."""
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
+    def measure(page) -> tuple[float, int]:
+        page.wait_for_selector(".iw-circuit[data-rendered=true]", timeout=60_000)
+        return (float(page.get_attribute(".iw-circuit", "data-render-ms")),
+                int(page.get_attribute(".iw-circuit", "data-drawn")))
 
-    handler = functools.partial(Quiet, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
-    out = []
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic"])
-            for _ in range(repeats):
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(url)
-                page.wait_for_selector(".iw-circuit[data-rendered=true]", timeout=60_000)
-                out.append((float(page.get_attribute(".iw-circuit", "data-render-ms")),
-                            int(page.get_attribute(".iw-circuit", "data-drawn"))))
-                page.close()
-            browser.close()
-    finally:
-        server.shutdown()
-    return out
+    return chromium_page_loads(folder, measure, repeats)
 
 
 def measure(scores, model, k: int, folder: Path) -> tuple[list[tuple[float, int]], list[dict], bytes]:
