@@ -263,6 +263,41 @@ def test_exact_edge_patching_matches_reference(tiny, fam, split):
         assert got[k].item() == pytest.approx(want, abs=2e-4), (k, [names[i] for i in es])
 
 
+def test_edges_into_the_logits_match_reference(tiny, fam, monkeypatch):
+    """Sets patching only edges into the logits skip the forward: they equal the reference and the traced path."""
+    from workbench.circuits import edges as E
+
+    model = tiny(fam)
+    task = make_task(model)
+    graph = ComputationGraph.from_model(model)
+    into = [i for i, nm in enumerate(graph.edge_names) if nm.endswith("->logits")]
+    sets = [[i] for i in into[:4]] + [into, into[1::2], []]
+    got = patch_edges(model, task, sets, graph=graph)
+    names = graph.edge_names
+    ref = Ref(model.hf, fam, False)
+    for k, es in enumerate(sets):
+        want = ref_patch(ref, task, [tuple(names[i].split("->")) for i in es])
+        assert got[k].item() == pytest.approx(want, abs=2e-4), (k, [names[i] for i in es])
+    monkeypatch.setattr(E, "_direct_ok", lambda m: False)  # every set through the trace
+    torch.testing.assert_close(patch_edges(model, task, sets, graph=graph), got, atol=1e-5, rtol=1e-5)
+
+
+def test_late_sets_skip_early_layers_and_match_reference(tiny, fam):
+    """One set per forward (``budget=1``): a set whose receivers are all in late layers skips the layers below."""
+    model = tiny(fam)
+    task = make_task(model)
+    graph = ComputationGraph.from_model(model)
+    names = graph.edge_names
+    late = [i for i, nm in enumerate(names) if nm.split("->")[1] != "logits" and graph.n_layers > 1
+            and nm.split("->")[1].startswith((f"a{graph.n_layers - 1}.", f"m{graph.n_layers - 1}", "m1"))]
+    sets = [[i] for i in late[:5]] + [late[::3]]
+    got = patch_edges(model, task, sets, graph=graph, budget=1)
+    ref = Ref(model.hf, fam, False)
+    for k, es in enumerate(sets):
+        want = ref_patch(ref, task, [tuple(names[i].split("->")) for i in es])
+        assert got[k].item() == pytest.approx(want, abs=2e-4), (k, [names[i] for i in es])
+
+
 def test_patching_changes_the_metric_and_chunks_agree(tiny):
     model = tiny("llama")
     task = make_task(model)

@@ -146,6 +146,8 @@ class EdgeRun:
             self.cmasks = masks[:, need]  # [K, S_need, R]
             self.recv_active = masks.any(0).any(0)  # [R]
         self.inputs: list[tuple[list[int], torch.Tensor]] = []  # grad mode: (receivers, input [b, s, P, d])
+        self.streams: list[torch.Tensor] = []  # record mode: the stream entering each layer
+        self.start, self.pre = 0, None  # patch mode: first layer run, the clean outputs of senders below it
         self.rec: torch.Tensor | None = None
         self.D: torch.Tensor | None = None
 
@@ -163,6 +165,16 @@ class EdgeRun:
             self.rec = x.new_zeros(self.g.n_senders, b, s, d)
         if self.mode == "patch":  # [sets, senders with a patched edge, prompts, s, d]
             self.D = x.new_zeros(self.K, int(self.need.sum()), b // self.K, s, d)
+            if self.start > 0:
+                self.prefill()
+
+    def prefill(self) -> None:
+        """The senders below ``start`` (their layers skipped) carry the clean run's outputs ``pre``."""
+        ids = torch.arange(1 + self.start * (self.g.n_heads + 1))
+        ids = ids[self.need[ids]]
+        if ids.numel():
+            diff = self.source[ids].to(self.D.dtype) - self.pre[ids].to(self.D.dtype)  # [k', n, s, d]
+            self.D[:, self.cidx[ids]] = diff.unsqueeze(0)
 
     def put(self, first: int, out: torch.Tensor) -> None:
         """Senders ``first .. first + k - 1`` produced ``out [b, s, k, d]``."""
@@ -232,6 +244,10 @@ class StreamOp(_Op):
         r = self.run
         if not r.active(step):
             return
+        if r.record:
+            r.streams.append(r.sel(x))
+        if self.layer == r.start and r.start > 0:
+            r.begin(r.sel(x))
         if self.layer == 0:
             if r.alpha is not None:  # EAP-IG: the input embedding on the path from the source to this run
                 src = r.source[0].to(x.dtype)  # [n, s, d]
@@ -364,6 +380,8 @@ def edge_ops(run: EdgeRun) -> list[TraceOp]:
                 continue
             if isinstance(op, LogitsInOp) and not bool(act[g.logits_receiver]):
                 continue
+            if 0 <= op.layer < run.start:  # below the first layer run (skipped)
+                continue
             keep.append(op)
         ops = keep
     return ops
@@ -386,8 +404,17 @@ def _trace_kwargs(model: Any) -> dict[str, Any]:
     return kw
 
 
-def _forward(model: Any, ids: torch.Tensor, run: EdgeRun, grad: bool = False) -> tuple[torch.Tensor, EdgeRun]:
-    """One trace of token rows ``ids`` with ``run``'s ops; returns last-position logits ``[rows, vocab]``."""
+def _skip_layers(program: TraceProgram, nn: Any, outputs: Sequence[torch.Tensor]) -> None:
+    """Skip layers ``0 .. len(outputs) - 1``: layer j returns ``outputs[j]`` without running."""
+    for j, out in enumerate(outputs):
+        program.layer(nn, j).skip(out)
+
+
+def _forward(model: Any, ids: torch.Tensor, run: EdgeRun, grad: bool = False,
+             skip: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, EdgeRun]:
+    """One trace of token rows ``ids`` with ``run``'s ops; returns last-position logits ``[rows, vocab]``.
+
+    ``skip``: outputs of the first layers, which then do not run (their ops must not be there)."""
     batch = _batch(model, ids)
     program = TraceProgram(model, [], {}, batch)
     for op in edge_ops(run):
@@ -399,10 +426,11 @@ def _forward(model: Any, ids: torch.Tensor, run: EdgeRun, grad: bool = False) ->
     ctx = torch.enable_grad() if grad else torch.inference_mode()
     with model.lock, ctx:
         with model.trace_batch(batch, remote=False, **_trace_kwargs(model)):
+            _skip_layers(program, nn, skip)
             program.visit(nn, Step(0, batch.lengths))
             logits = nnsight.save(program.logits(nn)[:, -1])
-            saved = nnsight.save([run.rec, [x for _, x in run.inputs]])
-    run.rec = saved[0]
+            saved = nnsight.save([run.rec, [x for _, x in run.inputs], getattr(run, "last", None), run.streams])
+    run.rec, run.last, run.streams = saved[0], saved[2], saved[3]
     run.inputs = [(rv, x) for (rv, _), x in zip(run.inputs, saved[1], strict=True)]
     return logits, run
 
@@ -422,40 +450,165 @@ def _sender_masks(graph: ComputationGraph, masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _logit_only(graph: ComputationGraph, masks: torch.Tensor) -> torch.Tensor:
+    """``[K]`` bool: the sets whose patched edges all enter the logits (or that patch nothing)."""
+    other = graph.edge_receiver != graph.logits_receiver
+    return ~masks[:, other].any(1)
+
+
+def _direct_ok(model: Any) -> bool:
+    """Whether the logits are ``unembed(final_norm(stream))`` with nothing after (no softcapping)."""
+    cfg = getattr(model.hf, "config", None)
+    return getattr(cfg, "final_logit_softcapping", None) is None and model.hf.get_output_embeddings() is not None
+
+
+def _clean_run(model: Any, graph: ComputationGraph, ids: torch.Tensor) -> EdgeRun:
+    """The clean run recorded: every sender's output ``rec``, the stream entering each layer
+    ``streams`` and the final norm's input ``last``."""
+    ws, final = model_weights(model, graph)
+    run = EdgeRun(graph, ws, final, "record", family=graph.config["family"])
+    return _forward(model, ids, run)[1]
+
+
+def _receiver_layers(graph: ComputationGraph) -> torch.Tensor:
+    """``[n_receivers]``: each receiver's layer (the logits: ``n_layers``)."""
+    out = torch.full((graph.n_receivers,), graph.n_layers, dtype=torch.long)
+    for L in range(graph.n_layers):
+        p = graph.ports(L)
+        out[list(p["q"]) + list(p["k"]) + list(p["v"]) + [p["mlp"]]] = L
+    return out
+
+
+def _first_layers(graph: ComputationGraph, masks: torch.Tensor) -> torch.Tensor:
+    """``[K]``: the earliest layer with a patched receiver in each set (``n_layers`` if none)."""
+    lay = _receiver_layers(graph)[graph.edge_receiver]  # [n_edges]
+    big = torch.full_like(lay, graph.n_layers)
+    return torch.where(masks, lay, big).min(1).values
+
+
+def _direct_logits(model: Any, graph: ComputationGraph, masks: torch.Tensor, source: torch.Tensor,
+                   clean: tuple[torch.Tensor, torch.Tensor], chunk: int = 32) -> list[torch.Tensor]:
+    """Last-position logits ``[n, vocab]`` per set for sets that patch only edges into the logits.
+
+    Nothing upstream of the logits changes, so their input is the clean final stream plus the
+    sum over the set's edges of (source - clean sender output): no forward is needed.
+    """
+    rec, last = clean[0][:, :, -1], clean[1][:, -1]  # [S, n, d], [n, d]
+    _, final = model_weights(model, graph)
+    head = model.hf.get_output_embeddings()
+    diff = source[:, :, -1].to(rec.dtype) - rec  # [S, n, d]
+    sm = _sender_masks(graph, masks)[:, :, graph.logits_receiver].to(rec.device, rec.dtype)  # [K, S]
+    out: list[torch.Tensor] = []
+    with model.lock, torch.inference_mode():
+        for start in range(0, sm.shape[0], chunk):
+            x = last + torch.einsum("ks,snd->knd", sm[start:start + chunk], diff)
+            out.extend(head(final(x).to(head.weight.dtype)).float().cpu())
+    return out
+
+
+def _chunk_size(graph: ComputationGraph, masks: torch.Tensor, n: int, s: int, d: int, budget: int) -> int:
+    """Sets per traced batch so that the difference buffer fits ``budget`` bytes."""
+    need = masks.any(0)
+    n_send = int(torch.unique(graph.edge_sender[need]).numel()) if bool(need.any()) else 0
+    per_set = max(1, n_send) * n * s * d * 4 + n * s * d * 4 * 12
+    return max(1, min(masks.shape[0], budget // per_set))
+
+
+def _plan(first: list[int], n_layers: int, chunk: int) -> list[tuple[int, int]]:
+    """Batches ``(start, stop)`` over sets sorted by ``first`` (descending) that minimize the layers run.
+
+    A batch runs its sets from its smallest first layer on: its cost is ``k * (n_layers - L)`` set-layers
+    plus one set's full forward (the per-forward overhead). Batches hold at most ``chunk`` sets and
+    split only between groups of equal ``first`` (a group larger than ``chunk`` is split evenly).
+    """
+    if not first:
+        return []
+    bounds = [0] + [i for i in range(1, len(first)) if first[i] != first[i - 1]] + [len(first)]
+    G = len(bounds) - 1
+    best = [0.0] + [float("inf")] * G
+    back = [0] * (G + 1)
+    for j in range(1, G + 1):  # groups [i, j) in one run of batches
+        for i in range(j - 1, -1, -1):
+            k = bounds[j] - bounds[i]
+            c = best[i] + -(-k // chunk) * n_layers + k * (n_layers - first[bounds[j] - 1])
+            if c < best[j]:
+                best[j], back[j] = c, i
+    out: list[tuple[int, int]] = []
+    j = G
+    while j > 0:
+        a, b = bounds[back[j]], bounds[j]
+        nb = -(-(b - a) // chunk)
+        step = -(-(b - a) // nb)
+        out[:0] = [(x, min(b, x + step)) for x in range(a, b, step)]
+        j = back[j]
+    return out
+
+
 def run_masks(model: Any, graph: ComputationGraph, clean_ids: torch.Tensor, source: torch.Tensor,
               masks: torch.Tensor, *, budget: int = DEFAULT_BUDGET, progress: bool = False,
               cancel: threading.Event | None = None, desc: str = "patching edges") -> torch.Tensor:
     """Last-position logits ``[K, n, vocab]`` of the clean rows with each mask's edges patched.
 
-    ``source`` ``[n_senders, n, s, d]`` (recorded) or ``[n_senders, 1, 1, d]`` (means). Sets run as
-    rows of batches whose difference buffer fits ``budget`` bytes.
+    ``source`` ``[n_senders, n, s, d]`` (recorded) or ``[n_senders, 1, 1, d]`` (means). Sets that
+    patch only edges into the logits are computed from one clean run without a forward of their
+    own (`_direct_logits`); the others run as rows of batches whose difference buffer fits
+    ``budget`` bytes.
     """
     from tqdm.auto import tqdm
 
     K = masks.shape[0]
     n, s = clean_ids.shape
-    d = model.d_model
-    ws, final = model_weights(model, graph)
-    need = masks.any(0)
-    n_send = int(torch.unique(graph.edge_sender[need]).numel()) if bool(need.any()) else 0
-    per_set = max(1, n_send) * n * s * d * 4 + n * s * d * 4 * 12
-    chunk = max(1, min(K, budget // per_set))
-    out: list[torch.Tensor] = []
     dev = model.device
     src = source.to(dev)
+    ids = clean_ids.to(dev)
+    out: list[torch.Tensor | None] = [None] * K
+    direct = _logit_only(graph, masks) if _direct_ok(model) else torch.zeros(K, dtype=torch.bool)
+    d_idx, t_idx = direct.nonzero()[:, 0].tolist(), (~direct).nonzero()[:, 0].tolist()
+    first = _first_layers(graph, masks)
+    clean = _clean_run(model, graph, ids) if d_idx or bool((first[t_idx] > 0).any()) else None
     with tqdm(total=K, desc=desc, disable=not progress, leave=False) as bar:
-        for start in range(0, K, chunk):
-            if cancel is not None and cancel.is_set():
-                done = torch.stack(out) if out else None
-                raise Cancelled(f"{desc}: cancelled after {start} of {K} edge sets", partial=done)
-            m = masks[start:start + chunk]
-            k = m.shape[0]
-            run = EdgeRun(graph, ws, final, "patch", masks=_sender_masks(graph, m).to(dev), source=src, n_sets=k,
-                          family=graph.config["family"])
-            logits, _ = _forward(model, clean_ids.to(dev).repeat(k, 1), run)
-            out.extend(logits.detach().float().reshape(k, n, -1).cpu())
-            bar.update(k)
+        if d_idx:
+            for i, lg in zip(d_idx, _direct_logits(model, graph, masks[d_idx], src, (clean.rec, clean.last)),
+                             strict=True):
+                out[i] = lg
+            bar.update(len(d_idx))
+        t_idx.sort(key=lambda i: -int(first[i]))  # chunks of sets that start late skip their first layers
+        _traced(model, graph, ids, src, masks, t_idx, out, budget, bar, cancel, desc, first, clean)
     return torch.stack(out)
+
+
+def _traced(model: Any, graph: ComputationGraph, ids: torch.Tensor, src: torch.Tensor, masks: torch.Tensor,
+            idx: list[int], out: list[torch.Tensor | None], budget: int, bar: Any,
+            cancel: threading.Event | None, desc: str, first: torch.Tensor, clean: EdgeRun | None) -> None:
+    """Sets ``idx`` of ``masks`` as rows of traced batches; each set's logits ``[n, vocab]`` go to ``out``.
+
+    A batch whose sets patch nothing below layer ``L`` (``first``) skips layers ``< L``: they
+    return the ``clean`` run's stream, and their senders carry its outputs."""
+    if not idx:
+        return
+    n, s = ids.shape
+    ws, final = model_weights(model, graph)
+    chunk = _chunk_size(graph, masks[idx], n, s, model.d_model, budget)
+    plan = _plan([int(first[i]) for i in idx], graph.n_layers, chunk) if clean is not None else \
+        [(a, min(len(idx), a + chunk)) for a in range(0, len(idx), chunk)]
+    for start, stop in plan:
+        if cancel is not None and cancel.is_set():
+            done = [o for o in out if o is not None]
+            raise Cancelled(f"{desc}: cancelled after {len(done)} of {len(out)} edge sets",
+                            partial=torch.stack(done) if done else None)
+        part = idx[start:stop]
+        k = len(part)
+        run = EdgeRun(graph, ws, final, "patch", masks=_sender_masks(graph, masks[part]).to(model.device), source=src,
+                      n_sets=k, family=graph.config["family"])
+        skip: list[torch.Tensor] = []
+        L = int(first[part].min())
+        if clean is not None and 0 < L < graph.n_layers:
+            run.start, run.pre = L, clean.rec
+            skip = [clean.streams[j + 1].repeat(k, 1, 1) for j in range(L)]
+        logits, _ = _forward(model, ids.repeat(k, 1), run, skip=skip)
+        for i, lg in zip(part, logits.detach().float().reshape(k, n, -1).cpu(), strict=True):
+            out[i] = lg
+        bar.update(k)
 
 
 def gradient_run(model: Any, graph: ComputationGraph, ids: torch.Tensor, metric: Any, *, record: bool = False,

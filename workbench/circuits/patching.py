@@ -3,7 +3,10 @@
 `patch_edges` runs the clean prompts with each set's edges carrying their sender's corrupted
 output (every other edge carries this run's own value) and returns the task metric's mean over
 pairs, one number per set. Many sets share a forward: the batch holds one copy of the pairs per
-set, chunked so that the per-sender difference buffer fits ``budget`` bytes.
+set, chunked so that the per-sender difference buffer fits ``budget`` bytes. Sets that patch only
+edges into the logits need no forward (the logits' input is the clean stream plus the edges'
+differences), and a batch of sets whose receivers all sit at layer L or above skips layers < L,
+starting from the clean run's stream (`workbench.circuits.edges.run_masks`).
 
 `path_patching` is exact patching of single edges from sender heads to receivers (heads' q/k/v
 inputs, heads, MLPs or the logits): the classic sender x receiver matrix.
