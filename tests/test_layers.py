@@ -29,6 +29,7 @@ ALLOWED = {  # layer -> layers it may import (besides itself)
     "causal": {"core"}, "neurons": {"core"}, "dictionaries": {"core"}, "llm": {"core"},
     "autointerp": {"core", "neurons", "llm"},
     "circuits": {"core", "causal", "neurons"},
+    "graphs": {"core", "dictionaries"},
     "testing": {"core"},
     "agent": None, "cli": None, "widgets": None, "root": None,  # None: anything
 }
