@@ -251,7 +251,7 @@ class _Plan:
         for L, gl in by_layer.items():
             outs.append(run.mlp_in[L])
             grads_out.append(gl.to(run.mlp_in[L].device))
-        inputs = [run.embed_leaf] + list(run.mlp_leaves)
+        inputs = [run.embed_leaf] + list(run.mlp_leaves) + [t for t, _ in run.bias_points]
         with torch.enable_grad():
             grads = torch.autograd.grad(outs, inputs, grads_out, retain_graph=True, allow_unused=True)
         self.passes += 1
@@ -281,7 +281,8 @@ class _Plan:
         B = len(chunk)
         zeros = torch.zeros(self.rows, s, self.d)
         g_emb = grads[0] if grads[0] is not None else zeros
-        g_mlp = [g if g is not None else zeros for g in grads[1:]]
+        g_mlp = [g if g is not None else zeros for g in grads[1:1 + n_layers]]
+        g_bias = grads[1 + n_layers:]
         block = torch.zeros(B, n)
         for L, cols, pos, fid, a in srcs:
             contrib = torch.zeros(B, cols.numel())
@@ -302,6 +303,9 @@ class _Plan:
         dec_bias = torch.zeros(B)
         for L in self.layers:
             dec_bias += (g_mlp[L][:B].sum(1) * self.b_dec[L][None]).sum(-1)
+        for g, (_, b_vec) in zip(g_bias, self.run.bias_points, strict=True):
+            if g is not None:
+                dec_bias += (g[:B].sum(1) * b_vec.float()[None]).sum(-1)
         out = {}
         for b, (kind, j) in enumerate(chunk):
             if kind == "logit":

@@ -108,6 +108,11 @@ def _freeze_norm(env: Any) -> torch.Tensor:
     return new
 
 
+def _bias_of(env: Any) -> torch.Tensor | None:
+    b = getattr(getattr(env, "_module", env), "bias", None)
+    return b.detach() if isinstance(b, torch.Tensor) and bool(b.any()) else None
+
+
 @dataclass
 class ReplacementRun:
     """One frozen forward: leaves, the linear outputs to differentiate, and the real values (copy 0).
@@ -115,7 +120,10 @@ class ReplacementRun:
     ``embed_leaf [rows, s, d]`` and ``mlp_leaves[L] [rows, s, d]`` are the leaves; ``mlp_in[L]``
     (covered layers) and ``final [rows, d]`` (final norm output at the last position) the outputs;
     ``mlp_in_values``, ``mlp_out_values`` and ``embed_values`` their real values ``[s, d]``;
-    ``logits [vocab]`` the last position's logits; ``skip_values[L]`` what a skip connection wrote.
+    ``logits [vocab]`` the last position's logits; ``skip_values[L]`` what a skip connection wrote;
+    ``bias_points``: ``(output, bias)`` of every module on the linear paths that adds a constant
+    (value and output projections, norms with a bias): a target's bias term includes
+    ``sum over positions of grad(output) . bias``.
     """
 
     embed_leaf: torch.Tensor
@@ -127,6 +135,7 @@ class ReplacementRun:
     mlp_out_values: list[torch.Tensor]
     skip_values: dict[int, torch.Tensor]
     logits: torch.Tensor
+    bias_points: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def replacement_forward(model: Any, ids: torch.Tensor, rows: int, covered: list[int],
@@ -147,21 +156,30 @@ def replacement_forward(model: Any, ids: torch.Tensor, rows: int, covered: list[
 
     if "logits_to_keep" in inspect.signature(model.hf.forward).parameters:
         kw["logits_to_keep"] = 1
+    biases = _linear_biases(model)
     with model.lock, torch.enable_grad():
         with model.trace_batch(batch, remote=False, **kw):
             emb = resolve(nn, a.embed)
             e = emb.output
             e_leaf = e.detach().clone().requires_grad_(True)
             emb.output = e_leaf
-            leaves, mlp_in, in_vals, out_vals, skip_vals = [], {}, {}, [], {}
+            leaves, mlp_in, in_vals, out_vals, skip_vals, points = [], {}, {}, [], {}, []
             layers = resolve(nn, a.layers)
             for L in range(n_layers):
                 layer = layers[L]
-                _freeze_norm(resolve(layer, a.ln1))
+                h = _freeze_norm(resolve(layer, a.ln1))
+                if (L, "ln1") in biases:
+                    points.append((h, biases[(L, "ln1")]))
                 attn = resolve(layer, a.attn)
                 attn.q_proj.output = attn.q_proj.output.detach()
                 attn.k_proj.output = attn.k_proj.output.detach()
+                if (L, "v") in biases:
+                    points.append((attn.v_proj.output, biases[(L, "v")]))
+                if (L, "o") in biases:
+                    points.append((resolve(layer, a.attn_o_proj).output, biases[(L, "o")]))
                 x = _freeze_norm(resolve(layer, a.ln2))
+                if (L, "ln2") in biases:
+                    points.append((x, biases[(L, "ln2")]))
                 if L in want:
                     mlp_in[L] = x
                     in_vals[L] = x[0].detach()
@@ -178,9 +196,31 @@ def replacement_forward(model: Any, ids: torch.Tensor, rows: int, covered: list[
                     leaf = val.clone().requires_grad_(True)
                     mlp.output = leaf
                 leaves.append(leaf)
-            final = _freeze_norm(resolve(nn, a.final_norm))[:, -1]
+            fin = _freeze_norm(resolve(nn, a.final_norm))
+            if (-1, "final") in biases:
+                points.append((fin, biases[(-1, "final")]))
+            final = fin[:, -1]
             logits = resolve(nn, a.unembed).output[0, -1].detach()
-            saved = nnsight.save([e_leaf, leaves, mlp_in, final, in_vals, out_vals, skip_vals, logits])
-    e_leaf, leaves, mlp_in, final, in_vals, out_vals, skip_vals, logits = saved
+            saved = nnsight.save([e_leaf, leaves, mlp_in, final, in_vals, out_vals, skip_vals, logits, points])
+    e_leaf, leaves, mlp_in, final, in_vals, out_vals, skip_vals, logits, points = saved
     return ReplacementRun(e_leaf, leaves, mlp_in, final, e_leaf[0].detach(), in_vals, out_vals, skip_vals,
-                          logits.float())
+                          logits.float(), list(points))
+
+
+def _linear_biases(model: Any) -> dict[tuple[int, str], torch.Tensor]:
+    """``{(layer, part): bias}`` of the constants on the frozen model's linear paths (none for Llama)."""
+    a = model.arch
+    out: dict[tuple[int, str], torch.Tensor] = {}
+    layers = resolve(model.hf, a.layers)
+    for L in range(a.n_layers):
+        layer = layers[L]
+        attn = resolve(layer, a.attn)
+        for part, mod in (("ln1", resolve(layer, a.ln1)), ("v", attn.v_proj), ("o", resolve(layer, a.attn_o_proj)),
+                          ("ln2", resolve(layer, a.ln2))):
+            b = _bias_of(mod)
+            if b is not None:
+                out[(L, part)] = b
+    b = _bias_of(resolve(model.hf, a.final_norm))
+    if b is not None:
+        out[(-1, "final")] = b
+    return out
