@@ -106,7 +106,7 @@ def test_edges_equal_the_jacobian_of_a_hand_written_frozen_model(llama, tset, gr
         ins, fin = f(e, ms)
         if r < F:
             L, p, fi = graph.features[r].tolist()
-            target = ins[L][p] @ tset.W_enc[L][:, fi] + tset.b_enc[L][fi]
+            target = ins[L][p] @ tset.dictionary(L).W_enc[:, fi] + tset.dictionary(L).b_enc[fi]
         else:
             target = fin @ U[graph.logit_ids[r - graph.logit_start]]
         grads = torch.autograd.grad(target, [e] + ms, allow_unused=True)
@@ -115,9 +115,9 @@ def test_edges_equal_the_jacobian_of_a_hand_written_frozen_model(llama, tset, gr
         want = torch.zeros(graph.n_nodes)
         acts = {L: tset.encode(L, _mlp_in(llama, ids, L)) for L in tset.layers}
         for j, (L, p, fi) in enumerate(graph.features.tolist()):
-            want[j] = acts[L][p, fi] * (tset.W_dec[L][fi] @ g_m[L][p])
+            want[j] = acts[L][p, fi] * (tset.dictionary(L).W_dec[fi] @ g_m[L][p])
         for L in range(nl):
-            err = mlp_outs[L] - (acts[L] @ tset.W_dec[L] + tset.bd[L] if L in acts else 0)
+            err = mlp_outs[L] - (tset.dictionary(L).decode(acts[L]) if L in acts else 0)
             want[F + L * s:F + (L + 1) * s] = (err * g_m[L]).sum(-1)
         want[F + nl * s:F + nl * s + s] = (emb * g_e).sum(-1)
         torch.testing.assert_close(graph.adjacency[r], want, atol=1e-4, rtol=1e-4)
@@ -348,3 +348,63 @@ def test_unsupported_models_are_refused_clearly():
     m = tiny_model("gpt2", n_layers=2)
     with pytest.raises(UnsupportedModelError, match="q_proj and k_proj"):
         attribute(m, PROMPT, RandomPLT([0], m.arch.d_model, 8), progress=False)
+
+
+# -- other transcoder kinds ------------------------------------------------------------------------------------
+def _identity(g):
+    rows = list(range(g.n_features)) + list(range(g.logit_start, g.n_nodes))
+    return float((g.adjacency.sum(1) + g.bias - g.values)[rows].abs().max())
+
+
+def test_skip_and_topk_transcoders_keep_rows_exact(llama):
+    from graph_fixtures import random_transcoders
+
+    skip = random_transcoders([0, 1], llama.arch.d_model, 32, seed=4, skip=True)
+    g = attribute(llama, PROMPT, skip, batch_size=16, progress=False)
+    assert g.n_features > 10 and _identity(g) < 1e-4
+    topk = random_transcoders([1, 2], llama.arch.d_model, 32, seed=5, architecture="topk", k=4)
+    g = attribute(llama, PROMPT, topk, batch_size=16, progress=False)
+    assert g.n_features == 2 * 4 * g.n_pos or g.n_features <= 2 * 4 * g.n_pos
+    assert _identity(g) < 1e-4
+
+
+def _random_clt(model, layers, m, seed=6):
+    from workbench.dictionaries.clt import CrossLayerTranscoder
+    from workbench.dictionaries.transcoders import TranscoderSet
+
+    g = torch.Generator().manual_seed(seed)
+    d, n = model.arch.d_model, len(layers)
+    clt = CrossLayerTranscoder(W_enc=torch.randn(n, d, m, generator=g) / d**0.5, b_enc=torch.randn(n, m, generator=g) * 0.1,
+                               W_dec=[torch.randn(m, n - i, d, generator=g) / m**0.5 for i in range(n)],
+                               b_dec=torch.randn(n, d, generator=g) * 0.1, layers=list(layers))
+    return TranscoderSet(clt)
+
+
+def test_cross_layer_transcoder_edges_sum_over_the_layers_a_latent_writes(llama):
+    ts = _random_clt(llama, [0, 1, 2], 24)
+    g = attribute(llama, PROMPT, ts, batch_size=16, progress=False)
+    assert g.settings["kind"] == "clt" and _identity(g) < 1e-4
+    # a layer-0 latent's edge into the top logit: its activation times the sum over the three
+    # layers it writes of (its decoder row for that layer) . (the logit's gradient there)
+    ids = torch.tensor([g.token_ids])
+    f, emb, mlp_outs = _frozen_reference(llama, ids)
+    W_U = llama.hf.lm_head.weight.detach().float()
+    u = W_U[g.logit_ids[0]] - W_U.mean(0)
+    ms = [m.clone().requires_grad_(True) for m in mlp_outs]
+    _, fin = f(emb, ms)
+    gm = torch.autograd.grad(fin @ u, ms, allow_unused=True)
+    W = ts.decoder_rows(0)
+    for j in [j for j in range(g.n_features) if int(g.features[j, 0]) == 0][:10]:
+        _, p, fi = g.features[j].tolist()
+        want = float(g.activations[j]) * sum(float(W[fi, k] @ gm[k][p]) for k in range(3))
+        assert float(g.adjacency[g.logit_start, j]) == pytest.approx(want, abs=1e-4, rel=1e-4)
+
+
+def test_feature_edit_on_the_real_model_moves_the_logits(llama):
+    ts = _random_clt(llama, [0, 1, 2], 24)
+    g = attribute(llama, PROMPT, ts, batch_size=16, progress=False)
+    i = int(torch.argmax(g.influence()[:g.n_features]))
+    r = g.intervene({g.node_ids[i]: 0.0})
+    assert any(abs(v) > 1e-6 for v in r.measured)
+    v = g.verify(top=5, progress=False)
+    assert len(v.rows) == 5 and -1.0 <= v.correlation <= 1.0

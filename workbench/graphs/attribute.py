@@ -136,18 +136,16 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
     n_layers, d = model.arch.n_layers, model.arch.d_model
     K = len(logit_ids)
     rows = max(1, min(batch_size, K + n_active))
-    skips = {L: w for L in layers if (w := transcoders.skip(L)) is not None}
+    skips = {L: w for L in layers if (w := _effective_skip(transcoders, L)) is not None}
     run = replacement_forward(model, ids.to(model.device), rows, layers, skips)
 
-    # what each leaf is made of (real values, copy 0)
-    recon = transcoders.reconstruct({L: acts_by[L] for L in layers})
+    # what each leaf is made of (real values, copy 0): features, decoder bias and the error
+    recon = transcoders.reconstruct({L: acts_by[L] for L in layers}, mlp_in_real if skips else None)
     err = []
     for L in range(n_layers):
         v = run.mlp_out_values[L].float()
-        if L in run.skip_values:
-            v = v - run.skip_values[L].float()
         if L in recon:
-            v = v - recon[L].float()
+            v = v - recon[L].float()  # the skip connection's part is in both
         err.append(v)
     emb = run.embed_values.float()
 
@@ -198,6 +196,18 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
     if callable(labels):
         g.labels.update(labels(g))
     return g
+
+
+def _effective_skip(tset: Any, layer: int) -> torch.Tensor | None:
+    """The skip connection as a matrix on the raw MLP input (a centred input folds into it)."""
+    w = tset.skip(layer)
+    if w is None:
+        return None
+    w = w.float()
+    d = tset.dictionary(layer) if hasattr(tset, "dictionary") else None
+    if d is not None and getattr(d, "center_input", False):
+        w = w - w.mean(0, keepdim=True)  # (x - mean x) @ W = x @ (W - mean over rows)
+    return w
 
 
 def _select_all(n: int) -> list[int]:

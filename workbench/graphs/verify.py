@@ -37,15 +37,14 @@ def _error_vector(graph: AttributionGraph, layer: int, pos: int) -> torch.Tensor
     cache = graph.__dict__.setdefault("_error_cache", {})
     if layer not in cache:
         model, tset = _need_model(graph)
-        ins = [L for L in tset.layers if L <= layer]
+        ins = list(tset.layers)
         res = model.run(graph.prompt, capture=[f"mlp_out.{layer}"] + [f"mlp_in.{L}" for L in ins], top_k=1)
         out = res[f"mlp_out.{layer}"][0].float()
         if layer in tset.layers:
-            acts_by = {L: tset.encode(L, res[f"mlp_in.{L}"][0].float()).float() for L in ins}
-            out = out - tset.reconstruct(acts_by)[layer].float()
-            skip = tset.skip(layer)
-            if skip is not None:
-                out = out - res[f"mlp_in.{layer}"][0].float() @ skip.float()
+            xs = {L: res[f"mlp_in.{L}"][0].float() for L in ins}
+            acts_by = {L: tset.encode(L, x).float() for L, x in xs.items()}
+            has_skip = any(tset.skip(L) is not None for L in ins)
+            out = out - tset.reconstruct(acts_by, xs if has_skip else None)[layer].float()
         cache[layer] = out
     return cache[layer][pos]
 
