@@ -408,3 +408,13 @@ def test_feature_edit_on_the_real_model_moves_the_logits(llama):
     assert any(abs(v) > 1e-6 for v in r.measured)
     v = g.verify(top=5, progress=False)
     assert len(v.rows) == 5 and -1.0 <= v.correlation <= 1.0
+
+
+def test_attribution_runs_under_remote_local_with_the_same_graph(llama, tset, graph):
+    g = attribute(llama, PROMPT, tset, batch_size=8, progress=False, remote="local")
+    torch.testing.assert_close(g.adjacency, graph.adjacency, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g.bias, graph.bias, atol=1e-5, rtol=1e-5)
+    # what travels: the plan up, the rows down (one trace, every backward pass inside it)
+    assert g.settings["forward_passes"] == 1
+    assert g.settings["download_bytes"] == (g.n_features + g.n_logits) * (g.n_nodes + 1) * 4
+    assert 0 < g.settings["upload_bytes"]

@@ -20,7 +20,7 @@ from .export import FEATURE_TYPES, cumulative_influence, export_graph, from_json
 from .graph import GRAPH_FORMAT, AttributionGraph, PrunedGraph
 from .importing import import_graph
 from .pruning import GraphScores, PruneMasks, graph_scores, node_influence, prune_masks
-from .replacement import ReplacementRun, UnsupportedModelError, check_supported, replacement_forward
+from .replacement import RowPlan, UnsupportedModelError, attribution_rows, check_supported
 from .supernodes import feature_similarity, propose_supernodes
 from .verify import Intervention, Verification, intervene, node_edits, verify
 
@@ -28,6 +28,6 @@ __all__ = [
     "attribute", "estimate_memory", "DEFAULT_MAX_TOKENS", "AttributionGraph", "PrunedGraph", "GraphError",
     "GRAPH_FORMAT", "export_graph", "import_graph", "to_json_id", "from_json_id", "cumulative_influence",
     "FEATURE_TYPES", "GraphScores", "PruneMasks", "graph_scores", "node_influence", "prune_masks",
-    "ReplacementRun", "UnsupportedModelError", "check_supported", "replacement_forward",
+    "RowPlan", "UnsupportedModelError", "check_supported", "attribution_rows",
     "Intervention", "Verification", "intervene", "node_edits", "verify", "propose_supernodes", "feature_similarity",
 ]

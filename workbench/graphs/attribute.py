@@ -1,8 +1,8 @@
 """`attribute`: the attribution graph of one prompt over a transcoder set.
 
-One real forward (inference mode) finds the active features and the output logits. One frozen
-forward of ``batch_size`` copies of the prompt (`replacement_forward`) then serves every
-backward: each backward pass carries one target row per copy (a logit's demeaned unembedding
+One real forward (inference mode) finds the active features, the error vectors and the output
+logits. One trace then runs a frozen forward of ``batch_size`` copies of the prompt and every
+backward pass (`attribution_rows`): each backward pass carries one target row per copy (a logit's demeaned unembedding
 vector at the final norm's output, or a feature's encoder vector at its MLP input), so a graph
 with R target rows costs one forward and ``ceil(R / batch_size)`` backward passes, as in
 circuit-tracer. A source's edge is its activation times the gradient reaching what it wrote:
@@ -11,7 +11,8 @@ circuit-tracer. A source's edge is its activation times the gradient reaching wh
 
 With more active features than ``max_feature_nodes``, the rows are computed in order of
 influence: after the logit rows, each batch takes the not-yet-visited features of highest
-influence in the graph so far; the features never visited are left out of the graph.
+influence in the graph so far; the features never visited are left out of the graph (each round of ``4 * batch_size`` rows is a
+trace of its own).
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from typing import Any
 
 import torch
 
-from ..core.errors import Cancelled
 from .errors import GraphError
 from .graph import AttributionGraph
-from .replacement import check_supported, replacement_forward
+from .replacement import RowPlan, attribution_rows, check_supported
 
 __all__ = ["attribute", "estimate_memory", "DEFAULT_MAX_TOKENS"]
 
@@ -95,7 +95,7 @@ def _active(tset: Any, mlp_in: dict[int, torch.Tensor]) -> tuple[torch.Tensor, t
 def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None, max_n_logits: int = 10,
               desired_logit_prob: float = 0.95, batch_size: int = 64, max_feature_nodes: int = 7500,
               max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True,
-              cancel: threading.Event | None = None) -> AttributionGraph:
+              cancel: threading.Event | None = None, remote: bool | str | None = None) -> AttributionGraph:
     """The attribution graph of ``prompt`` on ``model`` with ``transcoders`` (a `TranscoderSet`).
 
     ``targets``: token texts or ids for the logit nodes (one token each); by default the top
@@ -103,6 +103,10 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
     ``batch_size``: target rows per backward pass (and copies in the frozen forward).
     ``max_tokens``: prompts longer than this are refused with the memory they would need.
     Layers without a transcoder keep their real MLP, which enters as error nodes.
+    ``remote``: as the model's setting by default; ``"local"`` rehearses a remote run. What travels
+    is the `RowPlan` (per target row an encoder or unembedding vector, the active features'
+    decoder rows, the error vectors) and back only the rows: ``settings["upload_bytes"]`` and
+    ``settings["download_bytes"]`` say how much.
     """
     check_supported(model)
     transcoders.check(model)
@@ -123,7 +127,10 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
                          "position); shorten the prompt, or raise max_tokens (and lower batch_size) if that fits")
     model.check_length(s)
     layers = list(transcoders.layers)
-    res = model.run(prompt, capture=[f"mlp_in.{L}" for L in layers], top_k=1, logits="last")
+    n_layers = model.arch.n_layers
+    # the real run: every MLP's input and output, and the logits
+    res = model.run(prompt, capture=[f"mlp_in.{L}" for L in layers] + [f"mlp_out.{L}" for L in range(n_layers)],
+                    top_k=1, logits="last", remote=remote)
     mlp_in_real = {L: res[f"mlp_in.{L}"][0].float() for L in layers}
     logits = res.logits[0].float()
     if not bool(torch.isfinite(logits).all()):
@@ -132,69 +139,54 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
     probs_all = torch.softmax(logits, -1)
     feats, acts, acts_by = _active(transcoders, mlp_in_real)
     n_active = feats.shape[0]
-
-    n_layers, d = model.arch.n_layers, model.arch.d_model
     K = len(logit_ids)
-    rows = max(1, min(batch_size, K + n_active))
     skips = {L: w for L in layers if (w := _effective_skip(transcoders, L)) is not None}
-    run = replacement_forward(model, ids.to(model.device), rows, layers, skips)
-
-    # what each leaf is made of (real values, copy 0): features, decoder bias and the error
     recon = transcoders.reconstruct({L: acts_by[L] for L in layers}, mlp_in_real if skips else None)
-    err = []
-    for L in range(n_layers):
-        v = run.mlp_out_values[L].float()
-        if L in recon:
-            v = v - recon[L].float()  # the skip connection's part is in both
-        err.append(v)
-    emb = run.embed_values.float()
-
-    # logit target vectors
+    errors = torch.stack([res[f"mlp_out.{L}"][0].float() - (recon[L].float() if L in recon else 0.0)
+                          for L in range(n_layers)])  # a skip connection's part is in both
     W_U = model.hf.get_output_embeddings().weight.detach().float()
     b_U = getattr(model.hf.get_output_embeddings(), "bias", None)
     u = W_U[logit_ids] - W_U.mean(0, keepdim=True)
     ub = (b_U.detach().float()[logit_ids] - b_U.detach().float().mean()) if b_U is not None else torch.zeros(K)
+    ctx = _Context(transcoders, feats, acts, errors, u, ub, skips, layers, max(1, min(batch_size, K + n_active)),
+                   n_layers, s, K, remote)
+    from tqdm.auto import tqdm
 
-    # node order: selected features, errors, tokens, logits; selection may be partial
-    selected = _select_all(n_active) if n_active <= max_feature_nodes else None
-    plan = _Plan(model, transcoders, run, feats, acts, err, emb, u, ub, logit_ids, rows, n_layers, s, d, layers)
-    if selected is not None:
-        adj_rows = plan.rows_for([("logit", j) for j in range(K)] + [("feat", i) for i in selected], selected,
-                                 progress, cancel)
-    else:
-        selected, adj_rows = plan.by_influence(max_feature_nodes, probs_all[logit_ids], progress, cancel)
+    with tqdm(total=K + min(n_active, max_feature_nodes), desc="attribution rows", disable=not progress,
+              leave=False) as bar:
+        if n_active <= max_feature_nodes:
+            selected = list(range(n_active))
+            got = ctx.rows(model, ids, [("logit", j) for j in range(K)] + [("feat", i) for i in selected],
+                           selected, bar, cancel)
+        else:
+            selected, got = ctx.by_influence(model, ids, max_feature_nodes, probs_all[logit_ids], bar, cancel)
     F = len(selected)
     n = F + n_layers * s + s + K
-    adj = torch.zeros(n, n)
-    bias = torch.zeros(n)
-    values = torch.zeros(n)
+    adj, bias, values = torch.zeros(n, n), torch.zeros(n), torch.zeros(n)
     pos_of = {f: i for i, f in enumerate(selected)}
-    for (kind, j), (row, b) in adj_rows.items():
-        r = pos_of[j] if kind == "feat" else F + n_layers * s + s + j
+    for (kind, j), (row, b) in got.items():
+        r = pos_of[j] if kind == "feat" else n - K + j
         adj[r] = row
         bias[r] = b
     for i, f in enumerate(selected):
         L, p, fi = feats[f].tolist()
         vec = transcoders.encoder_vector(L, [fi])[0].float()
         values[i] = float(mlp_in_real[L][p] @ vec + transcoders.encoder_bias(L, [fi])[0])
-    lg = logits
     for j, t in enumerate(logit_ids):
-        values[F + n_layers * s + s + j] = float(lg[t] - lg.mean())
-    tok_text = [model.tokenizer.decode([t]) for t in logit_ids]
+        values[n - K + j] = float(logits[t] - logits.mean())
     g = AttributionGraph(
         prompt=prompt, tokens=toks, token_ids=ids[0].tolist(), n_layers=n_layers,
         features=feats[selected] if F else torch.zeros(0, 3, dtype=torch.long),
         activations=acts[selected] if F else torch.zeros(0), logit_ids=logit_ids,
-        logit_probs=probs_all[logit_ids], logit_tokens=tok_text, adjacency=adj, values=values, bias=bias,
-        model_name=model.name, scan=getattr(transcoders, "name", "") or model.name, covered_layers=layers,
+        logit_probs=probs_all[logit_ids], logit_tokens=[model.tokenizer.decode([t]) for t in logit_ids],
+        adjacency=adj, values=values, bias=bias, model_name=model.name,
+        scan=getattr(transcoders, "name", "") or model.name, covered_layers=layers,
         settings={"max_n_logits": int(max_n_logits), "desired_logit_prob": float(desired_logit_prob),
                   "batch_size": batch_size, "max_feature_nodes": int(max_feature_nodes),
                   "n_active_features": int(n_active), "targets": None if targets is None else list(logit_ids),
-                  "backward_passes": plan.passes, "kind": getattr(transcoders, "kind", "plt")},
+                  "backward_passes": ctx.passes, "forward_passes": ctx.traces, "upload_bytes": ctx.upload,
+                  "download_bytes": ctx.download, "kind": getattr(transcoders, "kind", "plt")},
         model=model, transcoders=transcoders)
-    labels = getattr(transcoders, "labels", None)
-    if callable(labels):
-        g.labels.update(labels(g))
     return g
 
 
@@ -210,25 +202,19 @@ def _effective_skip(tset: Any, layer: int) -> torch.Tensor | None:
     return w
 
 
-def _select_all(n: int) -> list[int]:
-    return list(range(n))
+class _Context:
+    """Builds `RowPlan`s for target rows and runs them (one trace per plan)."""
 
-
-class _Plan:
-    """The batched backward passes over one frozen forward."""
-
-    def __init__(self, model: Any, tset: Any, run: Any, feats: torch.Tensor, acts: torch.Tensor,
-                 err: list[torch.Tensor], emb: torch.Tensor, u: torch.Tensor, ub: torch.Tensor,
-                 logit_ids: list[int], rows: int, n_layers: int, s: int, d: int, layers: list[int]) -> None:
-        self.model, self.tset, self.run = model, tset, run
-        self.feats, self.acts, self.err, self.emb, self.u, self.ub = feats, acts, err, emb, u, ub
-        self.K, self.rows, self.n_layers, self.s, self.d, self.layers = len(logit_ids), rows, n_layers, s, d, layers
-        self.passes = 0
+    def __init__(self, tset: Any, feats: torch.Tensor, acts: torch.Tensor, errors: torch.Tensor, u: torch.Tensor,
+                 ub: torch.Tensor, skips: dict[int, torch.Tensor], layers: list[int], rows: int, n_layers: int,
+                 s: int, K: int, remote: Any) -> None:
+        self.tset, self.feats, self.acts, self.errors, self.u, self.ub = tset, feats, acts, errors, u, ub
+        self.skips, self.layers, self.B, self.n_layers, self.s, self.K = skips, layers, rows, n_layers, s, K
+        self.remote = remote
+        self.passes = self.traces = self.upload = self.download = 0
         self.b_dec = {L: tset.b_dec(L).float() for L in layers}
-        self.enc_bias_cache: dict[int, torch.Tensor] = {}
 
-    def _sources(self, selected: list[int]) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per source layer: (layer, columns, positions, feature ids, activations) of the selected features."""
+    def _sources(self, selected: list[int]) -> list[tuple]:
         out = []
         if not selected:
             return out
@@ -236,104 +222,72 @@ class _Plan:
         lay = self.feats[sel, 0]
         for L in self.layers:
             m = (lay == L).nonzero().flatten()
-            if m.numel():
-                idx = sel[m]
-                out.append((L, m, self.feats[idx, 1], self.feats[idx, 2], self.acts[idx]))
+            if not m.numel():
+                continue
+            idx = sel[m]
+            fid = self.feats[idx, 2]
+            W = self.tset.decoder_rows(L)[fid].float()
+            if W.dim() == 2:
+                W = W[:, None]
+            outs = list(self.tset.out_layers(L)) if getattr(self.tset, "kind", "plt") == "clt" else [L]
+            out.append((m, self.feats[idx, 1], self.acts[idx], outs, W))
         return out
 
-    def _backward(self, chunk: list[tuple[str, int]]) -> list[torch.Tensor | None]:
-        run, rows, d, s = self.run, self.rows, self.d, self.s
-        outs, grads_out = [], []
-        g_final = torch.zeros(rows, d, dtype=run.final.dtype)
-        by_layer: dict[int, torch.Tensor] = {}
-        for b, (kind, j) in enumerate(chunk):
-            if kind == "logit":
-                g_final[b] = self.u[j].to(g_final.dtype)
-            else:
-                L, p, f = self.feats[j].tolist()
-                gl = by_layer.get(L)
-                if gl is None:
-                    gl = by_layer[L] = torch.zeros(rows, s, d, dtype=run.mlp_in[L].dtype)
-                gl[b, p] = self.tset.encoder_vector(L, [f])[0].to(gl.dtype)
-        if any(k == "logit" for k, _ in chunk):
-            outs.append(run.final)
-            grads_out.append(g_final.to(run.final.device))
-        for L, gl in by_layer.items():
-            outs.append(run.mlp_in[L])
-            grads_out.append(gl.to(run.mlp_in[L].device))
-        inputs = [run.embed_leaf] + list(run.mlp_leaves) + [t for t, _ in run.bias_points]
-        with torch.enable_grad():
-            grads = torch.autograd.grad(outs, inputs, grads_out, retain_graph=True, allow_unused=True)
-        self.passes += 1
-        return [None if g is None else g.detach().float().cpu() for g in grads]
+    def _chunks(self, targets: list[tuple[str, int]], out_index: dict[tuple[str, int], int]) -> list[dict]:
+        chunks = []
+        for start in range(0, len(targets), self.B):
+            part = targets[start:start + self.B]
+            out = torch.full((self.B,), -1, dtype=torch.long)
+            lb, lv, fb, fL, fp, fv = [], [], [], [], [], []
+            for b, (kind, j) in enumerate(part):
+                out[b] = out_index[(kind, j)]
+                if kind == "logit":
+                    lb.append(b)
+                    lv.append(self.u[j])
+                else:
+                    L, p, f = self.feats[j].tolist()
+                    fb.append(b)
+                    fL.append(L)
+                    fp.append(p)
+                    fv.append(self.tset.encoder_vector(L, [f])[0].float())
+            d = self.u.shape[1]
+            chunks.append({"out": out, "logit_b": torch.tensor(lb, dtype=torch.long),
+                           "logit_vec": torch.stack(lv) if lv else torch.zeros(0, d),
+                           "feat_b": torch.tensor(fb, dtype=torch.long), "feat_L": torch.tensor(fL, dtype=torch.long),
+                           "feat_p": torch.tensor(fp, dtype=torch.long),
+                           "feat_vec": torch.stack(fv) if fv else torch.zeros(0, d)})
+        return chunks
 
-    def rows_for(self, targets: list[tuple[str, int]], selected: list[int], progress: bool,
-                 cancel: threading.Event | None) -> dict[tuple[str, int], tuple[torch.Tensor, float]]:
-        """``{target: (adjacency row [n], bias)}`` for the targets, columns over ``selected`` features."""
-        from tqdm.auto import tqdm
-
-        out: dict[tuple[str, int], tuple[torch.Tensor, float]] = {}
-        srcs = self._sources(selected)
+    def rows(self, model: Any, ids: torch.Tensor, targets: list[tuple[str, int]], selected: list[int], bar: Any,
+             cancel: Any) -> dict[tuple[str, int], tuple[torch.Tensor, float]]:
+        """``{target: (row over the selected features' columns, bias)}``, one trace for all of them."""
         F = len(selected)
-        with tqdm(total=len(targets), desc="attribution rows", disable=not progress, leave=False) as bar:
-            for start in range(0, len(targets), self.rows):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"attribution cancelled after {start} of {len(targets)} rows")
-                chunk = targets[start:start + self.rows]
-                out.update(self._rows(chunk, self._backward(chunk), srcs, F))
-                bar.update(len(chunk))
-        return out
-
-    def _rows(self, chunk: list[tuple[str, int]], grads: list[torch.Tensor | None], srcs: list, F: int
-              ) -> dict[tuple[str, int], tuple[torch.Tensor, float]]:
-        n_layers, s = self.n_layers, self.s
-        n = F + n_layers * s + s + self.K
-        B = len(chunk)
-        zeros = torch.zeros(self.rows, s, self.d)
-        g_emb = grads[0] if grads[0] is not None else zeros
-        g_mlp = [g if g is not None else zeros for g in grads[1:1 + n_layers]]
-        g_bias = grads[1 + n_layers:]
-        block = torch.zeros(B, n)
-        for L, cols, pos, fid, a in srcs:
-            contrib = torch.zeros(B, cols.numel())
-            W = self.tset.decoder_rows(L)
-            if self.tset.kind == "clt":
-                for j, Lo in enumerate(self.tset.out_layers(L)):
-                    w = W[fid, j].float()
-                    contrib += (g_mlp[Lo][:B, pos] * w[None]).sum(-1)
-            else:
-                w = W[fid].float()
-                contrib = (g_mlp[L][:B, pos] * w[None]).sum(-1)
-            block[:, cols] = contrib * a[None]
-        e0 = F
-        for L in range(n_layers):
-            block[:, e0 + L * s:e0 + (L + 1) * s] = (g_mlp[L][:B] * self.err[L][None]).sum(-1)
-        t0 = F + n_layers * s
-        block[:, t0:t0 + s] = (g_emb[:B] * self.emb[None]).sum(-1)
-        dec_bias = torch.zeros(B)
-        for L in self.layers:
-            dec_bias += (g_mlp[L][:B].sum(1) * self.b_dec[L][None]).sum(-1)
-        for g, (_, b_vec) in zip(g_bias, self.run.bias_points, strict=True):
-            if g is not None:
-                dec_bias += (g[:B].sum(1) * b_vec.float()[None]).sum(-1)
+        n_cols = F + self.n_layers * self.s + self.s + self.K
+        out_index = {t: i for i, t in enumerate(targets)}
+        plan = RowPlan(rows=self.B, covered=self.layers, chunks=self._chunks(targets, out_index),
+                       sources=self._sources(selected), errors=self.errors, b_dec=self.b_dec, skips=self.skips,
+                       n_rows=len(targets), n_cols=n_cols, col_errors=F, col_tokens=F + self.n_layers * self.s)
+        rows, bias = attribution_rows(model, ids.to(model.device), plan, remote=self.remote, bar=bar, cancel=cancel)
+        self.passes += len(plan.chunks)
+        self.traces += 1
+        self.upload += plan.nbytes()
+        self.download += rows.numel() * 4 + bias.numel() * 4
         out = {}
-        for b, (kind, j) in enumerate(chunk):
-            if kind == "logit":
-                extra = float(self.ub[j])
-            else:
-                L, _, f = self.feats[j].tolist()
-                extra = float(self.tset.encoder_bias(L, [f])[0])
-            out[(kind, j)] = (block[b], float(dec_bias[b]) + extra)
+        for t, i in out_index.items():
+            kind, j = t
+            extra = float(self.ub[j]) if kind == "logit" else \
+                float(self.tset.encoder_bias(int(self.feats[j, 0]), [int(self.feats[j, 2])])[0])
+            out[t] = (rows[i], float(bias[i]) + extra)
         return out
 
-    def by_influence(self, max_features: int, probs: torch.Tensor, progress: bool, cancel: threading.Event | None
-                     ) -> tuple[list[int], dict[tuple[str, int], tuple[torch.Tensor, float]]]:
+    def by_influence(self, model: Any, ids: torch.Tensor, max_features: int, probs: torch.Tensor, bar: Any,
+                     cancel: Any) -> tuple[list[int], dict[tuple[str, int], tuple[torch.Tensor, float]]]:
         """Rows in order of influence, up to ``max_features`` features (see the module docstring)."""
         from .pruning import node_influence
 
         n_active = self.feats.shape[0]
         every = list(range(n_active))
-        got = self.rows_for([("logit", j) for j in range(self.K)], every, progress, cancel)
+        got = self.rows(model, ids, [("logit", j) for j in range(self.K)], every, bar, cancel)
         visited: list[int] = []
         seen: set[int] = set()
         n = n_active + self.n_layers * self.s + self.s + self.K
@@ -345,14 +299,13 @@ class _Plan:
                 adj[j if kind == "feat" else n - self.K + j] = row
             inf = node_influence(adj, lw)[:n_active]
             order = [i for i in torch.argsort(inf, descending=True).tolist() if i not in seen]
-            take = order[:min(self.rows, max_features - len(visited))]
+            take = order[:min(self.B * 4, max_features - len(visited))]
             if not take:
                 break
-            got.update(self.rows_for([("feat", i) for i in take], every, False, cancel))
+            got.update(self.rows(model, ids, [("feat", i) for i in take], every, bar, cancel))
             visited += take
             seen.update(take)
         keep = sorted(visited)
-        # re-index the columns to the kept features (the rest leave the graph)
         cols = torch.tensor(keep + list(range(n_active, n)), dtype=torch.long)
         out = {}
         for key, (row, b) in got.items():

@@ -29,7 +29,7 @@ import torch
 from ..core.arch import resolve
 from ..core.program import Batch
 
-__all__ = ["ReplacementRun", "replacement_forward", "check_supported", "UnsupportedModelError"]
+__all__ = ["RowPlan", "attribution_rows", "check_supported", "UnsupportedModelError"]
 
 
 class UnsupportedModelError(ValueError):
@@ -114,43 +114,105 @@ def _bias_of(env: Any) -> torch.Tensor | None:
 
 
 @dataclass
-class ReplacementRun:
-    """One frozen forward: leaves, the linear outputs to differentiate, and the real values (copy 0).
+class RowPlan:
+    """Everything the trace needs to compute target rows, as plain tensors (what travels to a remote host).
 
-    ``embed_leaf [rows, s, d]`` and ``mlp_leaves[L] [rows, s, d]`` are the leaves; ``mlp_in[L]``
-    (covered layers) and ``final [rows, d]`` (final norm output at the last position) the outputs;
-    ``mlp_in_values``, ``mlp_out_values`` and ``embed_values`` their real values ``[s, d]``;
-    ``logits [vocab]`` the last position's logits; ``skip_values[L]`` what a skip connection wrote;
-    ``bias_points``: ``(output, bias)`` of every module on the linear paths that adds a constant
-    (value and output projections, norms with a bias): a target's bias term includes
-    ``sum over positions of grad(output) . bias``.
+    ``chunks``: one dict per backward pass: ``out [B]`` (the output row of each copy, -1 for none),
+    ``logit_b [k]`` / ``logit_vec [k, d]`` (copies whose target is a logit, and its demeaned
+    unembedding vector), ``feat_b``, ``feat_L``, ``feat_p [k]`` / ``feat_vec [k, d]`` (copies whose
+    target is a feature: its layer, position and encoder vector). ``sources``: per source layer,
+    ``(cols [k], pos [k], act [k], out_layers, W [k, n_out, d])`` of the graph's feature columns.
+    ``errors [n_layers, s, d]`` the error vectors; ``b_dec`` ``{layer: [d]}``; ``skips``
+    ``{layer: [d, d]}``; ``n_rows`` and ``n_cols`` the output's shape; ``col_errors`` and
+    ``col_tokens`` where the error and token columns start.
     """
 
-    embed_leaf: torch.Tensor
-    mlp_leaves: list[torch.Tensor]
-    mlp_in: dict[int, torch.Tensor]
-    final: torch.Tensor
-    embed_values: torch.Tensor
-    mlp_in_values: dict[int, torch.Tensor]
-    mlp_out_values: list[torch.Tensor]
-    skip_values: dict[int, torch.Tensor]
-    logits: torch.Tensor
-    bias_points: list[tuple[torch.Tensor, torch.Tensor]]
+    rows: int
+    covered: list[int]
+    chunks: list[dict[str, Any]]
+    sources: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], torch.Tensor]]
+    errors: torch.Tensor
+    b_dec: dict[int, torch.Tensor]
+    skips: dict[int, torch.Tensor]
+    n_rows: int
+    n_cols: int
+    col_errors: int
+    col_tokens: int
+
+    def nbytes(self) -> int:
+        """Bytes of tensors this plan sends (a remote run's upload)."""
+        n = self.errors.numel() * self.errors.element_size()
+        for c in self.chunks:
+            n += sum(v.numel() * v.element_size() for v in c.values() if isinstance(v, torch.Tensor))
+        for cols, pos, act, _, W in self.sources:
+            n += sum(t.numel() * t.element_size() for t in (cols, pos, act, W))
+        n += sum(t.numel() * t.element_size() for t in (*self.b_dec.values(), *self.skips.values()))
+        return int(n)
 
 
-def replacement_forward(model: Any, ids: torch.Tensor, rows: int, covered: list[int],
-                        skips: dict[int, torch.Tensor]) -> ReplacementRun:
-    """Run ``ids [1, s]`` as ``rows`` copies through the frozen model (see the module docstring).
+def _pass(plan: RowPlan, ch: dict[str, Any], leaves: list[torch.Tensor], mlp_in: dict[int, torch.Tensor],
+          final: torch.Tensor, e_leaf: torch.Tensor, points: list[tuple[torch.Tensor, torch.Tensor]]
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One backward pass: the chunk's rows ``[B, n_cols]`` and their bias terms ``[B]``."""
+    B, s, d = plan.rows, e_leaf.shape[1], e_leaf.shape[2]
+    outs, gouts = [], []
+    if ch["logit_b"].numel():
+        g = torch.zeros(B, d, dtype=final.dtype, device=final.device)
+        g[ch["logit_b"].to(g.device)] = ch["logit_vec"].to(g)
+        outs.append(final)
+        gouts.append(g)
+    for L in sorted(set(ch["feat_L"].tolist())):
+        m = ch["feat_L"] == L
+        x = mlp_in[L]
+        g = torch.zeros(B, s, d, dtype=x.dtype, device=x.device)
+        g[ch["feat_b"][m].to(g.device), ch["feat_p"][m].to(g.device)] = ch["feat_vec"][m].to(g)
+        outs.append(x)
+        gouts.append(g)
+    n_layers = len(leaves)
+    grads = torch.autograd.grad(outs, [e_leaf, *leaves, *(t for t, _ in points)], gouts, retain_graph=True,
+                                allow_unused=True)
+    zero = torch.zeros(B, s, d)
+    g_e = zero if grads[0] is None else grads[0].detach().float().cpu()
+    g_m = [zero if g is None else g.detach().float().cpu() for g in grads[1:1 + n_layers]]
+    block = torch.zeros(B, plan.n_cols)
+    for cols, pos, act, outs_L, W in plan.sources:
+        contrib = torch.zeros(B, cols.numel())
+        for j, Lo in enumerate(outs_L):
+            contrib += (g_m[Lo][:, pos] * W[:, j].float()[None]).sum(-1)
+        block[:, cols] = contrib * act[None]
+    e0, t0 = plan.col_errors, plan.col_tokens
+    for L in range(n_layers):
+        block[:, e0 + L * s:e0 + (L + 1) * s] = (g_m[L] * plan.errors[L][None]).sum(-1)
+    emb = e_leaf[0].detach().float().cpu()
+    block[:, t0:t0 + s] = (g_e * emb[None]).sum(-1)
+    bias = torch.zeros(B)
+    for L, b in plan.b_dec.items():
+        bias += (g_m[L].sum(1) * b.float()[None]).sum(-1)
+    for g, (_, b) in zip(grads[1 + n_layers:], points, strict=True):
+        if g is not None:
+            bias += (g.detach().float().cpu().sum(1) * b.float().cpu()[None]).sum(-1)
+    return block, bias
 
-    ``covered``: the layers whose MLP input is an output to differentiate (transcoder layers);
-    ``skips``: ``{layer: W_skip [d, d]}`` for transcoders with a skip connection (a linear path).
+
+def attribution_rows(model: Any, ids: torch.Tensor, plan: RowPlan, *, remote: bool | str | None = None,
+                     bar: Any = None, cancel: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen model on ``plan.rows`` copies of ``ids [1, s]`` and every backward pass of ``plan``,
+    inside one trace; returns the rows ``[n_rows, n_cols]`` and their bias terms ``[n_rows]``.
+
+    Only ``plan``'s tensors go into the trace and only the rows come back, so the same code runs
+    on a remote host (``remote=``: as the model's ``remote`` setting, or ``"local"`` to rehearse it).
+    ``bar`` (a tqdm) and ``cancel`` (an Event) are used on local runs only.
     """
     a = model.arch
+    rows = plan.rows
     batch = Batch(ids.repeat(rows, 1), torch.ones(rows, ids.shape[1], dtype=torch.long),
                   [[] for _ in range(rows)], rows)
     nn = model.nn
-    n_layers = a.n_layers
-    want = set(covered)
+    tb = model.trace_batch
+    r = model.remote if remote is None else remote
+    if r:
+        bar = cancel = None  # neither travels
+    n_layers, want, skips = a.n_layers, set(plan.covered), plan.skips
     kw: dict[str, Any] = {"use_cache": False}
     import inspect
 
@@ -158,12 +220,11 @@ def replacement_forward(model: Any, ids: torch.Tensor, rows: int, covered: list[
         kw["logits_to_keep"] = 1
     biases = _linear_biases(model)
     with model.lock, torch.enable_grad():
-        with model.trace_batch(batch, remote=False, **kw):
+        with tb(batch, remote=r, **kw):
             emb = resolve(nn, a.embed)
-            e = emb.output
-            e_leaf = e.detach().clone().requires_grad_(True)
+            e_leaf = emb.output.detach().clone().requires_grad_(True)
             emb.output = e_leaf
-            leaves, mlp_in, in_vals, out_vals, skip_vals, points = [], {}, {}, [], {}, []
+            leaves, mlp_in, points = [], {}, []
             layers = resolve(nn, a.layers)
             for L in range(n_layers):
                 layer = layers[L]
@@ -182,15 +243,11 @@ def replacement_forward(model: Any, ids: torch.Tensor, rows: int, covered: list[
                     points.append((x, biases[(L, "ln2")]))
                 if L in want:
                     mlp_in[L] = x
-                    in_vals[L] = x[0].detach()
                 mlp = resolve(layer, a.mlp)
-                out = mlp.output
-                val = out.detach()
-                out_vals.append(val[0].clone())
+                val = mlp.output.detach()
                 if L in skips:
-                    s_lin = x @ skips[L].to(x.dtype)
+                    s_lin = x @ skips[L].to(x)
                     leaf = (val - s_lin.detach()).clone().requires_grad_(True)
-                    skip_vals[L] = s_lin[0].detach()
                     mlp.output = leaf + s_lin
                 else:
                     leaf = val.clone().requires_grad_(True)
@@ -200,11 +257,26 @@ def replacement_forward(model: Any, ids: torch.Tensor, rows: int, covered: list[
             if (-1, "final") in biases:
                 points.append((fin, biases[(-1, "final")]))
             final = fin[:, -1]
-            logits = resolve(nn, a.unembed).output[0, -1].detach()
-            saved = nnsight.save([e_leaf, leaves, mlp_in, final, in_vals, out_vals, skip_vals, logits, points])
-    e_leaf, leaves, mlp_in, final, in_vals, out_vals, skip_vals, logits, points = saved
-    return ReplacementRun(e_leaf, leaves, mlp_in, final, e_leaf[0].detach(), in_vals, out_vals, skip_vals,
-                          logits.float(), list(points))
+            out_rows = torch.zeros(plan.n_rows, plan.n_cols)
+            out_bias = torch.zeros(plan.n_rows)
+            stopped = False
+            for ch in plan.chunks:
+                if cancel is not None and cancel.is_set():
+                    stopped = True
+                    break
+                block, bias = _pass(plan, ch, leaves, mlp_in, final, e_leaf, points)
+                ok = ch["out"] >= 0
+                out_rows[ch["out"][ok]] = block[ok]
+                out_bias[ch["out"][ok]] = bias[ok]
+                if bar is not None:
+                    bar.update(int(ok.sum()))
+            saved = nnsight.save([out_rows, out_bias, stopped])
+    out_rows, out_bias, stopped = saved
+    if stopped:
+        from ..core.errors import Cancelled
+
+        raise Cancelled("attribution cancelled between backward passes")
+    return out_rows, out_bias
 
 
 def _linear_biases(model: Any) -> dict[tuple[int, str], torch.Tensor]:
