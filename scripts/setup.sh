@@ -37,6 +37,9 @@ if [ "$TEST" = 1 ]; then
   # it pulls plotly, nltk and pandas, which `import sae_lens` does not need; these are what it imports (wandb at top level).
   "$VPY" -c "import sae_lens" 2>/dev/null || { "$VPY" -m pip install -q wandb==0.31.0 && "$VPY" -m pip install -q \
     --no-deps sae-lens==6.54.12 "simple-parsing<0.2" docstring-parser "babe<0.0.8" python-dotenv tenacity; }
+  # circuit-tracer, the reference for its transcoder and CLT files (tests/test_transcoders.py). --no-deps:
+  # it pulls transformer-lens 2.x and huggingface tooling; its transcoder modules import with what is here.
+  "$VPY" -c "import circuit_tracer" 2>/dev/null || "$VPY" -m pip install -q --no-deps circuit-tracer==0.5.0
   (cd js && { [ -d node_modules/esbuild ] || npm ci --no-audit --no-fund; })
   if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" = 0 ]; then

@@ -9,8 +9,8 @@
 The root holds the everyday names (`__all__`); each capability's full API is in its subpackage:
 `workbench.core` (model, sites, specs, results), `workbench.causal` (patching, lenses, directions),
 `workbench.neurons` (scans, weights, contrastive sets, probes, hypotheses), `workbench.dictionaries`
-(SAEs: load, splice, train, evaluate), `workbench.circuits` (tasks, EAP, edge and path patching,
-faithfulness, head scores), `workbench.llm`, `workbench.autointerp`, `workbench.agent`,
+(SAEs and transcoder sets: load, splice, train, evaluate), `workbench.circuits` (tasks, EAP, edge and path patching,
+faithfulness, head scores), `workbench.graphs` (attribution graphs over transcoders), `workbench.llm`, `workbench.autointerp`, `workbench.agent`,
 and the widgets in `workbench.widgets`. Names load on first use, so ``import workbench`` is cheap.
 """
 
@@ -48,8 +48,11 @@ _EXPORTS = {
     "test_hypothesis": "neurons.hypotheses",
     "load_dictionary": "dictionaries.formats", "train_sae": "dictionaries.train",
     "evaluate_dictionary": "dictionaries.evaluate",
+    "train_transcoders": "dictionaries.transcoders", "load_transcoders": "dictionaries.transcoders",
+    "TranscoderSet": "dictionaries.transcoders", "CrossLayerTranscoder": "dictionaries.clt",
     "explain": "autointerp", "score": "autointerp", "Agent": "agent", "llm_client": "llm",
     "eap": "circuits.attribution", "head_scores": "circuits.heads",
+    "attribute": "graphs.attribute", "AttributionGraph": "graphs.graph", "import_graph": "graphs.importing",
 }
 #: Names the 0.1 root exported that now live only in their subpackage (a DeprecationWarning, then the object).
 _MOVED = {
@@ -71,7 +74,7 @@ _MOVED = {
     "AgentResult": "agent", "Explanation": "autointerp", "ExplanationStore": "autointerp", "Score": "autointerp",
     "explain_units": "autointerp",
 }
-_SUBPACKAGES = frozenset({"core", "causal", "neurons", "dictionaries", "llm", "autointerp", "circuits", "agent",
+_SUBPACKAGES = frozenset({"core", "causal", "neurons", "dictionaries", "llm", "autointerp", "circuits", "graphs", "agent",
                           "widgets", "cli", "testing"})
 
 __all__ = list(_EXPORTS)

@@ -1,4 +1,4 @@
-"""``python -m workbench scan|merge ...``: see `workbench.cli`."""
+"""``python -m workbench scan|merge|train-transcoders ...``: see `workbench.cli`."""
 
 from .cli import main
 

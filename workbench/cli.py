@@ -1,9 +1,10 @@
-"""Command line: scan a corpus into a neuron store, or merge shard stores.
+"""Command line: scan a corpus into a neuron store, merge shard stores, train a transcoder set.
 
     python -m workbench scan --out scans/smol [--model PATH] [--corpus FILES...] [--shard 0/4]
     python -m workbench merge scans/all scans/shard0 scans/shard1
+    python -m workbench train-transcoders --layers 0-5 --out runs/tc [--model PATH] [--k 32] [--expansion 4]
 
-Ctrl-C during a scan checkpoints it; running the same command again resumes.
+Ctrl-C during a scan or a training checkpoints it; running the same command again resumes.
 """
 
 from __future__ import annotations
@@ -65,10 +66,58 @@ def _scan(argv: Sequence[str]) -> None:
     print(store)
 
 
+def _load_model(a: argparse.Namespace) -> object:
+    from .core.loading import load
+
+    return load(a.model, device=a.device, **({"dtype": a.dtype} if a.dtype else {}))
+
+
+def _train_transcoders(argv: Sequence[str]) -> None:
+    from .dictionaries.train import TrainingCancelled
+    from .dictionaries.transcoders import TRANSCODER_DEFAULTS, train_transcoders
+
+    p = argparse.ArgumentParser(prog="python -m workbench train-transcoders",
+                                description="Train a per-layer transcoder set (mlp_in.L -> mlp_out.L), resumable per "
+                                            "layer: one SAELens folder per layer plus transcoders.json in --out.")
+    p.add_argument("--layers", default=None, help="e.g. 0-5 or 0,3,7-9 (default: every layer)")
+    p.add_argument("--out", required=True, help="set folder (a partial run there resumes)")
+    p.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2)")
+    p.add_argument("--corpus", nargs="*", default=None, help=".txt files or folders (default: pydoc_data.topics)")
+    for name, typ in (("n-latents", int), ("expansion", int), ("k", int), ("batch-size", int), ("max-tokens", int),
+                      ("data-tokens", int), ("holdout-tokens", int), ("lr", float), ("seed", int),
+                      ("checkpoint-every", int), ("context", int)):
+        key = name.replace("-", "_")
+        p.add_argument(f"--{name}", type=typ, default=None,
+                       help=f"default {TRANSCODER_DEFAULTS[key]}" if key in TRANSCODER_DEFAULTS else None)
+    p.add_argument("--restart", action="store_true", help="retrain every layer (resume=False)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None)
+    a = p.parse_args(argv)
+    model = _load_model(a)
+    keys = ("n_latents", "expansion", "k", "batch_size", "max_tokens", "data_tokens", "holdout_tokens", "lr", "seed",
+            "checkpoint_every", "context")
+    opts = {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+    corpus = [Path(c) for c in a.corpus] if a.corpus else None
+    try:
+        tset = train_transcoders(model, a.layers, corpus, a.out, resume=not a.restart, progress=not a.no_progress,
+                                 device=a.device, **opts)
+    except TrainingCancelled as e:
+        print(f"training cancelled: {e}; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(tset)
+    for L, s in tset.meta.get("stats", {}).items():
+        print(f"layer {L}: heldout FVU {s.get('heldout_fvu')}, L0 {s.get('l0')}, dead {s.get('dead_fraction')}, "
+              f"{s.get('wall_s')} s")
+
+
+_COMMANDS = {"scan": _scan, "merge": _merge, "train-transcoders": _train_transcoders}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m workbench scan|merge ...``: run one command; no command prints the usage (exit 2)."""
+    """``python -m workbench scan|merge|train-transcoders ...``: run one command; no command prints the usage (exit 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("scan", "merge"):
+    if not argv or argv[0] not in _COMMANDS:
         print(__doc__)
         raise SystemExit(2)
-    (_scan if argv[0] == "scan" else _merge)(argv[1:])
+    _COMMANDS[argv[0]](argv[1:])

@@ -4,6 +4,8 @@
     model.run(prompt, [scale_features(d, [123], 4.0)])
     ev = evaluate_dictionary(model, d)
     sae = train_sae(model, "resid_post.9", config=TrainerConfig(k=32))
+    tset = train_transcoders(model, layers="0-5", folder="runs/tc")   # or load_transcoders(folder / config)
+    clt = CrossLayerTranscoder.load("path/to/clt")                     # cross-layer transcoders
 
 Architectures are registered classes (`architectures`); `register_architecture` adds one.
 Activation collection (`ActivationBuffer`, `collect_activations`) lives in `workbench.core.activations`.
@@ -20,6 +22,7 @@ from .architectures import (
     get_architecture,
     register_architecture,
 )
+from .clt import CLTFeatureEdit, CrossLayerTranscoder, get_clt, register_clt, registered_clts
 from .dictionary import Dictionary
 from .errors import DictionaryError, DictionaryWarning
 from .evaluate import DictionaryEval, evaluate_dictionary
@@ -43,6 +46,7 @@ from .features import (
 from .formats import detect_format, hook_to_site, load_dictionary, save_saelens, site_to_hook
 from .nmf import NMFResult, semi_nmf
 from .train import CheckpointError, TopKTrainer, TrainerConfig, TrainingCancelled, train_sae
+from .transcoders import TRANSCODER_DEFAULTS, TranscoderSet, load_transcoders, train_transcoders
 
 __all__ = [
     "Dictionary", "DictionaryError", "DictionaryWarning",
@@ -54,4 +58,6 @@ __all__ = [
     "unregister_dictionary", "registered_dictionaries",
     "DictionaryEval", "evaluate_dictionary", "NMFResult", "semi_nmf",
     "train_sae", "TrainerConfig", "TopKTrainer", "TrainingCancelled", "CheckpointError",
+    "TranscoderSet", "CrossLayerTranscoder", "CLTFeatureEdit", "load_transcoders", "train_transcoders",
+    "TRANSCODER_DEFAULTS", "register_clt", "get_clt", "registered_clts",
 ]
