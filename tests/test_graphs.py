@@ -418,3 +418,14 @@ def test_attribution_runs_under_remote_local_with_the_same_graph(llama, tset, gr
     assert g.settings["forward_passes"] == 1
     assert g.settings["download_bytes"] == (g.n_features + g.n_logits) * (g.n_nodes + 1) * 4
     assert 0 < g.settings["upload_bytes"]
+
+
+@pytest.mark.parametrize("site", ["resid_mid", "ln2_normalized"])
+def test_transcoders_reading_other_mlp_input_sites(llama, site):
+    from graph_fixtures import random_transcoders
+
+    ts = random_transcoders([0, 2], llama.arch.d_model, 32, seed=7, site=site, skip=True)
+    g = attribute(llama, PROMPT, ts, batch_size=16, progress=False)
+    assert g.n_features > 10 and _identity(g) < 1e-4
+    r = g.intervene({f"err_2_{g.n_pos - 1}": 0.0})  # the error is what the set leaves unexplained there
+    assert any(abs(v) > 1e-7 for v in r.measured)

@@ -129,9 +129,10 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
     layers = list(transcoders.layers)
     n_layers = model.arch.n_layers
     # the real run: every MLP's input and output, and the logits
-    res = model.run(prompt, capture=[f"mlp_in.{L}" for L in layers] + [f"mlp_out.{L}" for L in range(n_layers)],
+    inputs = {L: _input_site(transcoders, L) for L in layers}
+    res = model.run(prompt, capture=[f"{inputs[L]}.{L}" for L in layers] + [f"mlp_out.{L}" for L in range(n_layers)],
                     top_k=1, logits="last", remote=remote)
-    mlp_in_real = {L: res[f"mlp_in.{L}"][0].float() for L in layers}
+    mlp_in_real = {L: res[f"{inputs[L]}.{L}"][0].float() for L in layers}
     logits = res.logits[0].float()
     if not bool(torch.isfinite(logits).all()):
         raise GraphError("the model's logits on this prompt hold NaN or inf")
@@ -149,7 +150,7 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
     u = W_U[logit_ids] - W_U.mean(0, keepdim=True)
     ub = (b_U.detach().float()[logit_ids] - b_U.detach().float().mean()) if b_U is not None else torch.zeros(K)
     ctx = _Context(transcoders, feats, acts, errors, u, ub, skips, layers, max(1, min(batch_size, K + n_active)),
-                   n_layers, s, K, remote)
+                   n_layers, s, K, remote, inputs)
     from tqdm.auto import tqdm
 
     with tqdm(total=K + min(n_active, max_feature_nodes), desc="attribution rows", disable=not progress,
@@ -190,6 +191,16 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
     return g
 
 
+def _input_site(tset: Any, layer: int) -> str:
+    """The site name (no layer) the layer's transcoder reads: mlp_in, resid_mid or ln2_normalized."""
+    site = tset.input_site(layer) if hasattr(tset, "input_site") else f"mlp_in.{layer}"
+    name = str(site).split(".")[0]
+    if name not in ("mlp_in", "resid_mid", "ln2_normalized"):
+        raise GraphError(f"layer {layer}'s transcoder reads {site}; attribution graphs need transcoders that read the "
+                         "MLP's input (mlp_in, resid_mid or ln2_normalized)")
+    return name
+
+
 def _effective_skip(tset: Any, layer: int) -> torch.Tensor | None:
     """The skip connection as a matrix on the raw MLP input (a centred input folds into it)."""
     w = tset.skip(layer)
@@ -207,10 +218,10 @@ class _Context:
 
     def __init__(self, tset: Any, feats: torch.Tensor, acts: torch.Tensor, errors: torch.Tensor, u: torch.Tensor,
                  ub: torch.Tensor, skips: dict[int, torch.Tensor], layers: list[int], rows: int, n_layers: int,
-                 s: int, K: int, remote: Any) -> None:
+                 s: int, K: int, remote: Any, inputs: dict[int, str]) -> None:
         self.tset, self.feats, self.acts, self.errors, self.u, self.ub = tset, feats, acts, errors, u, ub
         self.skips, self.layers, self.B, self.n_layers, self.s, self.K = skips, layers, rows, n_layers, s, K
-        self.remote = remote
+        self.remote, self.inputs = remote, inputs
         self.passes = self.traces = self.upload = self.download = 0
         self.b_dec = {L: tset.b_dec(L).float() for L in layers}
 
@@ -264,7 +275,7 @@ class _Context:
         F = len(selected)
         n_cols = F + self.n_layers * self.s + self.s + self.K
         out_index = {t: i for i, t in enumerate(targets)}
-        plan = RowPlan(rows=self.B, covered=self.layers, chunks=self._chunks(targets, out_index),
+        plan = RowPlan(rows=self.B, covered=self.layers, inputs=self.inputs, chunks=self._chunks(targets, out_index),
                        sources=self._sources(selected), errors=self.errors, b_dec=self.b_dec, skips=self.skips,
                        n_rows=len(targets), n_cols=n_cols, col_errors=F, col_tokens=F + self.n_layers * self.s)
         rows, bias = attribution_rows(model, ids.to(model.device), plan, remote=self.remote, bar=bar, cancel=cancel)

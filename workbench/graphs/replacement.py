@@ -87,8 +87,9 @@ def _weight(module: Any, kind: str, like: torch.Tensor) -> torch.Tensor | None:
     return 1.0 + w if kind == "rms1p" else w
 
 
-def _freeze_norm(env: Any) -> torch.Tensor:
-    """Inside a trace: make ``env``'s output linear in its input for the backward; returns the output."""
+def _freeze_norm(env: Any, parts: bool = False) -> Any:
+    """Inside a trace: make ``env``'s output linear in its input for the backward; returns the output
+    (``parts``: also the input and the frozen normalized value before the weight)."""
     kind, eps = _norm_kind(env)
     x = env.input
     out = env.output
@@ -101,11 +102,11 @@ def _freeze_norm(env: Any) -> torch.Tensor:
     rstd = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
     lin = dx * rstd
     w = _weight(env, kind, x)
-    if w is not None:
-        lin = lin * w
-    new = out.detach() + lin
+    new = out.detach() + (lin * w if w is not None else lin)
     env.output = new
-    return new
+    if not parts:
+        return new
+    return new, x, (h * rstd).to(x.dtype) + lin
 
 
 def _bias_of(env: Any) -> torch.Tensor | None:
@@ -122,13 +123,15 @@ class RowPlan:
     unembedding vector), ``feat_b``, ``feat_L``, ``feat_p [k]`` / ``feat_vec [k, d]`` (copies whose
     target is a feature: its layer, position and encoder vector). ``sources``: per source layer,
     ``(cols [k], pos [k], act [k], out_layers, W [k, n_out, d])`` of the graph's feature columns.
-    ``errors [n_layers, s, d]`` the error vectors; ``b_dec`` ``{layer: [d]}``; ``skips``
+    ``inputs``: the site name each covered layer's transcoder reads (``mlp_in``, ``resid_mid`` or
+    ``ln2_normalized``). ``errors [n_layers, s, d]`` the error vectors; ``b_dec`` ``{layer: [d]}``; ``skips``
     ``{layer: [d, d]}``; ``n_rows`` and ``n_cols`` the output's shape; ``col_errors`` and
     ``col_tokens`` where the error and token columns start.
     """
 
     rows: int
     covered: list[int]
+    inputs: dict[int, str]
     chunks: list[dict[str, Any]]
     sources: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], torch.Tensor]]
     errors: torch.Tensor
@@ -238,15 +241,16 @@ def attribution_rows(model: Any, ids: torch.Tensor, plan: RowPlan, *, remote: bo
                     points.append((attn.v_proj.output, biases[(L, "v")]))
                 if (L, "o") in biases:
                     points.append((resolve(layer, a.attn_o_proj).output, biases[(L, "o")]))
-                x = _freeze_norm(resolve(layer, a.ln2))
+                x, resid_mid, normed = _freeze_norm(resolve(layer, a.ln2), parts=True)
                 if (L, "ln2") in biases:
                     points.append((x, biases[(L, "ln2")]))
-                if L in want:
-                    mlp_in[L] = x
+                if L in want:  # what the layer's transcoder reads
+                    mlp_in[L] = {"mlp_in": x, "resid_mid": resid_mid, "ln2_normalized": normed}[plan.inputs[L]]
                 mlp = resolve(layer, a.mlp)
                 val = mlp.output.detach()
                 if L in skips:
-                    s_lin = x @ skips[L].to(x)
+                    src = mlp_in[L] if L in mlp_in else x
+                    s_lin = src @ skips[L].to(src)
                     leaf = (val - s_lin.detach()).clone().requires_grad_(True)
                     mlp.output = leaf + s_lin
                 else:

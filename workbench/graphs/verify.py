@@ -38,10 +38,11 @@ def _error_vector(graph: AttributionGraph, layer: int, pos: int) -> torch.Tensor
     if layer not in cache:
         model, tset = _need_model(graph)
         ins = list(tset.layers)
-        res = model.run(graph.prompt, capture=[f"mlp_out.{layer}"] + [f"mlp_in.{L}" for L in ins], top_k=1)
+        site = {L: tset.input_site(L) if hasattr(tset, "input_site") else f"mlp_in.{L}" for L in ins}
+        res = model.run(graph.prompt, capture=[f"mlp_out.{layer}"] + [site[L] for L in ins], top_k=1)
         out = res[f"mlp_out.{layer}"][0].float()
         if layer in tset.layers:
-            xs = {L: res[f"mlp_in.{L}"][0].float() for L in ins}
+            xs = {L: res[site[L]][0].float() for L in ins}
             acts_by = {L: tset.encode(L, x).float() for L, x in xs.items()}
             has_skip = any(tset.skip(L) is not None for L in ins)
             out = out - tset.reconstruct(acts_by, xs if has_skip else None)[layer].float()
