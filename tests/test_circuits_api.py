@@ -230,3 +230,14 @@ def test_cancel_raises_cancelled(tiny):
         patch_edges(model, t, [[0], [1]], cancel=ev)
     with pytest.raises(wb.Cancelled):
         eap(model, t, "eap-ig", steps=2, cancel=ev)
+
+
+def test_circuit_spec_runs_under_remote_local_with_the_same_logits(tiny):
+    """The circuit spec's ops travel to a remote host (nnsight pickles the workbench's classes by value)."""
+    local, remote = tiny("llama"), tiny("llama", remote="local")
+    graph = ComputationGraph.from_model(local)
+    spec = Circuit(graph.edge_names[:25], graph.config).spec(mean=["The slow brown dog", "a b c d"])
+    a = local.run("The quick brown fox", [spec])
+    b = remote.run("The quick brown fox", [spec])
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a.logits, local.run("The quick brown fox").logits, atol=1e-4)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -38,6 +37,23 @@ import torch
 from ..core.errors import WorkbenchError
 
 __all__ = ["ComputationGraph", "GraphError", "EdgeNameError", "graph_config"]
+
+
+class cached_property:  # noqa: N801
+    """A cached property without a lock: `functools.cached_property` holds an RLock on Python < 3.12,
+    and nnsight pickles the workbench's classes by value for remote traces, which an RLock refuses."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
 
 
 class GraphError(WorkbenchError, ValueError):
