@@ -119,6 +119,24 @@ def test_subsets_and_negative_positions(tiny):
     assert last.top_ids[0, 0].tolist() == model.run(PROMPT, top_k=5).top.ids[0].tolist()
 
 
+def test_a_position_subset_unembeds_only_those_positions(tiny):
+    """positions=[-1] runs the model's own unembedding on one position (the lens rows were already per position)."""
+    model = tiny("llama")
+    seen = []
+    h = model.hf.lm_head.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[-2]))
+    try:
+        last = logit_lens(model, PROMPT, positions=[-1], layers=[0, 1])
+        sub = logit_lens(model, PROMPT, positions=[2, 0], layers=[0, 1])
+    finally:
+        h.remove()
+    full = logit_lens(model, PROMPT, layers=[0, 1])
+    n = len(full.tokens)
+    assert seen[0] == 1 and seen[2] == 2  # the model's own pass; the lens rows are the other calls
+    torch.testing.assert_close(last.kl[:, 0], full.kl[:, n - 1])
+    torch.testing.assert_close(sub.kl, full.kl[:, sub.positions])
+    assert sub.top_ids.tolist() == full.top_ids[:, sub.positions].tolist()
+
+
 def test_remote_local_gives_the_same_result(tiny):
     model = tiny("llama")
     targets = single_token_targets(model)

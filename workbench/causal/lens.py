@@ -22,6 +22,7 @@ every ``save_every`` steps, and ``init=TunedLens.load("lens")`` continues from a
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -223,6 +224,7 @@ class _LensProgram:
         self.bias = bias
         self.lens_layers = [L for L in layers if L != arch.n_layers - 1]  # the last one is the model's output
         self.chunk = max(1, _CHUNK_ELEMENTS // max(1, len(positions) * max(1, arch.vocab)))
+        self.kept = False  # set when the trace passes logits_to_keep=positions
 
     def stats(self, lg: torch.Tensor, logp_f: torch.Tensor, p_f: torch.Tensor, negent: torch.Tensor) -> list:
         """Top-k, target probs/ranks and KL for logits ``[c, P, V]`` (float32)."""
@@ -245,7 +247,8 @@ class _LensProgram:
             x = program.read(nn, Site("resid_pre", 0) if L == EMBED else Site("resid_post", L))
             hs.append(x[0, pos.to(x.device)])
         final = program.logits(nn)[0]
-        final = final[pos.to(final.device)].float()  # [P, V]
+        # the model unembedded only these positions (logits_to_keep), in this order; else every one
+        final = (final if final.shape[0] == pos.numel() and self.kept else final[pos.to(final.device)]).float()
         logp_f = torch.log_softmax(final, -1)
         p_f = logp_f.exp()
         negent = (p_f * logp_f).sum(-1)
@@ -289,8 +292,12 @@ def _lens(model: Any, prompt: str, kind: str, *, targets: Sequence[str | int] | 
         bias = torch.cat([lens.embed_bias[None], lens.bias]).detach()
     program = _LensProgram(arch, Ls, Ps, tids, top_k, _softcap(model), weight, bias)
     reader, nn = model.program(batch), model.nn  # the trace body must not refer to `model` (remote runs pickle it)
+    kw: dict[str, Any] = {}
+    if "logits_to_keep" in inspect.signature(model.hf.forward).parameters and len(Ps) < len(tokens):
+        kw["logits_to_keep"] = torch.tensor(Ps, dtype=torch.long)  # unembed the asked positions only
+        program.kept = True
     with model.lock, torch.inference_mode():
-        with model.trace_batch(batch, remote=remote):
+        with model.trace_batch(batch, remote=remote, **kw):
             saved = nnsight.save(program.run(nn, reader))
     top_ids = saved["top_ids"].long().cpu()
     tok = model.tokenizer
