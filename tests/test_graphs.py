@@ -429,3 +429,16 @@ def test_transcoders_reading_other_mlp_input_sites(llama, site):
     assert g.n_features > 10 and _identity(g) < 1e-4
     r = g.intervene({f"err_2_{g.n_pos - 1}": 0.0})  # the error is what the set leaves unexplained there
     assert any(abs(v) > 1e-7 for v in r.measured)
+
+
+def test_a_transcoder_set_that_does_not_fit_the_model_is_refused(llama):
+    from graph_fixtures import random_transcoders
+
+    from workbench.dictionaries import DictionaryError
+
+    wide = random_transcoders([0], llama.arch.d_model + 8, 16)
+    with pytest.raises(DictionaryError, match="width"):
+        attribute(llama, PROMPT, wide, progress=False)
+    deep = random_transcoders([7], llama.arch.d_model, 16)
+    with pytest.raises((DictionaryError, IndexError, ValueError), match="7"):
+        attribute(llama, PROMPT, deep, progress=False)
