@@ -15,6 +15,7 @@ if __name__ == "widgets":  # run under the old name: hand over to workbench.widg
 else:
     from .agent import AgentTranscript
     from .attention import AttentionHeads
+    from .attribution import AttributionGraph
     from .circuit import CircuitGraph
     from .features import FeatureDashboard, FeatureList
     from .lens import LogitLens
@@ -25,12 +26,13 @@ else:
 
 __all__ = ["AgentTranscript", "AttentionHeads", "FeatureDashboard", "FeatureList", "LogitLens", "NeuronDashboard", "NeuronHeatmap",
            "PatchingHeatmap", "SteeringPanel", "register_viewers"]
-__all__ += ["CircuitGraph"]
+__all__ += ["CircuitGraph", "AttributionGraph"]
 
 
 def register_viewers() -> None:
     """Register each widget as the ``.show()`` viewer of the engine result it displays."""
     import workbench.circuits as circuits
+    import workbench.graphs as graphs
     from workbench.causal.lens import LensResult
     from workbench.causal.patching import PatchingResult
     from workbench.circuits import EdgeScores
@@ -52,6 +54,8 @@ def register_viewers() -> None:
     if head_scores_cls is None:  # until the facade exports it
         from workbench.circuits.heads import HeadScores as head_scores_cls
     register_viewer(head_scores_cls, lambda res, **kw: CircuitGraph.from_head_scores(res, **kw))
+    register_viewer(graphs.AttributionGraph, lambda g, *a, **kw: AttributionGraph(g, *a, **kw))
+    register_viewer(graphs.PrunedGraph, lambda pg, **kw: AttributionGraph.from_pruned(pg, **kw))
 
 
 def _path_patching_graph(res, **kw):

@@ -18,11 +18,11 @@
 // [data-testid=pins]; [data-testid=errors].
 import { debounce, el, showRpcError, withStyle } from "./lib/dom";
 import * as L from "./lib/circuit-logic";
+import { SVG_NS, svgEl as svg } from "./lib/graph-draw";
 const count = L.count;
 import type { NDArray } from "./lib/arrays";
 import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
 
-const SVG_NS = "http://www.w3.org/2000/svg";
 
 interface GraphReply {
   title: string;
@@ -72,12 +72,6 @@ const CSS = `
 .iw-circuit .cg-help { color: #666; font-size: 11px; }
 .iw-circuit .cg-pins { font-size: 11px; font-family: var(--jp-code-font-family, monospace); word-break: break-all; }
 `;
-
-function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string, string | number> = {}): SVGElementTagNameMap[K] {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-  return node;
-}
 
 function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () => void {
   const rpc = new Rpc(model);
@@ -181,6 +175,13 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       c.append(tt);
       nodeEls.set(nodes.ids[i], c);
       nodeG.append(c);
+      const caption = L.nodeCaption(nodes.kinds[i], nodes.layer.data[i]);
+      if (caption) {  // an MLP's row has no label of its own (it sits centred among the head rows)
+        const t = svg("text", { x: lay.x[i].toFixed(1), y: (lay.y[i] + lay.radius + 10).toFixed(1),
+          "text-anchor": "middle", fill: "#555", "font-size": 9, "data-testid": "node-caption" });
+        t.textContent = caption;
+        labels.append(t);
+      }
     }
     wrap.replaceChildren(s);
     drawEdges();

@@ -27,12 +27,13 @@ import nnsight
 import torch
 
 from ..core.arch import resolve
+from ..core.errors import WorkbenchError
 from ..core.program import Batch
 
 __all__ = ["RowPlan", "attribution_rows", "check_supported", "UnsupportedModelError"]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(WorkbenchError, ValueError):
     """A model the replacement model cannot freeze (the message names the missing part)."""
 
 

@@ -5,6 +5,10 @@
 // The graph payload is generic, so component circuits and feature attribution graphs draw
 // alike: nodes have an id, a label, a layer, a kind and an index within their layer; edges
 // have src / dst (node indices) and a weight, sent sorted by |weight|, largest first.
+// Colours, widths, curves, pins and formatting live in graph-draw (shared with AttributionGraph).
+import { count, edgeColor, edgeOpacity, edgePath, edgeWidth, magnitude, maxAbs, signed, togglePin } from "./graph-draw";
+
+export { count, edgeColor, edgeOpacity, edgePath, edgeWidth, magnitude, maxAbs, signed, togglePin };
 
 /** Column order of node kinds within one layer: inputs, then attention, then MLP, then outputs. */
 export const KIND_RANK: Record<string, number> = {
@@ -150,42 +154,6 @@ export function countAbove(weights: ArrayLike<number>, t: number): number {
   return lo;
 }
 
-/** Largest |weight| (1 when there is none, so widths stay finite). */
-export function maxAbs(weights: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < weights.length; i++) {
-    const a = Math.abs(Number(weights[i]));
-    if (a > m && Number.isFinite(a)) m = a;
-  }
-  return m > 0 ? m : 1;
-}
-
-/** Edge colour by sign: positive blue, negative red, zero / NaN grey. */
-export function edgeColor(w: number): string {
-  if (!(w === w) || w === 0) return "rgb(150,150,150)";
-  return w > 0 ? "rgb(40,95,225)" : "rgb(225,65,55)";
-}
-
-/** Edge width by magnitude: linear in |w| / max|w|, from `min` to `max` pixels. */
-export function edgeWidth(w: number, scale: number, min = 0.4, max = 6): number {
-  const t = scale > 0 ? Math.min(1, Math.abs(w) / scale) : 0;
-  if (!Number.isFinite(t)) return min;
-  return min + (max - min) * t;
-}
-
-/** Edge opacity: weaker edges fade so the strong ones stand out. */
-export function edgeOpacity(w: number, scale: number): number {
-  const t = scale > 0 ? Math.min(1, Math.abs(w) / scale) : 0;
-  return Number.isFinite(t) ? 0.25 + 0.7 * Math.sqrt(t) : 0.25;
-}
-
-/** An S-shaped cubic from (x1, y1) to (x2, y2) with horizontal tangents (its midpoint is the chord's). */
-export function edgePath(x1: number, y1: number, x2: number, y2: number): string {
-  const xm = (x1 + x2) / 2;
-  const r = (v: number) => Math.round(v * 10) / 10;
-  return `M${r(x1)} ${r(y1)}C${r(xm)} ${r(y1)} ${r(xm)} ${r(y2)} ${r(x2)} ${r(y2)}`;
-}
-
 // -- the slider: log scale over the number of kept edges ------------------------------------
 
 export const SLIDER_STEPS = 1000;
@@ -205,14 +173,6 @@ export function kToSlider(k: number, n: number): number {
 
 // -- pins -----------------------------------------------------------------------------------
 
-/** Toggle `id` in a pin list (kept sorted, no duplicates). */
-export function togglePin(pins: readonly string[], id: string): string[] {
-  const s = new Set(pins);
-  if (s.has(id)) s.delete(id);
-  else s.add(id);
-  return Array.from(s).sort();
-}
-
 /** Edge name as the engine spells it: "a0.h3->m2". */
 export function edgeName(src: string, dst: string): string {
   return `${src}->${dst}`;
@@ -230,27 +190,10 @@ export function parseMlp(id: string): number | null {
   return m ? Number(m[1]) : null;
 }
 
-// -- formatting -----------------------------------------------------------------------------
-
-/** A signed value with 3 significant decimals ("+0.532", "−0.041", "+1.2e-5"). */
-export function signed(v: number | null | undefined): string {
-  if (v === null || v === undefined || !Number.isFinite(v)) return "—";
-  const a = Math.abs(v);
-  const s = a !== 0 && (a < 1e-3 || a >= 1e4) ? a.toExponential(2) : a.toFixed(3);
-  if (Number(s) === 0) return "0.000";
-  return (v < 0 ? "−" : "+") + s;
-}
-
-/** A magnitude with 3 significant digits ("0.0123", "1.50e-5", "12.3"). */
-export function magnitude(v: number | null | undefined): string {
-  if (v === null || v === undefined || !Number.isFinite(v)) return "—";
-  const a = Math.abs(v);
-  if (a === 0) return "0";
-  if (a < 1e-3 || a >= 1e4) return a.toExponential(2);
-  return a.toPrecision(3);
-}
-
-/** "1,234" style integers. */
-export function count(n: number): string {
-  return Math.round(n).toLocaleString("en-US");
+/**
+ * The caption drawn beside a node whose row has no label of its own: an MLP sits alone in its
+ * column, centred, so the head row labels at its height do not name it ("MLP 3"); "" otherwise.
+ */
+export function nodeCaption(kind: string, layer: number): string {
+  return kind === "mlp" ? `MLP ${layer}` : "";
 }

@@ -1,0 +1,147 @@
+"""Attribution graphs on the embedded model: wall time against its floor, batched against per-node
+backward passes, and peak memory against the number of active features.
+
+- **Attribution** of a 12-token prompt with transcoders on every covered layer, against its floor:
+  one forward of ``batch_size`` copies plus (target rows / batch size) backward passes of the same
+  model, plain HF, timed bare in the same run (the floor's backward runs through every module, MLPs
+  and queries/keys included; the graph's runs through the frozen linear paths only, so it does less).
+  Target ≤ 2×.
+- **Batched** (64 rows per backward) against one backward per target node (batch_size=1), timed on
+  the same graph's first rows and extrapolated (said so). Target ≥ 10× faster.
+- **Memory**: peak resident memory of a fresh process per setting (TopK k = 8 .. 64 active features
+  per layer and position), against `estimate_memory`, and the largest prompt whose estimate fits 8 GB.
+
+The transcoders are a trained set when ``--transcoders DIR`` is given (`wb.train_transcoders`), else
+random TopK transcoders of the trained width (4,608 latents, k = 32) on every third layer: timing and
+memory depend on the widths and the active counts, not on what the features mean.
+
+Run: ``python benchmarks/bench_attribution.py [--transcoders DIR]`` (about 10-20 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+PROMPT = "Fact: the capital of the state containing Dallas is the city of"
+
+
+def random_set(model, layers, m=4608, k=32, seed=0):
+    from graph_fixtures import random_transcoders
+
+    return random_transcoders(layers, model.arch.d_model, m, seed=seed, architecture="topk", k=k)
+
+
+def floor_seconds(model, n_tokens: int, rows: int, passes: int) -> float:
+    """One forward of ``rows`` copies plus ``passes`` backward passes, plain HF (logits at the last position)."""
+    ids = torch.randint(100, 1000, (rows, n_tokens))
+    t = time.perf_counter()
+    with torch.enable_grad():
+        emb = model.hf.get_input_embeddings()(ids).detach().requires_grad_(True)
+        out = model.hf(inputs_embeds=emb, use_cache=False, logits_to_keep=1).logits[:, -1]
+        g = torch.randn_like(out)
+        for _ in range(passes):
+            torch.autograd.grad(out, emb, g, retain_graph=True)
+    return time.perf_counter() - t
+
+
+def memory_child(k: int, n_tokens: int) -> None:
+    import workbench as wb
+    from workbench.graphs import attribute, estimate_memory
+
+    model = wb.load(progress=False)
+    words = (PROMPT + " and so on") .split()
+    prompt = " ".join((words * 8)[: max(2, n_tokens)])
+    ts = random_set(model, list(range(0, model.arch.n_layers, 3)), k=k)
+    g = attribute(model, prompt, ts, batch_size=64, progress=False, max_tokens=4096)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"k": k, "tokens": g.n_pos, "features": g.n_features, "peak": peak,
+                      "estimate": estimate_memory(model, g.n_pos, 64, g.n_features)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--transcoders", default=None)
+    ap.add_argument("--child", nargs=2, type=int, default=None)
+    args = ap.parse_args()
+    if args.child:
+        return memory_child(*args.child)
+    import workbench as wb
+    from workbench.graphs import attribute, estimate_memory
+
+    torch.set_num_threads(2)
+    model = wb.load(progress=False)
+    n_tok = model.tokenize(PROMPT).input_ids.shape[1]
+    ts = wb.load_transcoders(args.transcoders, model) if args.transcoders else \
+        random_set(model, list(range(0, model.arch.n_layers, 3)))
+    print(f"prompt: {PROMPT!r} ({n_tok} tokens); transcoders on layers {ts.layers}"
+          f" ({'trained: ' + args.transcoders if args.transcoders else 'random TopK 4608, k=32'})")
+
+    t = time.perf_counter()
+    g = attribute(model, PROMPT, ts, batch_size=64, progress=False)
+    t_attr = time.perf_counter() - t
+    rows = g.n_features + g.n_logits
+    passes = g.settings["backward_passes"]
+    t_floor = floor_seconds(model, n_tok, min(64, rows), passes)
+    print(f"\nattribution: {g.n_features} features, {g.n_logits} logits, {rows} target rows, {passes} backward passes")
+    print(f"  attribute()                      {t_attr:8.1f} s")
+    print(f"  floor: 1 fwd + {passes} bwd (bare HF) {t_floor:8.1f} s")
+    print(f"  ratio                            {t_attr / t_floor:8.2f}x  (target <= 2x: {'met' if t_attr / t_floor <= 2 else 'NOT met'};"
+          " the floor's backward also runs through MLPs and q/k, which the graph's does not)")
+
+    # batched against one backward per node: the same whole graph on two of the layers, both ways
+    from workbench.dictionaries.transcoders import TranscoderSet
+
+    two = TranscoderSet({L: ts.dictionary(L) for L in ts.layers[:2]}) if ts.kind == "plt" else ts
+    t = time.perf_counter()
+    gb = attribute(model, PROMPT, two, batch_size=64, progress=False)
+    t_b = time.perf_counter() - t
+    t = time.perf_counter()
+    g1 = attribute(model, PROMPT, two, batch_size=1, progress=False)
+    t_1 = time.perf_counter() - t
+    same = torch.allclose(gb.adjacency, g1.adjacency, atol=1e-4, rtol=1e-3)
+    print(f"\nbatched vs one backward per node (layers {two.layers}: {gb.n_features + gb.n_logits} rows, identical "
+          f"graphs: {same})")
+    print(f"  one backward per node ({g1.settings['backward_passes']} passes) {t_1:8.1f} s")
+    print(f"  batched, 64 per pass ({gb.settings['backward_passes']} passes)  {t_b:8.1f} s")
+    print(f"  speed-up {t_1 / t_b:8.1f}x (target >= 10x: {'met' if t_1 / t_b >= 10 else 'NOT met'})")
+
+    print("\nmemory (fresh process per setting; peak RSS includes the model, ~0.6 GB)")
+    for k in (8, 32, 64):
+        out = subprocess.run([sys.executable, __file__, "--child", str(k), str(n_tok)], capture_output=True, text=True)
+        line = [x for x in out.stdout.splitlines() if x.startswith("{")]
+        if not line:
+            print(f"  k={k}: failed: {out.stderr[-300:]}")
+            continue
+        r = json.loads(line[-1])
+        print(f"  k={k:3d}: {r['features']:6d} active features  peak {r['peak'] / 2**30:6.2f} GB  "
+              f"estimate {r['estimate'] / 2**30:6.2f} GB")
+    s = 8
+    while estimate_memory(model, s * 2, 64, s * 2 * len(ts.layers) * 32) < 8 * 2**30:
+        s *= 2
+    lo, hi = s, s * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if estimate_memory(model, mid, 64, mid * len(ts.layers) * 32) < 8 * 2**30:
+            lo = mid
+        else:
+            hi = mid
+    print(f"  largest prompt whose estimate fits 8 GB (batch 64, k=32 on {len(ts.layers)} layers): {lo} tokens; "
+          f"with batch 16: ", end="")
+    lo2 = lo
+    while estimate_memory(model, lo2 + 8, 16, (lo2 + 8) * len(ts.layers) * 32) < 8 * 2**30:
+        lo2 += 8
+    print(f"{lo2} tokens")
+
+
+if __name__ == "__main__":
+    main()
