@@ -93,7 +93,8 @@ def prune_masks(adjacency: torch.Tensor, logit_weights: torch.Tensor, n_features
     pruned[~keep] = 0
     pruned[:, ~keep] = 0
     e_scores = edge_influence(pruned, w)
-    edges = e_scores >= threshold_for(e_scores, edge_threshold)
+    nz = e_scores[e_scores != 0]  # zero scores add nothing to the cumulative sum (and zero edges are dropped)
+    edges = (e_scores >= threshold_for(nz, edge_threshold)) if nz.numel() else torch.zeros_like(pruned, dtype=torch.bool)
     edges &= pruned != 0
     inner = a.shape[0] - fixed
     while True:
