@@ -59,9 +59,12 @@ def test_scores_are_above_the_stated_floors(graph):
 
 def test_verification_correlates_predicted_and_measured_effects(graph):
     v = graph.verify(top=15, progress=False)
-    print(f"\n{v}")
+    frozen = graph.verify(top=12, kinds=("feature",), freeze_uncovered=True, progress=False)
+    print(f"\n{v}\n{frozen}")
     assert v.correlation > 0.3, v.to_pandas()
     assert v.correlation_all > 0.0
+    # the features alone, with the MLPs the graph holds fixed (no transcoder) held fixed in the model too
+    assert frozen.correlation_all > 0.3, frozen.to_pandas()
 
 
 def test_the_graph_exports_and_reimports(graph, tmp_path):

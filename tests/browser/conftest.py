@@ -21,7 +21,8 @@ except ImportError:  # pragma: no cover - the browser fixture skips
     sync_api = None
 
 EXAMPLES = REPO / "examples"
-BUNDLES = ("attention", "neurons", "steering", "lens", "patching", "neuron-dashboard", "feature-list", "feature-dashboard", "agent")
+BUNDLES = ("attention", "neurons", "steering", "lens", "patching", "neuron-dashboard", "feature-list", "feature-dashboard", "agent",
+           "circuit", "attribution")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

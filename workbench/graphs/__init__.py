@@ -22,12 +22,12 @@ from .importing import import_graph
 from .pruning import GraphScores, PruneMasks, graph_scores, node_influence, prune_masks
 from .replacement import RowPlan, UnsupportedModelError, attribution_rows, check_supported
 from .supernodes import feature_similarity, propose_supernodes
-from .verify import Intervention, Verification, intervene, node_edits, verify
+from .verify import Intervention, Verification, frozen_mlps, intervene, node_edits, verify
 
 __all__ = [
     "attribute", "estimate_memory", "DEFAULT_MAX_TOKENS", "AttributionGraph", "PrunedGraph", "GraphError",
     "GRAPH_FORMAT", "export_graph", "import_graph", "to_json_id", "from_json_id", "cumulative_influence",
     "FEATURE_TYPES", "GraphScores", "PruneMasks", "graph_scores", "node_influence", "prune_masks",
     "RowPlan", "UnsupportedModelError", "check_supported", "attribution_rows",
-    "Intervention", "Verification", "intervene", "node_edits", "verify", "propose_supernodes", "feature_similarity",
+    "Intervention", "Verification", "intervene", "node_edits", "verify", "frozen_mlps", "propose_supernodes", "feature_similarity",
 ]

@@ -245,12 +245,13 @@ class AttributionGraph(Showable):
 
         return intervene(self, nodes, top_k)
 
-    def verify(self, top: int = 20, factor: float = 0.0, progress: bool = True) -> Any:
-        """Edit each of the ``top`` most influential nodes alone on the real model and correlate the
-        measured logit changes with the predicted ones (`Verification`)."""
+    def verify(self, top: int = 20, factor: float = 0.0, kinds: tuple[str, ...] = ("feature", "error"),
+               progress: bool = True, freeze_uncovered: bool = False) -> Any:
+        """Edit each of the ``top`` most influential nodes (of ``kinds``) alone on the real model and
+        correlate the measured logit changes with the predicted ones (`Verification`; see `verify`)."""
         from .verify import verify
 
-        return verify(self, top, factor, progress=progress)
+        return verify(self, top, factor, kinds, progress=progress, freeze_uncovered=freeze_uncovered)
 
     def export(self, path: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:
         """Attribution-graph JSON for Anthropic's frontend and Neuronpedia (see `export_graph`)."""

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.specs import Steer
+from ..core.specs import Patch, Steer
 from .errors import GraphError
 
 if TYPE_CHECKING:
     from .graph import AttributionGraph
 
-__all__ = ["node_edits", "intervene", "verify", "Intervention", "Verification"]
+__all__ = ["node_edits", "intervene", "verify", "frozen_mlps", "Intervention", "Verification"]
 
 
 def _need_model(graph: AttributionGraph) -> tuple[Any, Any]:
@@ -126,6 +126,7 @@ class Verification:
     rows: list[dict[str, Any]]
     correlation: float
     correlation_all: float
+    frozen: bool = False
 
     def to_pandas(self) -> Any:
         import pandas as pd
@@ -133,8 +134,9 @@ class Verification:
         return pd.DataFrame(self.rows)
 
     def __repr__(self) -> str:
-        return (f"Verification({len(self.rows)} nodes, factor {self.factor:g}: r = {self.correlation:.3f} on the top "
-                f"logit, {self.correlation_all:.3f} over all logit nodes)")
+        how = ", uncovered MLPs frozen" if self.frozen else ""
+        return (f"Verification({len(self.rows)} nodes, factor {self.factor:g}{how}: r = {self.correlation:.3f} on the "
+                f"top logit, {self.correlation_all:.3f} over all logit nodes)")
 
 
 def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -143,10 +145,21 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x * y).sum()) / den if den > 0 else float("nan")
 
 
+def frozen_mlps(graph: AttributionGraph, after: int) -> list[Any]:
+    """Specs holding every MLP without a transcoder above layer ``after`` at its clean output (a `Patch`
+    from the prompt itself): the real model with what the graph treats as fixed error nodes fixed."""
+    covered = set(graph.covered_layers)
+    return [Patch(f"mlp_out.{L}", source=graph.prompt) for L in range(after + 1, graph.n_layers) if L not in covered]
+
+
 def verify(graph: AttributionGraph, top: int = 20, factor: float = 0.0, kinds: tuple[str, ...] = ("feature", "error"),
-           progress: bool = True) -> Verification:
+           progress: bool = True, freeze_uncovered: bool = False) -> Verification:
     """Edit each of the ``top`` most influential feature/error nodes alone (``factor``: 0 zeroes it)
-    on the real model and correlate the measured logit changes with the graph's predictions."""
+    on the real model and correlate the measured logit changes with the graph's predictions.
+
+    ``freeze_uncovered``: hold the MLPs without a transcoder above the edited node at their clean
+    outputs while measuring (`frozen_mlps`), as the graph holds their error nodes; the gap between
+    the two correlations is what those MLPs' responses contribute."""
     from tqdm.auto import tqdm
 
     model, _ = _need_model(graph)
@@ -161,7 +174,8 @@ def verify(graph: AttributionGraph, top: int = 20, factor: float = 0.0, kinds: t
     rows, pred_all, meas_all = [], [], []
     for i in tqdm(cand, desc="verify", disable=not progress, leave=False):
         nodes = {i: factor}
-        edited = model.run(graph.prompt, node_edits(graph, nodes), top_k=1)
+        extra = frozen_mlps(graph, graph.node(i)["layer"]) if freeze_uncovered else []
+        edited = model.run(graph.prompt, node_edits(graph, nodes) + extra, top_k=1)
         meas = _demeaned(edited.logits[0], graph.logit_ids) - clean
         pred = graph.predict(nodes)
         info = graph.node(i)
@@ -170,4 +184,5 @@ def verify(graph: AttributionGraph, top: int = 20, factor: float = 0.0, kinds: t
         pred_all.append(pred)
         meas_all.append(meas)
     p, m = torch.stack(pred_all), torch.stack(meas_all)
-    return Verification(float(factor), rows, _pearson(p[:, 0], m[:, 0]), _pearson(p.flatten(), m.flatten()))
+    return Verification(float(factor), rows, _pearson(p[:, 0], m[:, 0]), _pearson(p.flatten(), m.flatten()),
+                        bool(freeze_uncovered))
