@@ -430,5 +430,5 @@ def test_encoder_vector_folds_b_pre_and_centring():
 
 
 def test_root_names():
-    assert wb.TranscoderSet is TranscoderSet and wb.CrossLayerTranscoder is CrossLayerTranscoder
+    assert wb.TranscoderSet is TranscoderSet and wb.dictionaries.CrossLayerTranscoder is CrossLayerTranscoder
     assert wb.load_transcoders is load_transcoders and wb.train_transcoders is train_transcoders

@@ -43,16 +43,18 @@ _EXPORTS = {
     # one entry point per capability
     "logit_lens": "causal.lens", "tuned_lens": "causal.lens", "activation_patching": "causal.patching",
     "attribution_patching": "causal.patching", "ablate": "causal.patching", "mean_difference": "causal.directions",
+    "integrated_gradients": "causal.attribution",
+    "Subspace": "causal.subspaces",
     "scan": "neurons.scan", "neuron_weights": "neurons.weights",
     "contrastive_neurons": "neurons.contrastive", "sparse_probe": "neurons.probing",
     "test_hypothesis": "neurons.hypotheses",
     "load_dictionary": "dictionaries.formats", "train_sae": "dictionaries.train",
     "evaluate_dictionary": "dictionaries.evaluate",
     "train_transcoders": "dictionaries.transcoders", "load_transcoders": "dictionaries.transcoders",
-    "TranscoderSet": "dictionaries.transcoders", "CrossLayerTranscoder": "dictionaries.clt",
+    "TranscoderSet": "dictionaries.transcoders",
     "explain": "autointerp", "score": "autointerp", "Agent": "agent", "llm_client": "llm",
     "eap": "circuits.attribution", "head_scores": "circuits.heads",
-    "attribute": "graphs.attribute", "AttributionGraph": "graphs.graph", "import_graph": "graphs.importing",
+    "attribute": "graphs.attribute", "import_graph": "graphs.importing",
 }
 #: Names the 0.1 root exported that now live only in their subpackage (a DeprecationWarning, then the object).
 _MOVED = {

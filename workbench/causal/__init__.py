@@ -1,8 +1,16 @@
-"""Causal analyses: the logit and tuned lens, activation and attribution patching, ablation, directions.
+"""Causal analyses: the logit and tuned lens, activation and attribution patching, ablation, directions,
+subspace interventions, integrated gradients and gradient attribution.
 
 Imports only `workbench.core`; every intervention goes through the core's specs.
 """
 
+from .attribution import (
+    AttributionResult,
+    CompletenessWarning,
+    gradient_x_activation,
+    input_attribution,
+    integrated_gradients,
+)
 from .directions import mean_difference, neuron_direction
 from .lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
 from .patching import (
@@ -15,9 +23,25 @@ from .patching import (
     noise_specs,
     token_id,
 )
+from .subspaces import (
+    Subspace,
+    SubspaceAblate,
+    SubspaceError,
+    SubspaceInterchange,
+    SubspaceSet,
+    SubspaceSteer,
+    SubspaceWarning,
+    ablate_subspace,
+    interchange_subspace,
+    set_subspace,
+    steer_subspace,
+)
 
 __all__ = [
     "logit_lens", "tuned_lens", "TunedLens", "LensResult", "LensFileError",
     "activation_patching", "attribution_patching", "ablate", "PatchingResult", "AblationResult",
     "metric_values", "noise_specs", "token_id", "mean_difference", "neuron_direction",
+    "Subspace", "SubspaceInterchange", "SubspaceAblate", "SubspaceSteer", "SubspaceSet", "SubspaceError",
+    "SubspaceWarning", "interchange_subspace", "ablate_subspace", "steer_subspace", "set_subspace",
+    "integrated_gradients", "gradient_x_activation", "input_attribution", "AttributionResult", "CompletenessWarning",
 ]
