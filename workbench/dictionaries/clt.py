@@ -43,11 +43,12 @@ import torch
 from torch import Tensor
 
 from ..core.fileio import atomic_folder
-from ..core.program import Step, TraceOp, TraceProgram, check_finite
+from ..core.program import Step, TraceOp, TraceProgram
 from ..core.sites import Site
 from ..core.specs import Positions, Spec, as_list, register_spec_kind
 from .dictionary import Dictionary
 from .errors import DictionaryError, DictionaryWarning
+from .features import edit_value
 
 __all__ = ["CrossLayerTranscoder", "CLTFeatureEdit", "register_clt", "get_clt", "registered_clts",
            "CLT_ARCHITECTURES", "MANIFEST", "MANIFEST_FORMAT", "load_circuit_tracer_clt"]
@@ -463,19 +464,7 @@ class CLTFeatureEdit(Spec):
         if len(set(feats)) != len(feats):
             raise ValueError(f"feature listed twice in {feats}")
         self.features = feats
-        if self.op == "zero":
-            self.value = None
-        else:
-            if self.value is None:
-                raise ValueError(f"op {self.op!r} needs a value")
-            v = as_list(self.value)
-            vals = v if isinstance(v, list) else [v]
-            if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vals):
-                raise ValueError(f"op {self.op!r} takes a number or one number per feature, not {self.value!r}")
-            if isinstance(v, list) and len(v) != len(feats):
-                raise ValueError(f"{len(v)} values for {len(feats)} features")
-            check_finite(f"CLT feature edit {self.op!r} value", vals)
-            self.value = [float(x) for x in v] if isinstance(v, list) else float(v)
+        self.value = edit_value(self.op, self.value, len(feats), "CLT feature edit")
         self.positions = None if self.positions is None else [int(p) for p in as_list(self.positions)]
 
     @property

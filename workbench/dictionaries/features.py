@@ -58,6 +58,7 @@ from ..core.specs import Positions, Spec, Steer, as_list, register_spec_kind
 from .dictionary import Dictionary, DictionaryError
 
 __all__ = [
+    "edit_value",
     "DictionarySpec", "FeatureEdit", "Splice", "register_dictionary", "get_dictionary", "unregister_dictionary",
     "registered_dictionaries", "zero_features", "scale_features", "set_features", "add_features",
     "feature_direction", "steer_feature", "feature_delta", "FEATURE_OPS", "DictionaryOp",
@@ -266,6 +267,23 @@ class DictionarySpec(Spec):
                                   f"({model.arch.n_heads * model.arch.d_head} wide), not one head ({d.d_in})")
 
 
+def edit_value(op: str, value: Any, n_features: int, what: str) -> float | list[float] | None:
+    """A feature edit's value, checked: None for ``"zero"``, else one finite number or one per feature."""
+    if op == "zero":
+        return None
+    if value is None:
+        raise ValueError(f"op {op!r} needs a value")
+    v = as_list(value)
+    vals = v if isinstance(v, list) else [v]
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vals):
+        raise ValueError(f"op {op!r} takes a number or one number per feature as value, not {value!r}")
+    if isinstance(v, list) and len(v) != n_features:
+        raise ValueError(f"{len(v)} values for {n_features} features")
+    if not all(math.isfinite(x) for x in vals):
+        raise ValueError(f"{what} values must be finite, not {v!r}")
+    return [float(x) for x in v] if isinstance(v, list) else float(v)
+
+
 @register_spec_kind
 @dataclass
 class FeatureEdit(DictionarySpec):
@@ -300,20 +318,7 @@ class FeatureEdit(DictionarySpec):
         if len(set(feats)) != len(feats):
             raise ValueError(f"feature listed twice in {feats}")
         self.features = feats
-        if self.op == "zero":
-            self.value = None
-        else:
-            if self.value is None:
-                raise ValueError(f"op {self.op!r} needs a value")
-            v = as_list(self.value)
-            vals = v if isinstance(v, list) else [v]
-            if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vals):
-                raise ValueError(f"op {self.op!r} takes a number or one number per feature as value, not {self.value!r}")
-            if isinstance(v, list) and len(v) != len(feats):
-                raise ValueError(f"{len(v)} values for {len(feats)} features")
-            if not all(math.isfinite(x) for x in vals):
-                raise ValueError(f"feature edit values must be finite, not {v!r}")
-            self.value = [float(x) for x in v] if isinstance(v, list) else float(v)
+        self.value = edit_value(self.op, self.value, len(feats), "feature edit")
         self.positions = None if self.positions is None else [int(p) for p in as_list(self.positions)]
 
     @property
