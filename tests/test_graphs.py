@@ -329,7 +329,7 @@ def test_long_prompt_is_refused_with_a_memory_estimate(llama, tset):
 
 
 def test_multi_token_target_is_refused(llama, tset):
-    with pytest.raises(GraphError, match="is [0-9]+ tokens"):
+    with pytest.raises(ValueError, match="is [0-9]+ tokens"):
         attribute(llama, PROMPT, tset, targets=[" antidisestablishmentarianism"], progress=False)
 
 

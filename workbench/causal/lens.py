@@ -153,24 +153,10 @@ class LensResult(Showable):
 def target_ids(model: Any, targets: Iterable[str | int] | None) -> tuple[list[str], list[int]]:
     """Token ids of single-token targets; a clear error for empty, unknown or multi-token ones."""
     names, ids = [], []
-    tok = model.tokenizer
     for t in targets or ():
-        if isinstance(t, int) and not isinstance(t, bool):
-            if not 0 <= t < model.arch.vocab:
-                raise ValueError(f"target id {t} is out of range: the vocabulary has {model.arch.vocab} tokens")
-            names.append(tok.decode([t]))
-            ids.append(t)
-            continue
-        if not isinstance(t, str) or t == "":
-            raise ValueError(f"a target is a non-empty string (one token, e.g. ' Paris'), not {t!r}")
-        enc = tok.encode(t, add_special_tokens=False)
-        if len(enc) != 1:
-            pieces = [tok.decode([i]) for i in enc]
-            hint = f" (did you mean its first token {pieces[0]!r}?)" if pieces else ""
-            raise ValueError(f"target {t!r} is {len(enc)} tokens, {pieces}: targets must be single tokens{hint}. "
-                             "A leading space often matters, e.g. ' Paris' vs 'Paris'.")
-        names.append(t)
-        ids.append(int(enc[0]))
+        i = model.token_id(t, "target")
+        names.append(model.tokenizer.decode([i]) if isinstance(t, int) else t)
+        ids.append(i)
     return names, ids
 
 

@@ -180,18 +180,8 @@ class AblationResult:
 
 # -- input checks ------------------------------------------------------------------------------
 def token_id(model: Model, target: str | int, what: str) -> int:
-    if isinstance(target, int):
-        if not 0 <= target < model.arch.vocab:
-            raise IndexError(f"{what} token id {target} is out of range for a vocabulary of {model.arch.vocab}")
-        return target
-    if not isinstance(target, str) or not target:
-        raise ValueError(f"{what} must be a non-empty string (one token) or a token id, not {target!r}")
-    ids = model.tokenizer(target, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [model.tokenizer.decode([i]) for i in ids]
-        raise ValueError(f"{what} {target!r} is {len(ids)} tokens {pieces} (ids {ids}), not one: give a single-token "
-                         f"{what} (e.g. {pieces[0]!r} if that is the first token you mean; mind the leading space)")
-    return int(ids[0])
+    """``model.token_id``: one token's id, with a clear error for anything else."""
+    return model.token_id(target, what)
 
 
 def _choice(value: str, options: tuple[str, ...], what: str) -> str:

@@ -44,17 +44,12 @@ def single_token(model: Model, word: str | int, what: str) -> int:
     ``what`` names the word in the error (``"name 'Bartholomew'"``): a `TaskError` says how the
     tokenizer splits it. Mind the leading space: ``" Mary"`` is the token after a space.
     """
-    if isinstance(word, int) and not isinstance(word, bool):
-        if not 0 <= word < model.arch.vocab:
-            raise TaskError(f"{what}: token id {word} is out of range for a vocabulary of {model.arch.vocab}")
-        return int(word)
-    if not isinstance(word, str) or not word:
-        raise TaskError(f"{what} must be a non-empty string (one token) or a token id, not {word!r}")
-    ids = model.tokenizer(word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise TaskError(f"{what} {word!r} is {len(ids)} tokens {_pieces(model, ids)} (ids {list(ids)}) in this "
-                        f"model's tokenizer, not one: use a single-token word (mind the leading space)")
-    return int(ids[0])
+    from ..core.engine import TokenError
+
+    try:
+        return model.token_id(word, what)
+    except TokenError as exc:
+        raise TaskError(str(exc)) from None
 
 
 # -- the task --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from .sites import WRITABLE, Site
 from .specs import Patch, Spec, spec_from_dict
 
 __all__ = ["Model", "Batch", "GenerationCancelled", "writable_sites", "PromptTypeError", "ContextLengthError",
-           "NonFiniteLogitsError", "AttentionMemoryWarning", "EAGER_ATTENTION_BUDGET"]
+           "NonFiniteLogitsError", "AttentionMemoryWarning", "EAGER_ATTENTION_BUDGET", "TokenError", "TokenRangeError"]
 
 #: Bytes of attention probabilities (layers x heads x tokens^2 x 4 bytes x prompts) above which a run warns.
 EAGER_ATTENTION_BUDGET = 4 * 2**30
@@ -37,6 +37,14 @@ class GenerationCancelled(Cancelled):
 
 class PromptTypeError(WorkbenchError, TypeError):
     """A prompt is not text: `run`, `generate` and `trace` take a string or a list of strings."""
+
+
+class TokenError(WorkbenchError, ValueError):
+    """A text that must be one token of the model's tokenizer is not (or is not text or an id)."""
+
+
+class TokenRangeError(TokenError, IndexError):
+    """A token id outside the model's vocabulary."""
 
 
 class ContextLengthError(WorkbenchError, ValueError):
@@ -149,6 +157,28 @@ class Model:
                               "be slow or run out of memory; shorten the prompt", AttentionMemoryWarning, stacklevel=3)
 
     # -- tokens --------------------------------------------------------------------
+    def token_id(self, text: str | int, what: str = "target") -> int:
+        """The id of ``text`` as exactly one token (no special tokens added), or a checked id.
+
+        The one place single-token answers, targets and names are resolved: a `TokenError` shows how
+        the tokenizer splits a longer text (mind the leading space: ``" Paris"`` is not ``"Paris"``),
+        and a `TokenRangeError` (also an IndexError) refuses an id beyond the vocabulary.
+        """
+        if isinstance(text, int) and not isinstance(text, bool):
+            if not 0 <= text < self.arch.vocab:
+                raise TokenRangeError(f"{what} token id {text} is out of range for a vocabulary of {self.arch.vocab}")
+            return int(text)
+        if not isinstance(text, str) or not text:
+            raise TokenError(f"{what} must be a non-empty string (one token) or a token id, not {text!r}")
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if len(ids) != 1:
+            pieces = [self.tokenizer.decode([i]) for i in ids]
+            hint = f"did you mean its first token {pieces[0]!r}? " if pieces else ""
+            raise TokenError(f"{what} {text!r} is {len(ids)} tokens {pieces} (ids {ids}), not one: it must be one "
+                             f"token, and targets must be single tokens ({hint}mind the leading space: ' Paris' is "
+                             "not 'Paris')")
+        return int(ids[0])
+
     def tokenize(self, prompts: str | Sequence[str], sources: Iterable[str] = ()) -> Batch:
         """Tokenize prompts (right-padded), with exact character spans per token."""
         prompts = _check_prompts(prompts, "prompts")

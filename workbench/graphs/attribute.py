@@ -58,19 +58,7 @@ def _logit_targets(model: Any, logits: torch.Tensor, targets: Any, max_n_logits:
         targets = [targets]
     out = []
     for t in targets:
-        if isinstance(t, int) and not isinstance(t, bool):
-            if not 0 <= t < logits.numel():
-                raise GraphError(f"target token id {t} is outside the vocabulary (0..{logits.numel() - 1})")
-            out.append(int(t))
-            continue
-        if not isinstance(t, str) or not t:
-            raise GraphError(f"a target is a token's text or id, not {t!r}")
-        ids = model.tokenizer(t, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            pieces = [model.tokenizer.decode([i]) for i in ids]
-            raise GraphError(f"target {t!r} is {len(ids)} tokens ({pieces}); a logit node is one token: name its first "
-                             f"token ({pieces[0]!r} if that is what you mean) or give a token id")
-        out.append(int(ids[0]))
+        out.append(model.token_id(t, "target"))  # a logit node is one token
     if not out:
         raise GraphError("targets is empty: name at least one token, or pass targets=None for the top logits")
     return out
