@@ -1,5 +1,6 @@
 """Causal analyses: the logit and tuned lens, activation and attribution patching, ablation, directions,
-subspace interventions, integrated gradients and gradient attribution.
+subspace interventions, distributed alignment search (DAS) with the illusion check, integrated gradients and
+gradient attribution.
 
 Imports only `workbench.core`; every intervention goes through the core's specs.
 """
@@ -10,6 +11,20 @@ from .attribution import (
     gradient_x_activation,
     input_attribution,
     integrated_gradients,
+)
+from .das import (
+    CounterfactualPairs,
+    DASCancelled,
+    DASError,
+    DASResult,
+    DASSweep,
+    IllusionReport,
+    counterfactual_pairs,
+    das_sweep,
+    illusion_check,
+    interchange_accuracy,
+    interchange_logits,
+    train_das,
 )
 from .directions import mean_difference, neuron_direction
 from .lens import LensFileError, LensResult, TunedLens, logit_lens, tuned_lens
@@ -44,4 +59,6 @@ __all__ = [
     "Subspace", "SubspaceInterchange", "SubspaceAblate", "SubspaceSteer", "SubspaceSet", "SubspaceError",
     "SubspaceWarning", "interchange_subspace", "ablate_subspace", "steer_subspace", "set_subspace",
     "integrated_gradients", "gradient_x_activation", "input_attribution", "AttributionResult", "CompletenessWarning",
+    "train_das", "das_sweep", "illusion_check", "interchange_logits", "interchange_accuracy", "counterfactual_pairs",
+    "CounterfactualPairs", "DASResult", "DASSweep", "IllusionReport", "DASError", "DASCancelled",
 ]
