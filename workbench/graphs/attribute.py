@@ -157,10 +157,10 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
         r = pos_of[j] if kind == "feat" else n - K + j
         adj[r] = row
         bias[r] = b
+    enc_v, enc_b = ctx.encoders(selected) if selected else ({}, {})
     for i, f in enumerate(selected):
-        L, p, fi = feats[f].tolist()
-        vec = transcoders.encoder_vector(L, [fi])[0].float()
-        values[i] = float(mlp_in_real[L][p] @ vec + transcoders.encoder_bias(L, [fi])[0])
+        L, p, _ = feats[f].tolist()
+        values[i] = float(mlp_in_real[L][p] @ enc_v[f]) + enc_b[f]
     for j, t in enumerate(logit_ids):
         values[n - K + j] = float(logits[t] - logits.mean())
     g = AttributionGraph(
@@ -212,6 +212,8 @@ class _Context:
         self.remote, self.inputs = remote, inputs
         self.passes = self.traces = self.upload = self.download = 0
         self.b_dec = {L: tset.b_dec(L).float() for L in layers}
+        self.enc_vec: dict[int, torch.Tensor] = {}
+        self.enc_bias: dict[int, float] = {}
 
     def _sources(self, selected: list[int]) -> list[tuple]:
         out = []
@@ -223,16 +225,36 @@ class _Context:
             m = (lay == L).nonzero().flatten()
             if not m.numel():
                 continue
-            idx = sel[m]
-            fid = self.feats[idx, 2]
-            W = self.tset.decoder_rows(L)[fid].float()
-            if W.dim() == 2:
-                W = W[:, None]
             outs = list(self.tset.out_layers(L)) if getattr(self.tset, "kind", "plt") == "clt" else [L]
-            out.append((m, self.feats[idx, 1], self.acts[idx], outs, W))
+            rows = self.tset.decoder_rows(L)
+            pos_all = self.feats[sel[m], 1]
+            for p in pos_all.unique().tolist():
+                mm = m[pos_all == p]
+                idx = sel[mm]
+                W = rows[self.feats[idx, 2]].float()
+                out.append((mm, int(p), self.acts[idx], outs, W[:, None] if W.dim() == 2 else W))
         return out
 
+    def encoders(self, feats: list[int]) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
+        """Each feature's encoder vector and bias, read once per layer (features by index into ``feats``)."""
+        vec: dict[int, torch.Tensor] = {}
+        bias: dict[int, float] = {}
+        todo = [j for j in feats if j not in self.enc_vec]
+        if todo:
+            t = torch.tensor(todo)
+            for L in self.feats[t, 0].unique().tolist():
+                js = t[self.feats[t, 0] == L]
+                fids = self.feats[js, 2].tolist()
+                V = self.tset.encoder_vector(L, fids).float()
+                b = self.tset.encoder_bias(L, fids).float()
+                for i, j in enumerate(js.tolist()):
+                    self.enc_vec[j], self.enc_bias[j] = V[i], float(b[i])
+        for j in feats:
+            vec[j], bias[j] = self.enc_vec[j], self.enc_bias[j]
+        return vec, bias
+
     def _chunks(self, targets: list[tuple[str, int]], out_index: dict[tuple[str, int], int]) -> list[dict]:
+        enc, _ = self.encoders([j for kind, j in targets if kind == "feat"])
         chunks = []
         for start in range(0, len(targets), self.B):
             part = targets[start:start + self.B]
@@ -248,7 +270,7 @@ class _Context:
                     fb.append(b)
                     fL.append(L)
                     fp.append(p)
-                    fv.append(self.tset.encoder_vector(L, [f])[0].float())
+                    fv.append(enc[j])
             d = self.u.shape[1]
             chunks.append({"out": out, "logit_b": torch.tensor(lb, dtype=torch.long),
                            "logit_vec": torch.stack(lv) if lv else torch.zeros(0, d),
@@ -271,11 +293,11 @@ class _Context:
         self.traces += 1
         self.upload += plan.nbytes()
         self.download += rows.numel() * 4 + bias.numel() * 4
+        _, enc_b = self.encoders([j for kind, j in targets if kind == "feat"])
         out = {}
         for t, i in out_index.items():
             kind, j = t
-            extra = float(self.ub[j]) if kind == "logit" else \
-                float(self.tset.encoder_bias(int(self.feats[j, 0]), [int(self.feats[j, 2])])[0])
+            extra = float(self.ub[j]) if kind == "logit" else enc_b[j]
             out[t] = (rows[i], float(bias[i]) + extra)
         return out
 

@@ -122,8 +122,8 @@ class RowPlan:
     ``chunks``: one dict per backward pass: ``out [B]`` (the output row of each copy, -1 for none),
     ``logit_b [k]`` / ``logit_vec [k, d]`` (copies whose target is a logit, and its demeaned
     unembedding vector), ``feat_b``, ``feat_L``, ``feat_p [k]`` / ``feat_vec [k, d]`` (copies whose
-    target is a feature: its layer, position and encoder vector). ``sources``: per source layer,
-    ``(cols [k], pos [k], act [k], out_layers, W [k, n_out, d])`` of the graph's feature columns.
+    target is a feature: its layer, position and encoder vector). ``sources``: per source layer and
+    position, ``(cols [k], pos, act [k], out_layers, W [k, n_out, d])`` of the graph's feature columns.
     ``inputs``: the site name each covered layer's transcoder reads (``mlp_in``, ``resid_mid`` or
     ``ln2_normalized``). ``errors [n_layers, s, d]`` the error vectors; ``b_dec`` ``{layer: [d]}``; ``skips``
     ``{layer: [d, d]}``; ``n_rows`` and ``n_cols`` the output's shape; ``col_errors`` and
@@ -134,7 +134,7 @@ class RowPlan:
     covered: list[int]
     inputs: dict[int, str]
     chunks: list[dict[str, Any]]
-    sources: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], torch.Tensor]]
+    sources: list[tuple[torch.Tensor, int, torch.Tensor, list[int], torch.Tensor]]
     errors: torch.Tensor
     b_dec: dict[int, torch.Tensor]
     skips: dict[int, torch.Tensor]
@@ -148,8 +148,8 @@ class RowPlan:
         n = self.errors.numel() * self.errors.element_size()
         for c in self.chunks:
             n += sum(v.numel() * v.element_size() for v in c.values() if isinstance(v, torch.Tensor))
-        for cols, pos, act, _, W in self.sources:
-            n += sum(t.numel() * t.element_size() for t in (cols, pos, act, W))
+        for cols, _, act, _, W in self.sources:
+            n += sum(t.numel() * t.element_size() for t in (cols, act, W))
         n += sum(t.numel() * t.element_size() for t in (*self.b_dec.values(), *self.skips.values()))
         return int(n)
 
@@ -179,10 +179,10 @@ def _pass(plan: RowPlan, ch: dict[str, Any], leaves: list[torch.Tensor], mlp_in:
     g_e = zero if grads[0] is None else grads[0].detach().float().cpu()
     g_m = [zero if g is None else g.detach().float().cpu() for g in grads[1:1 + n_layers]]
     block = torch.zeros(B, plan.n_cols)
-    for cols, pos, act, outs_L, W in plan.sources:
+    for cols, pos, act, outs_L, W in plan.sources:  # one group per (source layer, position): a GEMM each
         contrib = torch.zeros(B, cols.numel())
         for j, Lo in enumerate(outs_L):
-            contrib += (g_m[Lo][:, pos] * W[:, j].float()[None]).sum(-1)
+            contrib += g_m[Lo][:, pos] @ W[:, j].T
         block[:, cols] = contrib * act[None]
     e0, t0 = plan.col_errors, plan.col_tokens
     for L in range(n_layers):
