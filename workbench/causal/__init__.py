@@ -1,6 +1,6 @@
 """Causal analyses: the logit and tuned lens, activation and attribution patching, ablation, directions,
-subspace interventions, distributed alignment search (DAS) with the illusion check, integrated gradients and
-gradient attribution.
+subspace interventions, distributed alignment search (DAS) with the illusion check, RAVEL-style cause and
+isolate scores, integrated gradients and gradient attribution.
 
 Imports only `workbench.core`; every intervention goes through the core's specs.
 """
@@ -38,6 +38,19 @@ from .patching import (
     noise_specs,
     token_id,
 )
+from .ravel import (
+    RavelDataset,
+    RavelError,
+    RavelResult,
+    load_ravel,
+    ravel_features,
+    ravel_scores,
+    units_from_das,
+    units_from_mean_difference,
+    units_from_pca,
+    units_from_probe,
+    units_from_sae,
+)
 from .subspaces import (
     Subspace,
     SubspaceAblate,
@@ -61,4 +74,6 @@ __all__ = [
     "integrated_gradients", "gradient_x_activation", "input_attribution", "AttributionResult", "CompletenessWarning",
     "train_das", "das_sweep", "illusion_check", "interchange_logits", "interchange_accuracy", "counterfactual_pairs",
     "CounterfactualPairs", "DASResult", "DASSweep", "IllusionReport", "DASError", "DASCancelled",
+    "load_ravel", "ravel_scores", "ravel_features", "units_from_probe", "units_from_pca", "units_from_mean_difference",
+    "units_from_sae", "units_from_das", "RavelDataset", "RavelResult", "RavelError",
 ]

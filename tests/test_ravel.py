@@ -1,0 +1,285 @@
+"""RAVEL cause / isolate scores vs a hand computation with plain PyTorch hooks; dataset checks; the embedded table."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from operator import attrgetter
+
+import pytest
+import torch
+from hf_paths import PATHS
+
+from workbench.causal import Subspace
+from workbench.causal.ravel import (
+    DEFAULT_RAVEL,
+    RavelDataset,
+    RavelError,
+    RavelPair,
+    RavelWarning,
+    load_ravel,
+    ravel_features,
+    ravel_scores,
+    units_from_das,
+    units_from_mean_difference,
+    units_from_pca,
+    units_from_probe,
+    units_from_sae,
+    wilson_interval,
+)
+
+TEMPLATES = {"a": ["{entity} is the", "{entity} of"], "b": ["so {entity} is", "a {entity} and"]}
+SITE = "resid_post.0"
+
+
+def predicted(model, prompt: str) -> tuple[int, str]:
+    with torch.no_grad():
+        ids = model.tokenize(prompt).input_ids
+        top = int(model.hf(input_ids=ids).logits[0, -1].argmax())
+    return top, model.tokenizer.decode([top])
+
+
+def synthetic(model, names=None) -> dict:
+    """Entities whose "answers" are the tiny model's own top-1 (first template of each attribute),
+    kept where the answer re-encodes to that one token."""
+    names = names or [f"{p}{c}" for p in "qxz" for c in "abcdefghijklmnoprstuvwy"]
+    ents = []
+    for n in names:
+        e = {"name": n}
+        for a, ts in TEMPLATES.items():
+            top, text = predicted(model, ts[0].format(entity=n))
+            e[a] = text
+            if model.tokenizer(text, add_special_tokens=False)["input_ids"] != [top]:
+                break
+        else:
+            ents.append(e)
+    return {"attributes": list(TEMPLATES), "templates": TEMPLATES, "entities": ents}
+
+
+@pytest.fixture(scope="module")
+def llama(tiny):
+    return tiny("llama")
+
+
+@pytest.fixture(scope="module")
+def ds(llama):
+    data = synthetic(llama)
+    assert len(data["entities"]) >= 6
+    return load_ravel(llama, data, verbose=False)
+
+
+def hand_top1(model, base: str, source: str, B: torch.Tensor, pos: int) -> int:
+    """Top-1 of ``base`` with the layer-0 output's projection on B at ``pos`` replaced by the source's (plain hooks)."""
+    block = attrgetter(PATHS["llama"]["layers"])(model.hf)[0]
+    rec = {}
+
+    def record(m, args, out):
+        rec["h"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
+
+    P = B.T @ B
+
+    def patch(m, args, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[0, pos] = h[0, pos] - h[0, pos] @ P + rec["h"][0, pos] @ P
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    with torch.no_grad():
+        hd = block.register_forward_hook(record)
+        try:
+            model.hf(input_ids=model.tokenize(source).input_ids)
+        finally:
+            hd.remove()
+        hd = block.register_forward_hook(patch)
+        try:
+            return int(model.hf(input_ids=model.tokenize(base).input_ids).logits[0, -1].argmax())
+        finally:
+            hd.remove()
+
+
+def test_dataset_keeps_what_the_model_gets_right(llama, ds):
+    assert ds.n_entities >= 6 and ds.report["n_kept"] == ds.n_entities
+    for a in ds.attributes:
+        assert ds.pairs[a], a
+        for p in ds.pairs[a]:
+            assert ds.entities[p.base][a] != ds.entities[p.source][a]
+            assert p.template in ds.correct[a][p.base] and p.template in ds.correct[a][p.source]
+            assert len(llama.tokenize(p.base_prompt).tokens[0]) == len(llama.tokenize(p.source_prompt).tokens[0])
+        for n, ts in ds.correct[a].items():  # every kept template really is right
+            for t in ts:
+                assert predicted(llama, t.format(entity=n))[0] == ds.answer_ids[a][ds.entities[n][a]]
+
+
+@pytest.mark.parametrize("positions", ["entity", "last"])
+def test_cause_and_isolate_equal_a_hand_computation(llama, ds, positions):
+    g = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(llama.arch.d_model, 8, generator=g, dtype=torch.float64))
+    sub = Subspace(SITE, q.T.float(), "r")
+    res = ravel_scores(llama, ds, {"rand": {"a": sub}}, positions=positions, batch_size=5)
+    row = res.rows[0]
+    hits_c, hits_i = [], []
+    for p in ds.pairs["a"]:
+        pos = p.entity_position if positions == "entity" else p.length - 1
+        top = hand_top1(llama, p.base_prompt, p.source_prompt, sub.basis, pos)
+        hits_c.append(top == ds.answer_ids["a"][ds.entities[p.source]["a"]])
+    for p in ds.pairs["b"]:
+        pos = p.entity_position if positions == "entity" else p.length - 1
+        top = hand_top1(llama, p.base_prompt, p.source_prompt, sub.basis, pos)
+        hits_i.append(top == ds.answer_ids["b"][ds.entities[p.base]["b"]])
+    assert (row["n_cause"], row["n_isolate"]) == (len(hits_c), len(hits_i))
+    assert row["cause"] == pytest.approx(sum(hits_c) / len(hits_c))
+    assert row["isolate"] == pytest.approx(sum(hits_i) / len(hits_i))
+    assert row["cause_lo"] <= row["cause"] <= row["cause_hi"]
+    assert 0 < row["cause"] < 1 or 0 < row["isolate"] < 1  # a non-trivial case
+    # the whole last layer interchanged at the last position: the output is the source's
+    full = Subspace("resid_post.1", torch.eye(llama.arch.d_model))
+    r = ravel_scores(llama, ds, {"full": {"a": full, "b": full}}, positions="last").to_pandas()
+    assert (r["cause"] == 1.0).all() and (r["isolate"] == 0.0).all()
+
+
+def test_wilson_interval_by_hand():
+    z = 1.959963984540054
+    s, n = 7, 20
+    p = s / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo, hi = wilson_interval(s, n)
+    assert lo == pytest.approx(c - h, abs=1e-6) and hi == pytest.approx(c + h, abs=1e-6)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+
+def test_unit_builders_shapes(llama, ds):
+    feats = ravel_features(llama, ds, SITE)
+    pca = units_from_pca(llama, ds, SITE, 3, features=feats)
+    assert pca["a"] is pca["b"] and pca["a"].k == 3
+    md = units_from_mean_difference(llama, ds, SITE, features=feats)
+    assert all(md[a].k == len(ds.values(a)) - 1 for a in ds.attributes if len(ds.values(a)) <= llama.arch.d_model)
+    nf = ravel_features(llama, ds, "neurons.0")
+    pr = units_from_probe(llama, ds, "neurons.0", 4, features=nf)
+    # the probe's units are the top correlation ratios, computed here by hand
+    names = nf[1]
+    y = torch.tensor([ds.values("a").index(ds.entities[n]["a"]) for n in names])
+    x = nf[0]
+    tot = ((x - x.mean(0)) ** 2).sum(0)
+    btw = sum((y == c).sum() * (x[y == c].mean(0) - x.mean(0)) ** 2 for c in y.unique())
+    assert set(pr["a"].meta["units"]) == set((btw / tot).nan_to_num(0).topk(4).indices.tolist())
+    assert torch.equal(pr["a"].basis.abs().sum(1), torch.ones(4))
+    with pytest.raises(RavelError, match="k=0"):
+        units_from_pca(llama, ds, SITE, 0, features=feats)
+
+
+def test_units_from_sae_pick_correlated_latents(llama, ds):
+    class Identity:  # an "SAE" whose latents are the site's dimensions
+        site, out_site = SITE, None
+        W_dec = torch.eye(llama.arch.d_model)
+
+        def encode(self, x):
+            return x
+
+    feats = ravel_features(llama, ds, SITE)
+    sae = units_from_sae(Identity(), llama, ds, 5, features=feats)
+    probe = units_from_probe(llama, ds, SITE, 5, features=feats)
+    assert set(sae["a"].meta["latents"]) == set(probe["a"].meta["units"])
+
+
+def test_multi_token_answers_are_dropped_with_a_message(llama):
+    data = synthetic(llama)
+    data["entities"].append({"name": "qx", "a": " hippopotamus", "b": data["entities"][0]["b"]})
+    with pytest.warns(RavelWarning, match=r"multi-token answers.*hippopotamus.*tokens, qx"):
+        ds = load_ravel(llama, data, verbose=False)
+    assert "qx" not in ds.entities and ds.report["n_single_token"] == len(data["entities"]) - 1
+
+
+def test_attribute_with_only_multi_token_answers_is_an_error(llama):
+    data = synthetic(llama)
+    for e in data["entities"]:
+        e["b"] = " hippopotamus"
+    with pytest.raises(RavelError, match=r"attribute 'b': every answer is several tokens long"):
+        load_ravel(llama, data, verbose=False)
+
+
+def test_scores_refuse_multi_token_answers_and_unequal_pairs(llama, ds):
+    sub = Subspace(SITE, torch.eye(llama.arch.d_model)[:2])
+    e = next(iter(ds.entities))
+    bad = RavelDataset(ds.attributes, ds.templates, {**ds.entities, "zz": {"a": " hippopotamus", "b": " x"}},
+                       {}, ds.correct, {"a": [RavelPair("a", "{entity} of", e, "zz", f"{e} of", "zz of", 1, 3)],
+                                        "b": []}, {})
+    with pytest.raises(RavelError, match=r"attribute 'a': the answer ' hippopotamus' is \d+ tokens long"):
+        ravel_scores(llama, bad, {"m": {"a": sub}})
+    uneq = RavelPair("a", "{entity} of", e, "zz", f"{e} of", "hippopotamus of", 1, 3)
+    bad.pairs["a"] = [uneq]
+    with pytest.raises(RavelError, match="equal length"):
+        ravel_scores(llama, bad, {"m": {"a": sub}})
+
+
+def test_unequal_length_pairs_are_dropped(llama):
+    data = synthetic(llama)
+    longer = synthetic(llama, [f"{p}{c}q{c}{p}" for p in "xz" for c in "abdefghiklmnoprstuvw"])["entities"]
+    assert len(longer) >= 2
+    data["entities"] += longer
+    ds = load_ravel(llama, data, verbose=False, max_pairs=None)
+    assert sum(ds.report["unequal_length_dropped"].values()) > 0
+    for ps in ds.pairs.values():
+        for p in ps:
+            assert len(llama.tokenize(p.base_prompt).tokens[0]) == len(llama.tokenize(p.source_prompt).tokens[0])
+
+
+def test_bad_input(llama, ds):
+    with pytest.raises(RavelError, match="unknown attribute"):
+        load_ravel(llama, synthetic(llama), attributes=["colour"], verbose=False)
+    with pytest.raises(RavelError, match="positions must be one of"):
+        ravel_scores(llama, ds, {"m": {"a": Subspace(SITE, torch.eye(llama.arch.d_model)[:1])}}, positions="first")
+    with pytest.raises(RavelError, match="names attribute 'c'"):
+        ravel_scores(llama, ds, {"m": {"c": Subspace(SITE, torch.eye(llama.arch.d_model)[:1])}})
+
+
+def test_shipped_dataset_is_valid_json():
+    import json
+
+    d = json.loads(DEFAULT_RAVEL.read_text())
+    assert set(d["attributes"]) == {"country", "continent", "language"}
+    assert 40 <= len(d["entities"]) <= 80
+    assert all(t.count("{entity}") == 1 for ts in d["templates"].values() for t in ts)
+
+
+# -- the embedded model --------------------------------------------------------------------------
+@pytest.mark.embedded
+def test_embedded_cause_isolate_table():
+    import workbench as wb
+
+    model = wb.load(progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RavelWarning)
+        ds = load_ravel(model, max_pairs=24, batch_size=64)
+    print(ds, ds.report["pairs"], ds.report["unequal_length_dropped"])
+    assert ds.n_entities >= 8
+    layer, attr = 8, "country"
+    site = f"resid_post.{layer}"
+    feats = ravel_features(model, ds, site, batch_size=64)
+    units = {
+        "neurons": units_from_probe(model, ds, f"neurons.{layer}", 64, attributes=[attr]),
+        "pca": units_from_pca(model, ds, site, 16, attributes=[attr], features=feats),
+        "mean_diff": units_from_mean_difference(model, ds, site, None, attributes=[attr], features=feats),
+    }
+    # a small TopK SAE on every token of the dataset's prompts
+    r = model.run([t.format(entity=n) for n, _, t in ds.prompts()], capture=[site], top_k=0, logits=None)
+    X = torch.cat([r.activations[site][i, 1:L] for i, L in enumerate(r.lengths)]).float()
+    sae = wb.train_sae(None, site, activations=X, n_latents=512, k=16, max_tokens=20_000, batch_size=256,
+                       progress=False)
+    units["sae"] = units_from_sae(sae, model, ds, 16, attributes=[attr], features=feats)
+    try:  # DAS is written by another helper: used only if present
+        from workbench.causal.das import train_das  # noqa: F401
+        has_das = True
+    except ImportError:
+        has_das = False
+    print("das available:", has_das)
+    if has_das:
+        units["das"] = units_from_das(model, ds, site, 8, attributes=[attr], steps=30, lr=0.1, batch_size=16)
+        print("das", units["das"][attr].meta)
+    res = ravel_scores(model, ds, units, batch_size=64)
+    print(res)
+    df = res.to_pandas()
+    for key in ("cause", "isolate"):
+        assert df[key].between(0, 1).all()
+        assert ((df[f"{key}_lo"] <= df[key] + 1e-12) & (df[key] <= df[f"{key}_hi"] + 1e-12)).all()
+    chance = res.report["chance_cause"][attr]
+    assert (df["cause_lo"] > chance).any(), df
