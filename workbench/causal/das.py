@@ -57,8 +57,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.arch import resolve
+from ..core.checkpoints import StepCheckpoint
 from ..core.errors import Cancelled, WorkbenchError
-from ..core.fileio import atomic_json, atomic_tensors
+from ..core.fileio import atomic_tensors
 from ..core.sites import TOKEN_SITES, WRITABLE, Site
 from .subspaces import Subspace, SubspaceInterchange
 
@@ -67,7 +68,6 @@ __all__ = ["train_das", "das_sweep", "illusion_check", "interchange_logits", "in
 
 FORMAT = "workbench-das-train"
 VERSION = 1
-STATE_JSON = "state.json"
 
 #: The illusion rule: the full subspace's IIA gain over no intervention is at least this much ...
 ILLUSION_MIN_GAIN = 0.2
@@ -624,41 +624,9 @@ def _positions(positions: Any) -> list[int]:
 
 
 # -- training -------------------------------------------------------------------------------------
-class _Checkpoint:
+def _checkpoint(path: str | Path) -> StepCheckpoint:
     """A DAS training folder: ``state.json`` (commit point) + ``state-<step>.safetensors``."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise DASError(f"checkpoint {self.path} is a file; give a folder path")
-
-    def exists(self) -> bool:
-        return (self.path / STATE_JSON).exists()
-
-    def read(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        from safetensors.torch import load_file
-
-        p = self.path / STATE_JSON
-        try:
-            info = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DASError(f"{p} is corrupt (not JSON): {e}") from None
-        if not isinstance(info, dict) or info.get("format") != FORMAT or "state" not in info:
-            raise DASError(f"{p} is not a workbench DAS training checkpoint")
-        try:
-            tensors = load_file(str(self.path / info["state"]))
-        except Exception as e:
-            raise DASError(f"checkpoint file {self.path / info['state']} is missing or corrupt: {e}") from None
-        return info, tensors
-
-    def write(self, info: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        name = f"state-{int(info['step']):08d}.safetensors"
-        atomic_tensors(self.path / name, tensors, {"step": str(info["step"])})
-        atomic_json(self.path / STATE_JSON, {**info, "format": FORMAT, "version": VERSION, "state": name})
-        for old in self.path.glob("state-*.safetensors"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+    return StepCheckpoint(path, fmt=FORMAT, version=VERSION, what="DAS training", error=DASError)
 
 
 def _batch(n: int, batch_size: int, seed: int, step: int) -> Tensor:
@@ -768,7 +736,7 @@ def train_das(model: Any, site: str, pairs: Any, k: int = 1, *, positions: int |
         groups.append({"params": [params.boundary], "lr": lr * max(width / 8, 1.0)})
     opt = torch.optim.Adam(groups)
     history: list[dict[str, float]] = []
-    ck = _Checkpoint(checkpoint) if checkpoint is not None else None
+    ck = _checkpoint(checkpoint) if checkpoint is not None else None
     step = 0
     if ck is not None and ck.exists():
         if resume:
@@ -789,7 +757,7 @@ def train_das(model: Any, site: str, pairs: Any, k: int = 1, *, positions: int |
             opt.load_state_dict(st)
             step, history = int(info["step"]), list(info["history"])
         else:
-            (ck.path / STATE_JSON).unlink(missing_ok=True)
+            ck.clear()
 
     def save() -> None:
         if ck is None:

@@ -76,9 +76,10 @@ from ..core.activations import (
     prefix_ids,
     token_windows,
 )
+from ..core.checkpoints import StepCheckpoint
 from ..core.corpus import Fingerprint, corpus_name
 from ..core.errors import Cancelled, WorkbenchError
-from ..core.fileio import atomic_json, atomic_tensors
+from ..core.fileio import atomic_tensors
 from ..core.sites import Site
 from .architectures import TopK
 from .dictionary import Dictionary
@@ -87,7 +88,6 @@ __all__ = ["train_sae", "TrainerConfig", "TopKTrainer", "TrainingCancelled", "Ch
 
 FORMAT = "workbench-sae-train"
 VERSION = 1
-STATE_JSON = "state.json"
 DATA_FILE = "activations.safetensors"
 
 
@@ -470,62 +470,10 @@ class TopKTrainer:
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
-def _load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file {path} is missing") from None
-    except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
-        raise CheckpointError(f"checkpoint file {path} is corrupt: {exc}") from None
-
-
-class _Checkpoint:
-    """A training folder: ``state.json`` (commit point) + ``state-<step>.safetensors`` (+ cached data)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise CheckpointError(f"checkpoint {self.path} is a file; give a folder path")
-
-    def exists(self) -> bool:
-        return (self.path / STATE_JSON).exists()
-
-    def read(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        p = self.path / STATE_JSON
-        try:
-            info = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{p} is corrupt (not JSON): {exc}") from None
-        if not isinstance(info, dict) or info.get("format") != FORMAT:
-            raise CheckpointError(f"{p} is not a workbench SAE training checkpoint")
-        if int(info.get("version", 0)) > VERSION:
-            raise CheckpointError(f"{p} was written by a newer workbench (version {info['version']})")
-        for key in ("state", "step", "config", "data", "trainer"):
-            if key not in info:
-                raise CheckpointError(f"{p} lacks {key!r}: the checkpoint is corrupt")
-        tensors, meta = _load_tensors(self.path / str(info["state"]))
-        if meta.get("step") != str(info["step"]):
-            raise CheckpointError(f"{self.path / info['state']} holds step {meta.get('step')}, but {p} says "
-                                  f"{info['step']}: the checkpoint is inconsistent")
-        return info, tensors
-
-    def write(self, info: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        name = f"state-{int(info['step']):08d}.safetensors"
-        atomic_tensors(self.path / name, tensors, {"step": str(info["step"]), "format": FORMAT})
-        atomic_json(self.path / STATE_JSON, {**info, "format": FORMAT, "version": VERSION, "state": name})
-        for old in self.path.glob("state-*.safetensors"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        (self.path / STATE_JSON).unlink(missing_ok=True)
-        for old in self.path.glob("state-*.safetensors"):
-            old.unlink(missing_ok=True)
+def _checkpoint(path: str | Path) -> StepCheckpoint:
+    """An SAE training folder: ``state.json`` (commit point) + ``state-<step>.safetensors`` (+ cached data)."""
+    return StepCheckpoint(path, fmt=FORMAT, version=VERSION, what="SAE training", error=CheckpointError,
+                          required=("state", "step", "config", "data", "trainer"))
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -592,7 +540,7 @@ def _data_signature(model: Any, sites: list[str], corpus: Any, context: int, dat
             "buffer_tokens": buffer_tokens}
 
 
-def _collect_cached(model: Any, sites: list[str], corpus: Any, ck: _Checkpoint | None, sig: dict[str, Any], *,
+def _collect_cached(model: Any, sites: list[str], corpus: Any, ck: StepCheckpoint | None, sig: dict[str, Any], *,
                     context: int, data_tokens: int | None, batch_size: int, via: str, progress: bool,
                     stop: Callable[[], str | None]) -> tuple[Tensor, ...]:
     """The activations for in-memory training, from the checkpoint's cache when it matches; a partial
@@ -602,7 +550,7 @@ def _collect_cached(model: Any, sites: list[str], corpus: Any, ck: _Checkpoint |
     start, fp = 0, None
     path = ck.path / DATA_FILE if ck is not None else None
     if path is not None and path.exists():
-        tensors, meta = _load_tensors(path)
+        tensors, meta = ck.load_tensors(path)  # type: ignore[union-attr]
         if meta.get("signature") == sig_json and all(f"x{i}" in tensors for i in range(len(sites))):
             data = tuple(tensors[f"x{i}"] for i in range(len(sites)))
             start, fp = int(meta.get("windows", -1)), meta.get("fingerprint")
@@ -747,7 +695,7 @@ def train_sae(model: Any, site: str, corpus: Any = None, config: TrainerConfig |
     d_in, d_out = widths[0], widths[-1]
     cfg = replace(base, transcoder=out_s is not None).resolved(d_in)
     sig = _data_signature(model, sites, corpus, context, data_tokens, holdout_tokens, buffer_tokens, activations)
-    ck = _Checkpoint(checkpoint) if checkpoint is not None else None
+    ck = _checkpoint(checkpoint) if checkpoint is not None else None
     info: dict[str, Any] | None = None
     tensors: dict[str, Tensor] = {}
     if ck is not None and ck.exists():
