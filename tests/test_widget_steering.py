@@ -357,3 +357,17 @@ def test_add_feature_errors(llama: wb.Model, tiny: Callable[..., Any]) -> None:
     with pytest.raises(ValueError, match="neurons.1 has width=96"):
         w.add_direction("wide", torch.randn(48), site="neurons.1")
     assert w.directions == []
+
+
+def test_a_subspace_direction_steers_like_any_other(llama: wb.Model) -> None:
+    from workbench.causal import Subspace
+
+    g = torch.Generator().manual_seed(0)
+    sub = Subspace.from_directions("resid_post.1", torch.randn(2, llama.d_model, generator=g))
+    w = panel(llama)
+    w.add_subspace(sub, name="sub0").add_subspace(sub, coords=[0.0, 2.0], name="sub1")
+    w.strengths = {"sub0": 1.5, "sub1": -1.0}
+    assert w.interventions == [wb.steer(1, sub.basis[0], 1.5, name="sub0"),
+                               wb.steer(1, 2.0 * sub.basis[1], -1.0, name="sub1")]
+    with pytest.raises(ValueError, match="k=2"):
+        w.add_subspace(sub, coords=[1.0])

@@ -194,6 +194,20 @@ class SteeringPanel(WorkbenchWidget):
         v = neuron_direction(self.model, layer, index)
         return self.add_direction(name or f"L{layer}N{index}", v, layer, max_strength, strength, kind="neuron")
 
+    def add_subspace(self, subspace: Any, coords: Sequence[float] | None = None, name: str | None = None,
+                     max_strength: float | None = None, strength: float = 0.0) -> SteeringPanel:
+        """Add a direction of a `workbench.causal.Subspace` (or a DAS result's) at its site: the vector
+        with ``coords`` in the subspace's basis (default: its first basis vector)."""
+        sub = getattr(subspace, "subspace", subspace)  # a DASResult carries its subspace
+        basis = torch.as_tensor(sub.basis).float()
+        c = torch.zeros(basis.shape[0]) if coords is None else torch.as_tensor(list(coords), dtype=torch.float32)
+        if coords is None:
+            c[0] = 1.0
+        if c.numel() != basis.shape[0]:
+            raise ValueError(f"coords has {c.numel()} entries; the subspace has k={basis.shape[0]} directions")
+        return self.add_direction(name or sub.name or f"{sub.site}[{basis.shape[0]}]", c @ basis, None, max_strength,
+                                  strength, kind="subspace", site=sub.site)
+
     def add_mean_difference(self, name: str, positive_prompts: Sequence[str], negative_prompts: Sequence[str],
                             layer: int | None = None, max_strength: float | None = None,
                             strength: float = 0.0) -> SteeringPanel:
