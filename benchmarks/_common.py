@@ -65,3 +65,19 @@ def chromium_page_loads(folder: Any, measure: Callable[[Any], T], repeats: int =
     finally:
         server.shutdown()
     return out
+
+
+def record_graph_reply(widget: Any) -> tuple[list[dict], bytes]:
+    """What a graph widget sends for its ``graph`` request: the messages (each with its buffers' spans
+    in one blob) and the blob, for a static page to replay (the bytes a browser would receive)."""
+    sent: list[tuple[dict, list]] = []
+    widget.send = lambda msg, buffers=None: sent.append((msg, list(buffers or [])))
+    widget._run(widget.rpc_graph, 1, {}, None)
+    messages, blob = [], bytearray()
+    for msg, bufs in sent:
+        spans = []
+        for b in bufs:
+            spans.append([len(blob), len(bytes(b))])
+            blob += bytes(b)
+        messages.append({"content": msg, "buffers": spans})
+    return messages, bytes(blob)

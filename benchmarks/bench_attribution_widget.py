@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import chromium_page_loads
+from _common import chromium_page_loads, record_graph_reply
 
 from workbench.graphs import AttributionGraph as Graph
 from workbench.widgets.attribution import AttributionGraph
@@ -105,17 +105,7 @@ def synthetic_graph(n_nodes: int, n_edges: int, n_layers: int = 8, n_pos: int = 
 
 
 def record(widget: AttributionGraph) -> tuple[list[dict], bytes]:
-    sent: list[tuple[dict, list]] = []
-    widget.send = lambda msg, buffers=None: sent.append((msg, list(buffers or [])))  # type: ignore[method-assign]
-    widget._run(widget.rpc_graph, 1, {}, None)
-    messages, blob = [], bytearray()
-    for msg, bufs in sent:
-        spans = []
-        for b in bufs:
-            spans.append([len(blob), len(bytes(b))])
-            blob += bytes(b)
-        messages.append({"content": msg, "buffers": spans})
-    return messages, bytes(blob)
+    return record_graph_reply(widget)
 
 
 def measure(widget: AttributionGraph, folder: Path, repeats: int) -> tuple[list[tuple[float, int, int]], list[dict], bytes]:

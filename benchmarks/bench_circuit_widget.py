@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import chromium_page_loads
+from _common import chromium_page_loads, record_graph_reply
 
 from workbench.widgets.circuit import CircuitGraph
 
@@ -77,17 +77,7 @@ def real_scores():
 
 
 def record(widget: CircuitGraph) -> tuple[list[dict], bytes]:
-    sent: list[tuple[dict, list]] = []
-    widget.send = lambda msg, buffers=None: sent.append((msg, list(buffers or [])))  # type: ignore[method-assign]
-    widget._run(widget.rpc_graph, 1, {}, None)
-    messages, blob = [], bytearray()
-    for msg, bufs in sent:
-        spans = []
-        for b in bufs:
-            spans.append([len(blob), len(bytes(b))])
-            blob += bytes(b)
-        messages.append({"content": msg, "buffers": spans})
-    return messages, bytes(blob)
+    return record_graph_reply(widget)
 
 
 def browser_render_ms(folder: Path, repeats: int = 7) -> list[tuple[float, int]]:
