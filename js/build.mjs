@@ -4,7 +4,7 @@ import * as esbuild from "esbuild";
 import { readdirSync, rmSync } from "node:fs";
 
 const tests = process.argv.includes("--tests");
-const widgets = ["attention", "neurons", "steering", "patching", "lens", "neuron-dashboard", "feature-list", "feature-dashboard", "agent", "circuit", "attribution"];
+const widgets = ["attention", "neurons", "steering", "patching", "lens", "neuron-dashboard", "feature-list", "feature-dashboard", "agent", "circuit", "attribution", "static-runtime"];
 
 if (tests) {
   rmSync("dist-tests", { recursive: true, force: true });

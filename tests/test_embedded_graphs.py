@@ -1,5 +1,5 @@
 """Attribution graphs on the embedded SmolLM2-135M with transcoders trained here (the quick recipe of
-examples/05_attribution_graphs.ipynb, shared through the cache so either trains and the other loads)."""
+examples/07_attribution_graphs.ipynb, shared through the cache so either trains and the other loads)."""
 
 from __future__ import annotations
 

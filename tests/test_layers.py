@@ -4,7 +4,8 @@
     ``from workbench.x import _y``, or ``store._key(...)`` / ``ScanStore._open(...)`` on a name imported
     from another workbench module. Private *modules* (``widgets/_base.py``) are fine; their public names are.
 (b) Layers: core imports no sibling subpackage; causal, neurons, dictionaries and llm import only core;
-    autointerp imports core, neurons and llm; graphs imports core and dictionaries; agent, the command line, the widgets and the root package
+    autointerp imports core, neurons and llm; graphs imports core and dictionaries; course (the exercise
+    checkers) any engine layer but not the widgets or the agent; agent, the command line, the widgets and the root package
     anything; ``testing.py`` only core. Subpackages take nothing but dunder names (``__version__``) from
     the root, whose names are for users.
 (c) No import cycles between modules (runtime imports, lazy ones inside functions included;
@@ -30,6 +31,7 @@ ALLOWED = {  # layer -> layers it may import (besides itself)
     "autointerp": {"core", "neurons", "llm"},
     "circuits": {"core", "causal", "neurons"},
     "graphs": {"core", "dictionaries"},
+    "course": {"core", "causal", "neurons", "dictionaries", "llm", "autointerp", "circuits", "graphs"},
     "testing": {"core"},
     "agent": None, "cli": None, "widgets": None, "root": None,  # None: anything
 }

@@ -2,6 +2,7 @@
 
     from workbench.widgets import AttentionHeads, NeuronHeatmap, SteeringPanel, LogitLens, PatchingHeatmap
     from workbench.widgets import NeuronDashboard, FeatureList, FeatureDashboard
+    from workbench.widgets import export_html          # a static HTML copy of a notebook, widgets included
 
 The source lives in the top-level ``widgets/`` folder; its import name is `workbench.widgets`
 (a wheel installs it there; ``import workbench`` maps it in a source checkout). The old name
@@ -17,6 +18,7 @@ else:
     from .attention import AttentionHeads
     from .attribution import AttributionGraph
     from .circuit import CircuitGraph
+    from .export import export_html, snapshot_widgets
     from .features import FeatureDashboard, FeatureList
     from .lens import LogitLens
     from .neuron_dashboard import NeuronDashboard
@@ -26,7 +28,7 @@ else:
 
 __all__ = ["AgentTranscript", "AttentionHeads", "FeatureDashboard", "FeatureList", "LogitLens", "NeuronDashboard", "NeuronHeatmap",
            "PatchingHeatmap", "SteeringPanel", "register_viewers"]
-__all__ += ["CircuitGraph", "AttributionGraph"]
+__all__ += ["CircuitGraph", "AttributionGraph", "export_html", "snapshot_widgets"]
 
 
 def register_viewers() -> None:

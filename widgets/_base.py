@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import sys
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import traitlets
 
 from workbench.core import errors
 
+from ._image import ImageRequest, check_image, image_format
 from ._transport import pack, split
 
 STATIC = Path(__file__).parent / "static"
@@ -142,6 +145,8 @@ class WorkbenchWidget(anywidget.AnyWidget):
         if fn is None or not hasattr(fn, "_rpc_background"):
             self._send_reply(rid, error={"message": f"unknown method {method!r}", "kind": "KeyError"})
             return
+        if buffers and "buffers" in inspect.signature(fn).parameters:  # binary data the view sent
+            params = {**params, "buffers": list(buffers)}
         if fn._rpc_background:
             job = Job(rid, (method, view))
             with self._lock:
@@ -200,3 +205,137 @@ class WorkbenchWidget(anywidget.AnyWidget):
                 except StopIteration as stop:
                     return stop.value
         return result
+
+    # -- images: widget.save_image (see _image.py and js/src/lib/snapshot.ts) ---------------
+    last_image: ImageRequest | None = None  # the latest image a view sent (save_image or its button)
+
+    def save_image(self, path: str | Path | None, format: str | None = None, timeout: float = 60.0) -> ImageRequest:
+        """Save what the widget's view shows as PNG (or SVG, for the graph widgets) to ``path``.
+
+        ``format`` is ``"png"`` or ``"svg"`` (default: from the suffix, else PNG); ``path=None``
+        keeps the bytes on the handle only. The view renders the image in the browser, at the
+        screen's devicePixelRatio, and sends it back; the kernel reads that answer only after
+        the current cell has finished, so this returns at once with an `ImageRequest` and the
+        file is written (atomically) a moment later: check ``handle.done`` / ``handle.error``,
+        or ``widget.last_image``, in a later cell. Raises when no view of the widget is
+        displayed yet (display it, e.g. as a cell's last line, and save from a later cell);
+        the handle reports an error if no view answers within ``timeout`` seconds.
+        """
+        fmt = image_format(path or "", format)
+        views = self.__dict__.setdefault("_image_views", set())
+        if not views:
+            raise RuntimeError(f"no view of this {type(self).__name__} is displayed: show the widget "
+                               "(put it last in a cell) and call save_image from a later cell")
+        pending = self.__dict__.setdefault("_image_pending", {})
+        ids = self.__dict__.setdefault("_image_ids", itertools.count(1))
+        req = ImageRequest(next(ids), Path(path) if path is not None else None, fmt)
+        pending[req.id] = req
+        timer = threading.Timer(timeout, req.fail, args=(f"no view answered within {timeout:g} s: is the widget still "
+                                                          "displayed (and its notebook open)?",))
+        timer.daemon = True
+        timer.start()
+        self.send({"type": "snapshot", "id": req.id, "format": fmt})
+        return req
+
+    @rpc()
+    def rpc_image(self, id: int | None = None, format: str = "png", width: int = 0, height: int = 0, ms: float = 0.0,
+                  error: str = "", buffers: list | None = None) -> dict[str, Any]:
+        """A view's image: the answer to save_image request ``id`` (None: the view's own button)."""
+        req = self.__dict__.get("_image_pending", {}).pop(id, None) if id is not None else None
+        if id is not None and (req is None or req.error):
+            return {"ignored": True}  # another view answered first, or it timed out
+        if error:
+            if req is not None:
+                req.fail(f"the view could not render the image: {error}")
+            return {"ok": False}
+        data = bytes(buffers[0]) if buffers else b""
+        fmt = image_format("", format)
+        try:
+            size = check_image(data, fmt)
+        except ValueError as exc:
+            if req is not None:
+                req.fail(str(exc))
+            raise
+        if size is not None:
+            width, height = size
+        req = req or ImageRequest(0, None, fmt)
+        req.finish(data, width, height, ms)
+        self.last_image = req
+        self._image_saved(req)
+        return {"ok": True, "bytes": len(data)}
+
+    @rpc()
+    def rpc_image_view(self, view: str = "", open: bool = True) -> dict[str, int]:
+        """A view appeared (or went away): save_image needs one to answer."""
+        views = self.__dict__.setdefault("_image_views", set())
+        (views.add if open else views.discard)(str(view))
+        return {"views": len(views)}
+
+    def _image_saved(self, image: ImageRequest) -> None:
+        """Hook: a widget may keep a copy of each image (CircuitGraph keeps its SVG as ``.svg``)."""
+
+    # -- static copies (`workbench.widgets.export`) ---------------------------------------
+    #: The replies a static copy of the page replays: empty in live use, filled by `snapshot`.
+    _static = traitlets.Dict({}).tag(sync=True)
+    #: Most bytes (JSON and buffers) `snapshot` keeps of one reply; a larger one is recorded as a note.
+    static_max_bytes = 32 * 2**20
+    _instances: weakref.WeakSet[WorkbenchWidget] = weakref.WeakSet()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> WorkbenchWidget:
+        self = super().__new__(cls, *args, **kwargs)
+        WorkbenchWidget._instances.add(self)  # every live widget, for `snapshot_all`
+        return self
+
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ``(method, params)`` requests the view makes on its first render, given the traits."""
+        return []
+
+    def snapshot(self) -> dict[str, Any]:
+        """Compute the replies of `static_requests` and keep them (packed, buffers as bytes) in ``_static``.
+
+        A static HTML copy of the notebook replays them to the view with no kernel. Each entry is
+        ``{"method", "params", "partials": [{"content", "buffers"}], "content", "buffers"}``, or
+        ``{"method", "params", "error"}`` when the call failed or its reply is over `static_max_bytes`.
+        """
+        replies = []
+        for method, params in self.static_requests():
+            rec: dict[str, Any] = {"method": method, "params": params}
+            try:
+                partials, final = self._static_call(method, params)
+                packed = [pack(p) for p in [*partials, final]]
+                size = sum(len(str(body)) + sum(b.nbytes for b in bufs) for body, bufs in packed)
+                if size > self.static_max_bytes:
+                    raise ValueError(f"static copy: this reply ({size / 2**20:.1f} MB) is over the "
+                                     f"{self.static_max_bytes / 2**20:.0f} MB kept; open the notebook to rerun")
+                rec["partials"] = [{"content": body, "buffers": [bytes(b) for b in bufs]} for body, bufs in packed[:-1]]
+                rec["content"], rec["buffers"] = packed[-1][0], [bytes(b) for b in packed[-1][1]]
+            except Exception as exc:  # the static view shows the error, as the live one would
+                rec["error"] = {"message": str(exc), "kind": type(exc).__name__}
+            replies.append(rec)
+        self._static = {"replies": replies}
+        return self._static
+
+    def _static_call(self, method: str, params: dict[str, Any]) -> tuple[list[Any], Any]:
+        """Run one rpc method as `call` does; return (partial replies, final reply)."""
+        result = getattr(self, f"rpc_{method}")(**params)
+        partials: list[Any] = []
+        if inspect.isgenerator(result):
+            while True:
+                try:
+                    partials.append(next(result))
+                except StopIteration as stop:
+                    return partials, stop.value
+        return partials, result
+
+    @classmethod
+    def snapshot_all(cls) -> int:
+        """`snapshot` every open widget (one failing is reported, not raised); return how many were kept."""
+        n = 0
+        for w in list(WorkbenchWidget._instances):
+            if isinstance(w, cls) and w.comm is not None:
+                try:
+                    w.snapshot()
+                    n += 1
+                except Exception as exc:  # pragma: no cover - snapshot records rpc errors itself
+                    print(f"static copy: {type(w).__name__} not kept: {exc}", file=sys.stderr)
+        return n

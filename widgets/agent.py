@@ -150,6 +150,11 @@ class AgentTranscript(WorkbenchWidget):
                 "n_steps": len(self._live)}
 
     # -- rpc --------------------------------------------------------------------------------------
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The transcript so far (``steps``)."""
+        return [("steps", {})]
+
     @rpc()
     def rpc_steps(self) -> dict[str, Any]:
         """Every step so far (a view opening, or re-rendering, shows the whole transcript)."""

@@ -182,6 +182,24 @@ class AttentionHeads(WorkbenchWidget):
         self._check_length(prompt, len(layers))
         return self.model.run(prompt, capture={f"pattern.{L}": _tril_f16 for L in layers}, top_k=1, logits=None)
 
+    # -- static copy ---------------------------------------------------------------------
+    #: A static copy keeps every head's full pattern (so clicking any thumbnail enlarges it) up to these bytes.
+    static_head_bytes = 4 * 2**20
+
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The grid's ``patterns``, then the ``head`` of the selected head, or of every head if they are small."""
+        reqs: list[tuple[str, dict[str, Any]]] = [("patterns", {"prompt": self.prompt, "layers": list(self.layers)})]
+        if not self.prompt:
+            return reqs  # the view shows the error of its one request
+        n = len(self.model.tokenize(self.prompt).tokens[0])
+        heads = [(L, h) for L in self.layers for h in range(self.n_heads)]
+        if len(heads) * n * (n + 1) > self.static_head_bytes:  # float16 triangles: s(s+1)/2 x 2 bytes each
+            heads = [self.selection] if self.selection is not None else []
+        elif self.selection is not None:  # the selected head first: the view asks for it at once
+            heads.sort(key=lambda lh: lh != self.selection)
+        reqs += [("head", {"prompt": self.prompt, "layer": L, "head": h}) for L, h in heads]
+        return reqs
+
     @rpc(background=True)
     def rpc_patterns(self, prompt: str | None = None, layers: list[int] | None = None) -> Iterator[dict]:
         """Run the prompt once; yield ``{"layer", "seq", "factor", "thumbs"}`` per layer, return the tokens."""

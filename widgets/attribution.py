@@ -445,6 +445,11 @@ class AttributionGraph(WorkbenchWidget):
         return view
 
     # -- rpc ------------------------------------------------------------------------------------------
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The view's first ``graph``."""
+        return [("graph", {})]
+
     @rpc()
     def rpc_graph(self) -> dict[str, Any]:
         """The view's first load: the prompt, tokens and logits, and the graph at the current thresholds."""

@@ -20,8 +20,8 @@ view); a newer position cancels an older one. Clicking an edge runs its exact pa
 score's estimate. Clicking a head opens an `AttentionHeads` view of its pattern on the task's
 first clean prompt, below the graph; clicking an MLP lists its top neurons for the task (see
 `CircuitGraph.top_neurons`). Pinned edges and nodes sync to Python (``pinned_edges``,
-``pinned_nodes``, ``circuit``). The view exports SVG (also sent to ``w.svg``) and PNG. Node
-labels and ids are always set as text, never as HTML.
+``pinned_nodes``, ``circuit``). The view exports SVG (also kept as ``w.svg``) and PNG;
+``w.save_image(path)`` saves either. Node labels and ids are always set as text, never as HTML.
 
 The payload is generic: `CircuitGraph.from_graph` draws any layered graph (a feature
 attribution graph: nodes with id, label, layer, kind and index within the layer; edges with
@@ -585,6 +585,14 @@ class CircuitGraph(WorkbenchWidget):
         return out
 
     # -- rpc ------------------------------------------------------------------------------------
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ``graph``, then the faithfulness of the shown ``k`` when the graph can run it."""
+        reqs: list[tuple[str, dict[str, Any]]] = [("graph", {})]
+        if self._actions()["faithfulness"]:
+            reqs.append(("faithfulness", {"k": max(0, min(len(self._order), int(self.k)))}))
+        return reqs
+
     @rpc()
     def rpc_graph(self) -> dict[str, Any]:
         """Nodes (text labels, int32 layer/index, float32 node scores) and the top edges by |score|."""
@@ -662,6 +670,11 @@ class CircuitGraph(WorkbenchWidget):
             raise ValueError("an SVG export must be the text of an <svg> element")
         self.svg = svg
         return {"bytes": len(svg.encode())}
+
+    def _image_saved(self, image: Any) -> None:
+        """Every SVG the view sends (its SVG button, or save_image) is kept as ``self.svg``."""
+        if image.format == "svg":
+            self.svg = image.data.decode("utf-8", "replace")
 
     # -- display: the graph with its drill-down box below ------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:

@@ -161,6 +161,11 @@ class FeatureDashboard(_DashboardRpc):
         super().__init__(latent=i, d_sae=d.d_sae, text=str(text), has_store=facts.has_store,
                          title=f"{facts.name} · {d.architecture} · {where}", **kwargs)
 
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The shown latent's ``latent`` request."""
+        return [("latent", {"latent": int(self.latent)})]
+
     @property
     def dictionary(self) -> Dictionary:
         return self.facts.d
@@ -241,6 +246,17 @@ class FeatureList(_DashboardRpc):
         if not p.strip():
             raise ValueError("the prompt is empty: type some text to run")
         return p
+
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """``run`` of the prompt, the clicked token's ``token``, the ``edit`` predictions, the open latent."""
+        reqs: list[tuple[str, dict[str, Any]]] = [("run", {"prompt": self.prompt})]
+        if self.position >= 0:
+            reqs.append(("token", {"position": int(self.position), "prompt": self.prompt}))
+        reqs.append(("edit", {"edits": [dict(e) for e in self.edits], "prompt": self.prompt}))
+        if self.latent >= 0:
+            reqs.append(("latent", {"latent": int(self.latent)}))
+        return reqs
 
     @rpc(background=True)
     def rpc_run(self, prompt: str | None = None, job: Job | None = None) -> dict[str, Any]:

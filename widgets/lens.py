@@ -132,6 +132,11 @@ class LogitLens(WorkbenchWidget):
             "kind": res.kind,
         }
 
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The view's first ``run``."""
+        return [("run", {"prompt": self.prompt, "targets": list(self.targets), "top_k": int(self.top_k)})]
+
     @rpc(background=True)
     def rpc_run(self, prompt: str | None = None, targets: list[str] | None = None, top_k: int | None = None,
                 job: Job | None = None) -> dict[str, Any]:

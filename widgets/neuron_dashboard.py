@@ -362,6 +362,11 @@ class NeuronDashboard(WorkbenchWidget):
         best = [max((v["value"] for v in o["scores"].values() if v["value"] is not None), default=-1.0) for o in out]
         return [o for _, o in sorted(zip(best, out, strict=True), key=lambda t: -t[0])]
 
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The view's first ``neuron`` request (the shown site and unit)."""
+        return [("neuron", {"site": self.site, "unit": int(self.unit)})]
+
     @rpc(background=True)
     def rpc_neuron(self, layer: Any = None, unit: Any = None, site: str | None = None,
                    job: Job | None = None) -> Generator[dict, None, dict]:

@@ -185,6 +185,14 @@ class NeuronHeatmap(WorkbenchWidget):
             out["current"] = np.ascontiguousarray(self._acts(cur, layer)[:, neuron])
         return out
 
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The view's first ``run`` (its reply carries the selected neuron's tint), as `runParams` sends it."""
+        return [("run", {"prompt": self.prompt, "layer": int(self.layer), "top_n": int(self.top_n),
+                         "top_k": int(self.top_k), "mode": "scale" if self.mode == "scale" else "zero",
+                         "factor": float(self.factor), "ablated": sorted(set(self.ablated)),
+                         "selected_neuron": int(self.selected_neuron)})]
+
     @rpc(background=True)
     def rpc_run(self, prompt: str | None = None, layer: int | None = None, top_n: int | None = None,
                 top_k: int | None = None, mode: str | None = None, factor: float | None = None,

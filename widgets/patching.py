@@ -187,6 +187,14 @@ class PatchingHeatmap(WorkbenchWidget):
                 "clean_metric": float(res.clean_metric), "corrupted_metric": float(res.corrupted_metric)}
 
     # -- rpc -------------------------------------------------------------------------------
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ``heatmap``, and the selected cell's ``apply`` when one is selected."""
+        reqs: list[tuple[str, dict[str, Any]]] = [("heatmap", {"top_k": int(self.top_k)})]
+        if len(self.selected) == 2:
+            reqs.append(("apply", {"layer": int(self.selected[0]), "col": int(self.selected[1]), "top_k": int(self.top_k)}))
+        return reqs
+
     @rpc()
     def rpc_heatmap(self, top_k: int | None = None) -> dict[str, Any]:
         """The heatmap(s) as float32 buffers, labels, and the clean/corrupted predictions."""

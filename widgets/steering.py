@@ -325,6 +325,11 @@ class SteeringPanel(WorkbenchWidget):
                 self._baseline[(prompt, n)] = text
         return text
 
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The view's first ``generate``, with the sliders' strengths."""
+        return [("generate", {"strengths": self.strengths, "prompt": self.prompt})]
+
     @rpc(background=True)
     def rpc_generate(self, strengths: dict[str, float] | None = None, prompt: str | None = None,
                      max_new_tokens: int | None = None, job: Job | None = None) -> Generator[dict, None, dict]:

@@ -55,6 +55,8 @@ _EXPORTS = {
     "explain": "autointerp", "score": "autointerp", "Agent": "agent", "llm_client": "llm",
     "eap": "circuits.attribution", "head_scores": "circuits.heads",
     "attribute": "graphs.attribute", "import_graph": "graphs.importing",
+    # a static HTML copy of a notebook, its widgets included
+    "export_html": "widgets.export",
 }
 #: Names the 0.1 root exported that now live only in their subpackage (a DeprecationWarning, then the object).
 _MOVED = {

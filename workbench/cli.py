@@ -1,8 +1,11 @@
-"""Command line: scan a corpus into a neuron store, merge shard stores, train a transcoder set.
+"""Command line: scan a corpus into a neuron store, merge shard stores, train a transcoder set, export a static page,
+fill a course notebook with its solutions.
 
     python -m workbench scan --out scans/smol [--model PATH] [--corpus FILES...] [--shard 0/4]
     python -m workbench merge scans/all scans/shard0 scans/shard1
     python -m workbench train-transcoders --layers 0-5 --out runs/tc [--model PATH] [--k 32] [--expansion 4]
+    python -m workbench export-html NOTEBOOK [-o OUT] [--no-execute] [--timeout 600]
+    python -m workbench course NOTEBOOK -o OUT [--mode solution|wrong]
 
 Ctrl-C during a scan or a training checkpoints it; running the same command again resumes.
 """
@@ -111,11 +114,53 @@ def _train_transcoders(argv: Sequence[str]) -> None:
               f"{s.get('wall_s')} s")
 
 
-_COMMANDS = {"scan": _scan, "merge": _merge, "train-transcoders": _train_transcoders}
+def _export_html(argv: Sequence[str]) -> None:
+    import time
+
+    from .widgets.export import StaticExportError, export_html
+
+    p = argparse.ArgumentParser(prog="python -m workbench export-html",
+                                description="A static HTML copy of a notebook whose widgets show their last state "
+                                            "with no kernel and no network.")
+    p.add_argument("notebook")
+    p.add_argument("-o", "--out", default=None, help="the page (default: the notebook's path with .html)")
+    p.add_argument("--no-execute", action="store_true", help="use the widget state saved in the notebook")
+    p.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        out = export_html(a.notebook, a.out, execute=not a.no_execute, timeout=a.timeout)
+    except (StaticExportError, FileNotFoundError) as e:
+        print(f"export-html: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - t0:.1f} s)")
+
+
+def _course(argv: Sequence[str]) -> None:
+    from .course import SolutionsError, exercise_cells, fill_notebook
+
+    p = argparse.ArgumentParser(prog="python -m workbench course",
+                                description="Fill a course notebook's exercise cells with the reference solutions "
+                                            "(a teacher's copy) or with the deliberately wrong answers.")
+    p.add_argument("notebook")
+    p.add_argument("-o", "--out", required=True, help="where to write the filled notebook")
+    p.add_argument("--mode", choices=("solution", "wrong"), default="solution")
+    p.add_argument("--solutions", default=None, help="the solutions file (default: solutions/<stem>.py beside it)")
+    a = p.parse_args(argv)
+    try:
+        nb = fill_notebook(a.notebook, a.mode, a.solutions, out=a.out)
+    except (SolutionsError, FileNotFoundError) as e:
+        print(f"course: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"{a.out}: {len(exercise_cells(nb))} exercise cells filled with the {a.mode} blocks")
+
+
+_COMMANDS = {"scan": _scan, "merge": _merge, "train-transcoders": _train_transcoders, "export-html": _export_html,
+             "course": _course}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m workbench scan|merge|train-transcoders ...``: run one command; no command prints the usage (exit 2)."""
+    """``python -m workbench scan|merge|train-transcoders|export-html|course ...``: run one command; no command prints the usage (exit 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in _COMMANDS:
         print(__doc__)

@@ -5,6 +5,7 @@
 import { Cancelled, Rpc, type AnyModel } from "./lib/rpc";
 import { el, fmt, runCounter, showRpcError, tokenSpan, withStyle } from "./lib/dom";
 import * as L from "./lib/agent-logic";
+import { imageButtons } from "./lib/snapshot";
 
 const CSS = `
 .iw-agent { display: flex; flex-direction: column; gap: 6px; max-width: 1100px; }
@@ -12,26 +13,26 @@ const CSS = `
 .iw-agent .iw-agent-unit { font-weight: 600; margin-right: 8px; }
 .iw-agent .iw-agent-hypbox { display: flex; gap: 6px; align-items: flex-start; }
 .iw-agent .iw-agent-hypbox textarea { flex: 1 1 auto; min-height: 34px; font-family: inherit; font-size: 12px; padding: 3px 6px; }
-.iw-agent .iw-agent-hypbox label { color: #555; font-size: 11px; padding-top: 4px; white-space: nowrap; }
+.iw-agent .iw-agent-hypbox label { color: var(--jp-ui-font-color2, #555); font-size: 11px; padding-top: 4px; white-space: nowrap; }
 .iw-agent .iw-agent-steps { display: flex; flex-direction: column; gap: 6px; }
-.iw-agent .iw-agent-step { border: 1px solid #ddd; border-radius: 4px; padding: 4px 8px; }
-.iw-agent .iw-agent-step[data-error=true] { border-color: #f5c6cb; background: #fffafa; }
-.iw-agent .iw-agent-step[data-tool=user_hypothesis] { border-style: dashed; background: #f7fbff; }
+.iw-agent .iw-agent-step { border: 1px solid var(--jp-border-color2, #ddd); border-radius: 4px; padding: 4px 8px; }
+.iw-agent .iw-agent-step[data-error=true] { border-color: #f5c6cb; background: rgba(225,65,55,0.12); }
+.iw-agent .iw-agent-step[data-tool=user_hypothesis] { border-style: dashed; background: rgba(40,95,225,0.12); }
 .iw-agent .iw-agent-head { display: flex; gap: 8px; align-items: baseline; }
-.iw-agent .iw-agent-idx { color: #888; font-variant-numeric: tabular-nums; }
-.iw-agent .iw-agent-tool { font-weight: 600; background: #eef3fb; border-radius: 3px; padding: 0 5px; }
-.iw-agent .iw-agent-time { color: #999; font-size: 11px; margin-left: auto; }
-.iw-agent .iw-agent-thought { font-style: italic; color: #333; margin: 2px 0; white-space: pre-wrap; }
-.iw-agent .iw-agent-hyp { color: #555; font-size: 11px; white-space: pre-wrap; }
+.iw-agent .iw-agent-idx { color: var(--jp-ui-font-color2, #888); font-variant-numeric: tabular-nums; }
+.iw-agent .iw-agent-tool { font-weight: 600; background: rgba(40,95,225,0.12); border-radius: 3px; padding: 0 5px; }
+.iw-agent .iw-agent-time { color: var(--jp-ui-font-color2, #999); font-size: 11px; margin-left: auto; }
+.iw-agent .iw-agent-thought { font-style: italic; color: var(--jp-ui-font-color1, #333); margin: 2px 0; white-space: pre-wrap; }
+.iw-agent .iw-agent-hyp { color: var(--jp-ui-font-color2, #555); font-size: 11px; white-space: pre-wrap; }
 .iw-agent .iw-agent-args, .iw-agent pre.iw-agent-code { font-family: var(--jp-code-font-family, monospace); font-size: 11px; white-space: pre-wrap; word-break: break-word; margin: 2px 0; }
-.iw-agent pre.iw-agent-code { background: #f6f6f6; padding: 3px 6px; border-radius: 3px; }
+.iw-agent pre.iw-agent-code { background: var(--jp-layout-color2, #f6f6f6); padding: 3px 6px; border-radius: 3px; }
 .iw-agent .iw-agent-text { margin: 2px 0; line-height: 1.7; word-break: break-word; }
-.iw-agent .iw-agent-label { color: #666; font-size: 11px; margin-right: 6px; }
-.iw-agent .iw-agent-step-error { color: #611a15; white-space: pre-wrap; }
+.iw-agent .iw-agent-label { color: var(--jp-ui-font-color2, #666); font-size: 11px; margin-right: 6px; }
+.iw-agent .iw-agent-step-error { color: var(--iw-down); white-space: pre-wrap; }
 .iw-agent .iw-agent-gen { font-family: var(--jp-code-font-family, monospace); white-space: pre-wrap; }
 .iw-agent .iw-agent-final { border: 2px solid #8bc34a; border-radius: 4px; padding: 6px 8px; }
 .iw-agent .iw-agent-final:empty { display: none; }
-.iw-agent details > summary { cursor: pointer; color: #555; font-size: 11px; }
+.iw-agent details > summary { cursor: pointer; color: var(--jp-ui-font-color2, #555); font-size: 11px; }
 `;
 
 function div(cls: string, ...children: (Node | string)[]): HTMLDivElement {
@@ -152,7 +153,7 @@ export default {
     const errors = el("div", { "data-testid": "error" });
     const stepsBox = el("div", { class: "iw-agent-steps", "data-testid": "steps" });
     const finalBox = el("div", { class: "iw-agent-final", "data-testid": "final" });
-    root.append(div("iw-agent-top", unit, runBtn, stopBtn, contBtn, status),
+    root.append(div("iw-agent-top", unit, runBtn, stopBtn, contBtn, imageButtons(rpc, root, "agent"), status),
       div("iw-agent-hypbox", el("label", {}, "hypothesis"), box), errors, stepsBox, finalBox);
     host.append(root);
 

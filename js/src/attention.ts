@@ -26,6 +26,7 @@ import {
   trilRow,
   unpackTril,
 } from "./lib/attention-logic";
+import { imageButtons } from "./lib/snapshot";
 
 const GAMMA = 0.5;
 const LABEL_PX = 84;
@@ -37,8 +38,8 @@ const CSS = `
 .iw-attention .iw-att-main { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
 .iw-attention .iw-att-gridwrap { max-height: 540px; overflow: auto; flex: 0 0 auto; padding: 2px; }
 .iw-attention .iw-att-grid { display: grid; gap: 3px; align-items: center; }
-.iw-attention .iw-att-hl { font-size: 10px; color: #666; text-align: center; }
-.iw-attention .iw-att-thumb { display: block; box-sizing: border-box; border: 1px solid #ddd; cursor: pointer; background: #f4f4f4; image-rendering: pixelated; }
+.iw-attention .iw-att-hl { font-size: 10px; color: var(--jp-ui-font-color2, #666); text-align: center; }
+.iw-attention .iw-att-thumb { display: block; box-sizing: border-box; border: 1px solid var(--jp-border-color2, #ddd); cursor: pointer; background: var(--jp-layout-color2, #f4f4f4); image-rendering: pixelated; }
 .iw-attention .iw-att-thumb:hover { border-color: #555; }
 .iw-attention .iw-att-thumb.sel { outline: 2px solid #e8590c; outline-offset: 1px; }
 .iw-attention .iw-att-thumb.stale { opacity: 0.35; }
@@ -46,14 +47,14 @@ const CSS = `
 .iw-attention .iw-att-detail[hidden] { display: none; }
 .iw-attention .iw-att-dhead { display: flex; align-items: center; gap: 8px; margin-bottom: 4px; font-weight: 600; }
 .iw-attention .iw-att-fig { display: grid; grid-template-columns: auto auto; width: max-content; }
-.iw-attention .iw-att-corner { font-size: 10px; color: #888; display: flex; align-items: flex-end; justify-content: flex-end; padding: 2px 4px; box-sizing: border-box; }
-.iw-attention .iw-att-heat { display: block; image-rendering: pixelated; border: 1px solid #ccc; cursor: crosshair; box-sizing: content-box; }
+.iw-attention .iw-att-corner { font-size: 10px; color: var(--jp-ui-font-color2, #888); display: flex; align-items: flex-end; justify-content: flex-end; padding: 2px 4px; box-sizing: border-box; }
+.iw-attention .iw-att-heat { display: block; image-rendering: pixelated; border: 1px solid var(--jp-border-color1, #ccc); cursor: crosshair; box-sizing: content-box; }
 .iw-attention .iw-att-detail.stale .iw-att-fig { opacity: 0.4; }
-.iw-attention .iw-att-readout { font-family: var(--jp-code-font-family, monospace); min-height: 16px; margin: 4px 0; color: #333; }
+.iw-attention .iw-att-readout { font-family: var(--jp-code-font-family, monospace); min-height: 16px; margin: 4px 0; color: var(--jp-ui-font-color1, #333); }
 .iw-attention .iw-att-row { display: flex; align-items: flex-start; gap: 6px; margin: 3px 0; }
-.iw-attention .iw-att-lab { font-size: 10px; color: #666; flex: 0 0 72px; padding-top: 2px; }
+.iw-attention .iw-att-lab { font-size: 10px; color: var(--jp-ui-font-color2, #666); flex: 0 0 72px; padding-top: 2px; }
 .iw-attention .iw-att-toks { position: relative; display: flex; flex-wrap: wrap; gap: 2px 2px; max-height: 104px; overflow: auto; }
-.iw-attention .iw-att-toks .iw-tok { border: 1px solid #e4e4e4; padding: 0 2px; cursor: default; }
+.iw-attention .iw-att-toks .iw-tok { border: 1px solid var(--jp-border-color2, #e4e4e4); padding: 0 2px; cursor: default; }
 .iw-attention .iw-att-toks .iw-tok.focus { outline: 2px solid #e8590c; }
 .iw-attention .iw-att-toks .iw-tok.masked { opacity: 0.3; }
 `;
@@ -74,7 +75,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const runBtn = el("button", { class: "iw-btn", "data-testid": "run", type: "button" }, "Run");
   const status = el("span", { class: "iw-status", "data-testid": "status" });
   const errSlot = el("div", { "data-testid": "error-slot" });
-  root.append(el("div", { class: "iw-att-bar" }, input, runBtn), status, errSlot);
+  root.append(el("div", { class: "iw-att-bar" }, input, runBtn, imageButtons(rpc, root, "attention")), status, errSlot);
 
   // -- grid and detail ----------------------------------------------------------------
   const grid = el("div", { class: "iw-att-grid", "data-testid": "head-grid" });
@@ -198,7 +199,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     const cell = D / s;
     const step = labelStep(s, D, 11);
     ctx.font = `${Math.max(8, Math.min(11, Math.floor(cell * 0.85)))}px monospace`;
-    ctx.fillStyle = "#444";
+    ctx.fillStyle = getComputedStyle(root).color || "#444"; // the theme's text colour
     ctx.textBaseline = "middle";
     for (let i = 0; i < s; i += step) {
       const c = (i + 0.5) * cell + 1; // +1: the heat canvas border

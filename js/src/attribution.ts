@@ -25,6 +25,7 @@ import * as A from "./lib/attribution-logic";
 import * as D from "./lib/graph-draw";
 import type { NDArray } from "./lib/arrays";
 import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
+import { imageButtons } from "./lib/snapshot";
 
 interface Payload {
   thresholds: { node: number; edge: number };
@@ -62,22 +63,24 @@ const CSS = `
 .iw-attribution .ag-controls input[type=range] { width: 160px; }
 .iw-attribution .ag-num { font-variant-numeric: tabular-nums; }
 .iw-attribution .ag-main { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
-.iw-attribution .ag-wrap { overflow: auto; max-width: 100%; max-height: 760px; border: 1px solid #eee; }
+.iw-attribution .ag-wrap { overflow: auto; max-width: 100%; max-height: 760px; border: 1px solid var(--jp-border-color2, #eee); }
 .iw-attribution .ag-stage { position: relative; }
 .iw-attribution .ag-stage canvas, .iw-attribution .ag-stage svg { position: absolute; left: 0; top: 0; }
 .iw-attribution svg text { font-family: var(--jp-ui-font-family, sans-serif); }
+.iw-attribution svg { color: var(--jp-ui-font-color1, #333); }
+.iw-attribution svg .ag-labels { color: var(--jp-ui-font-color2, #555); }
 .iw-attribution .ag-node { cursor: pointer; stroke: #555; stroke-width: 0.7; }
 .iw-attribution .ag-node.ag-sel { stroke: #111; stroke-width: 2.5; }
 .iw-attribution .ag-node.ag-pin { stroke: #f0a020; stroke-width: 2.5; }
 .iw-attribution .ag-node.ag-sel.ag-pin { stroke: #b06000; stroke-width: 3.2; }
 .iw-attribution .ag-node.ag-hot { stroke: #111; stroke-width: 1.6; }
 .iw-attribution .ag-side { min-width: 300px; max-width: 440px; }
-.iw-attribution .ag-box { border: 1px solid #e4e4e4; border-radius: 4px; padding: 6px 8px; margin-bottom: 8px; }
+.iw-attribution .ag-box { border: 1px solid var(--jp-border-color2, #e4e4e4); border-radius: 4px; padding: 6px 8px; margin-bottom: 8px; }
 .iw-attribution .ag-box h4 { margin: 0 0 4px; font-size: 12px; }
-.iw-attribution .ag-help { color: #666; font-size: 11px; }
+.iw-attribution .ag-help { color: var(--jp-ui-font-color2, #666); font-size: 11px; }
 .iw-attribution .ag-mono { font-size: 11px; font-family: var(--jp-code-font-family, monospace); word-break: break-all; }
 .iw-attribution .ag-ex { font-family: var(--jp-code-font-family, monospace); font-size: 11px; white-space: pre-wrap; margin: 2px 0; }
-.iw-attribution .ag-ex .ag-hotok { background: #ffd27a; border-radius: 2px; }
+.iw-attribution .ag-ex .ag-hotok { background: #ffd27a; color: #111; border-radius: 2px; }
 .iw-attribution .ag-row { display: flex; flex-wrap: wrap; gap: 4px; align-items: center; margin: 3px 0; }
 .iw-attribution input.ag-factor { width: 52px; }
 .iw-attribution input.ag-text { width: 140px; }
@@ -115,7 +118,8 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const scoresBox = el("span", { class: "ag-num ag-help", "data-testid": "scores" });
   const status = el("span", { class: "iw-status", "data-testid": "status" });
   root.append(title, el("div", { class: "ag-controls" },
-    el("span", {}, "nodes"), nodeSlider, nodeVal, el("span", {}, "edges"), edgeSlider, edgeVal, counts, scoresBox, status),
+    el("span", {}, "nodes"), nodeSlider, nodeVal, el("span", {}, "edges"), edgeSlider, edgeVal, counts, scoresBox,
+    imageButtons(rpc, root, "attribution", { svg: () => stage.querySelector("svg"), underlay: () => [canvas] }), status),
   el("div", { class: "ag-help" }, "Node size: influence on the logits. Edges: blue raise, red lower the target; width |weight|. " +
       "Click: select (a feature opens its dashboard below); shift-click: pin. Tokens at the bottom, logits on top."));
   const errors = el("div", { "data-testid": "errors" });
@@ -203,7 +207,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     stage.style.height = `${H}px`;
     const s = D.svgEl("svg", { xmlns: D.SVG_NS, width: W, height: H, viewBox: `0 0 ${W} ${H}`, "data-testid": "graph", "font-size": 10 });
     // row and column labels: layers on the left, the prompt's tokens under their columns
-    const labels = D.svgEl("g", { fill: "#555" });
+    const labels = D.svgEl("g", { fill: "currentColor", class: "ag-labels" });
     A.rowLabels(g.n_layers).forEach((name, r) => {
       const t = D.svgEl("text", { x: 4, y: (lay!.rowY[r] + 3).toFixed(1) });
       t.textContent = name;
@@ -231,7 +235,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       nodeG.append(shape);
       if (k === A.LOGIT) {
         const j = g.logit_ids.indexOf(N.feature.data[i]);
-        const t = D.svgEl("text", { x: x.toFixed(1), y: (y - r - 4).toFixed(1), "text-anchor": "middle", fill: "#333", "data-testid": "logit-label" });
+        const t = D.svgEl("text", { x: x.toFixed(1), y: (y - r - 4).toFixed(1), "text-anchor": "middle", fill: "currentColor", "data-testid": "logit-label" });
         t.textContent = visibleToken(g.logit_tokens[j] ?? "");
         labels.append(t);
       }

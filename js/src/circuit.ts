@@ -6,7 +6,7 @@
 // the faithfulness of that circuit. Clicking an edge asks for its exact patch (estimated
 // and exact effect side by side); clicking a head opens its attention pattern (an
 // AttentionHeads widget the kernel puts below this one); clicking an MLP lists its top
-// neurons. Pins (edges and nodes) sync to Python as traits; SVG / PNG export.
+// neurons. Pins (edges and nodes) sync to Python as traits; SVG / PNG export (lib/snapshot.ts).
 //
 // Browser-test hooks: root .iw-root.iw-circuit[data-run-count][data-rendered][data-render-ms]
 // [data-k][data-drawn]; [data-testid=edge-slider] (range input); [data-testid=k-readout];
@@ -22,6 +22,7 @@ import { SVG_NS, svgEl as svg } from "./lib/graph-draw";
 const count = L.count;
 import type { NDArray } from "./lib/arrays";
 import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
+import { imageButtons } from "./lib/snapshot";
 
 
 interface GraphReply {
@@ -53,10 +54,12 @@ const CSS = `
 .iw-circuit .cg-controls input[type=range] { width: 280px; }
 .iw-circuit .cg-k { font-variant-numeric: tabular-nums; min-width: 220px; }
 .iw-circuit .cg-faith { font-weight: 600; font-variant-numeric: tabular-nums; min-width: 150px; }
-.iw-circuit .cg-faith[data-state=running] { color: #888; }
+.iw-circuit .cg-faith[data-state=running] { color: var(--jp-ui-font-color2, #888); }
 .iw-circuit .cg-main { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
-.iw-circuit .cg-wrap { overflow: auto; max-width: 100%; border: 1px solid #eee; }
+.iw-circuit .cg-wrap { overflow: auto; max-width: 100%; border: 1px solid var(--jp-border-color2, #eee); }
 .iw-circuit svg text { font-family: var(--jp-ui-font-family, sans-serif); }
+.iw-circuit svg { color: var(--jp-ui-font-color2, #555); }
+.iw-circuit rect.cg-bg { fill: var(--jp-layout-color0, #fff); }
 .iw-circuit path.cg-edge { fill: none; cursor: pointer; }
 .iw-circuit path.cg-edge:hover { stroke-opacity: 1 !important; }
 .iw-circuit path.cg-sel { stroke: #f0a020 !important; stroke-opacity: 1 !important; }
@@ -65,11 +68,11 @@ const CSS = `
 .iw-circuit circle.cg-sel { stroke: #f0a020; stroke-width: 3; }
 .iw-circuit .cg-pinned { stroke: #f0a020 !important; stroke-dasharray: 0; }
 .iw-circuit .cg-side { min-width: 300px; max-width: 420px; }
-.iw-circuit .cg-box { border: 1px solid #e4e4e4; border-radius: 4px; padding: 6px 8px; margin-bottom: 8px; }
+.iw-circuit .cg-box { border: 1px solid var(--jp-border-color2, #e4e4e4); border-radius: 4px; padding: 6px 8px; margin-bottom: 8px; }
 .iw-circuit .cg-box h4 { margin: 0 0 4px; font-size: 12px; }
 .iw-circuit .cg-side table td { font-variant-numeric: tabular-nums; }
-.iw-circuit .cg-readout { font-size: 11px; min-height: 15px; color: #333; font-family: var(--jp-code-font-family, monospace); white-space: pre; }
-.iw-circuit .cg-help { color: #666; font-size: 11px; }
+.iw-circuit .cg-readout { font-size: 11px; min-height: 15px; color: var(--jp-ui-font-color1, #333); font-family: var(--jp-code-font-family, monospace); white-space: pre; }
+.iw-circuit .cg-help { color: var(--jp-ui-font-color2, #666); font-size: 11px; }
 .iw-circuit .cg-pins { font-size: 11px; font-family: var(--jp-code-font-family, monospace); word-break: break-all; }
 `;
 
@@ -95,11 +98,10 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const slider = el("input", { type: "range", min: "0", max: String(L.SLIDER_STEPS), step: "1", "data-testid": "edge-slider", "aria-label": "number of kept edges" });
   const kBox = el("span", { class: "cg-k", "data-testid": "k-readout" });
   const faith = el("span", { class: "cg-faith", "data-testid": "faithfulness", "data-state": "idle" }, "faithfulness —");
-  const svgBtn = el("button", { class: "iw-btn", type: "button", "data-testid": "export-svg", title: "download the drawing as SVG" }, "SVG");
-  const pngBtn = el("button", { class: "iw-btn", type: "button", "data-testid": "export-png", title: "download the drawing as PNG" }, "PNG");
   const clearBtn = el("button", { class: "iw-btn", type: "button", "data-testid": "clear-pins", title: "unpin everything" }, "clear pins");
   const status = el("span", { class: "iw-status", "data-testid": "status" });
-  const controls = el("div", { class: "cg-controls" }, el("span", {}, "edges kept"), slider, kBox, faith, svgBtn, pngBtn, clearBtn, status);
+  const controls = el("div", { class: "cg-controls" }, el("span", {}, "edges kept"), slider, kBox, faith,
+    imageButtons(rpc, root, "circuit", { svg: () => wrap.querySelector("svg") }), clearBtn, status);
   const help = el("div", { class: "cg-help" },
     "Blue edges raise the metric, red lower it; width is |score|. Click an edge for its exact patch, a head for its attention pattern, an MLP for its top neurons.");
   const errors = el("div", { "data-testid": "errors" });
@@ -134,11 +136,11 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       xmlns: SVG_NS, width: Math.ceil(lay.width), height: Math.ceil(lay.height),
       viewBox: `0 0 ${Math.ceil(lay.width)} ${Math.ceil(lay.height)}`, "data-testid": "graph", "font-size": 10,
     });
-    s.append(svg("rect", { x: 0, y: 0, width: Math.ceil(lay.width), height: Math.ceil(lay.height), fill: "#fff" }));
+    s.append(svg("rect", { x: 0, y: 0, width: Math.ceil(lay.width), height: Math.ceil(lay.height), class: "cg-bg" }));
     // column labels: every column when they fit, else inputs, outputs and each layer's heads
     const crowded = lay.colWidth < 18;
     let lastLabelX = -Infinity;
-    const labels = svg("g", { fill: "#555", "text-anchor": "middle" });
+    const labels = svg("g", { fill: "currentColor", "text-anchor": "middle" });
     for (let c = 0; c < lay.cols.count; c++) {
       if (crowded && L.kindRank(lay.cols.kind[c]) === 2) continue;
       const x = lay.cols.count === 1 ? lay.width / 2 : 40 + c * lay.colWidth;
@@ -178,7 +180,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       const caption = L.nodeCaption(nodes.kinds[i], nodes.layer.data[i]);
       if (caption) {  // an MLP's row has no label of its own (it sits centred among the head rows)
         const t = svg("text", { x: lay.x[i].toFixed(1), y: (lay.y[i] + lay.radius + 10).toFixed(1),
-          "text-anchor": "middle", fill: "#555", "font-size": 9, "data-testid": "node-caption" });
+          "text-anchor": "middle", fill: "currentColor", "font-size": 9, "data-testid": "node-caption" });
         t.textContent = caption;
         labels.append(t);
       }
@@ -402,57 +404,6 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     });
   }
 
-  // -- export ------------------------------------------------------------------------------
-  function svgText(): string {
-    const s = wrap.querySelector("svg");
-    if (!s) return "";
-    const copy = s.cloneNode(true) as SVGSVGElement;
-    copy.querySelectorAll("title").forEach((t) => t.remove());
-    return new XMLSerializer().serializeToString(copy);
-  }
-
-  function download(name: string, url: string): void {
-    const a = el("a", { href: url, download: name });
-    root.append(a);
-    a.click();
-    a.remove();
-  }
-
-  function exportSvg(): void {
-    const text = svgText();
-    if (!text) return;
-    rpc.request("exported", { svg: text }).promise.catch(showError); // widget.svg in Python
-    const url = URL.createObjectURL(new Blob([text], { type: "image/svg+xml" }));
-    download("circuit.svg", url);
-    setTimeout(() => URL.revokeObjectURL(url), 10_000);
-  }
-
-  function exportPng(): void {
-    const text = svgText();
-    const s = wrap.querySelector("svg");
-    if (!text || !s) return;
-    const w = Number(s.getAttribute("width")), h = Number(s.getAttribute("height"));
-    const img = new Image();
-    const src = URL.createObjectURL(new Blob([text], { type: "image/svg+xml" }));
-    img.onload = () => {
-      const c = document.createElement("canvas");
-      c.width = w * 2;
-      c.height = h * 2;
-      const ctx = c.getContext("2d");
-      if (!ctx) return;
-      ctx.scale(2, 2);
-      ctx.drawImage(img, 0, 0);
-      URL.revokeObjectURL(src);
-      c.toBlob((b) => {
-        if (!b) return;
-        const url = URL.createObjectURL(b);
-        download("circuit.png", url);
-        setTimeout(() => URL.revokeObjectURL(url), 10_000);
-      }, "image/png");
-    };
-    img.src = src;
-  }
-
   // -- events ------------------------------------------------------------------------------
   slider.addEventListener("input", () => {
     if (!data) return;
@@ -485,8 +436,6 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       readout.textContent = `${data.nodes.ids[i]} · ${data.nodes.labels[i]}` + (v !== undefined ? ` · score ${L.signed(v)}` : "");
     }
   });
-  svgBtn.addEventListener("click", exportSvg);
-  pngBtn.addEventListener("click", exportPng);
   clearBtn.addEventListener("click", () => {
     model.set("pinned_edges", []);
     model.set("pinned_nodes", []);

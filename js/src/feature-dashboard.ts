@@ -20,6 +20,7 @@ import * as F from "./lib/features-logic";
 import * as N from "./lib/neuron-dashboard-logic";
 import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
 import { LatestRequest } from "./lib/steering-logic";
+import { imageButtons } from "./lib/snapshot";
 
 export interface ExemplarReply { window: number; position: number; value: number | null; tokens: string[]; acts: NDArray }
 export interface TokenScore { token: string; id: number; score: number }
@@ -45,35 +46,35 @@ const HIST_H = 80;
 const BAR_W = 60;
 
 export const DASHBOARD_CSS = `
-.iw-fd-view { max-width: 1200px; border-top: 1px solid #ddd; padding-top: 4px; }
+.iw-fd-view { max-width: 1200px; border-top: 1px solid var(--jp-border-color2, #ddd); padding-top: 4px; }
 .iw-fd-view .fd-head { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; margin-bottom: 2px; }
 .iw-fd-view .fd-title { font-size: 15px; font-weight: 600; margin: 0 8px 0 0; }
 .iw-fd-view .fd-head input[type=number] { width: 72px; }
-.iw-fd-view .fd-sub { color: #555; font-size: 11px; margin-bottom: 4px; }
+.iw-fd-view .fd-sub { color: var(--jp-ui-font-color2, #555); font-size: 11px; margin-bottom: 4px; }
 .iw-fd-view .fd-main { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .iw-fd-view .fd-left { flex: 1 1 520px; min-width: 320px; }
 .iw-fd-view .fd-right { flex: 0 1 440px; min-width: 300px; max-width: 100%; }
 .iw-fd-view h4 { margin: 8px 0 3px; font-size: 12px; }
-.iw-fd-view h5 { margin: 6px 0 2px; font-size: 11px; color: #555; font-weight: 600; }
-.iw-fd-view .iw-exemplar { display: flex; gap: 6px; padding: 2px 0; border-bottom: 1px solid #f0f0f0; }
-.iw-fd-view .ex-val { flex: 0 0 52px; text-align: right; color: #555; font-variant-numeric: tabular-nums; }
+.iw-fd-view h5 { margin: 6px 0 2px; font-size: 11px; color: var(--jp-ui-font-color2, #555); font-weight: 600; }
+.iw-fd-view .iw-exemplar { display: flex; gap: 6px; padding: 2px 0; border-bottom: 1px solid var(--jp-border-color2, #f0f0f0); }
+.iw-fd-view .ex-val { flex: 0 0 52px; text-align: right; color: var(--jp-ui-font-color2, #555); font-variant-numeric: tabular-nums; }
 .iw-fd-view .ex-text { flex: 1 1 auto; white-space: pre-wrap; word-break: break-word; line-height: 18px; }
 .iw-fd-view .ex-text .iw-tok, .iw-fd-view .fd-custom-out .iw-tok { white-space: pre-wrap; }
 .iw-fd-view .iw-tok.fd-max { outline: 2px solid #c0392b; outline-offset: -1px; }
-.iw-fd-view svg { display: block; background: #fcfcfc; border: 1px solid #eee; }
+.iw-fd-view svg { color: var(--jp-ui-font-color2, #555); display: block; background: var(--jp-layout-color2, #fcfcfc); border: 1px solid var(--jp-border-color2, #eee); }
 .iw-fd-view .fd-logits { display: flex; flex-wrap: wrap; gap: 10px; }
 .iw-fd-view .fd-logits > div { flex: 1 1 190px; min-width: 0; }
 .iw-fd-view .fd-bar { display: inline-block; height: 8px; vertical-align: middle; border-radius: 1px; }
 .iw-fd-view .fd-bar.pos { background: rgb(60,120,230); }
 .iw-fd-view .fd-bar.neg { background: rgb(220,80,60); }
 .iw-fd-view tr[data-latent] { cursor: pointer; }
-.iw-fd-view tr[data-latent]:hover { background: #f3f6ff; }
+.iw-fd-view tr[data-latent]:hover { background: rgba(40,95,225,0.12); }
 .iw-fd-view .fd-note { background: #fff8e1; border: 1px solid #f3e2a9; padding: 4px 8px; border-radius: 4px; color: #6d5a1b; }
-.iw-fd-view .fd-custom { margin-top: 8px; border-top: 1px solid #eee; padding-top: 4px; }
+.iw-fd-view .fd-custom { margin-top: 8px; border-top: 1px solid var(--jp-border-color2, #eee); padding-top: 4px; }
 .iw-fd-view .fd-custom-controls { display: flex; gap: 6px; align-items: center; flex-wrap: wrap; }
 .iw-fd-view .fd-custom textarea { flex: 1 1 320px; min-width: 200px; font-family: var(--jp-code-font-family, monospace); font-size: 12px; }
 .iw-fd-view .fd-custom-out { margin-top: 4px; line-height: 18px; white-space: pre-wrap; word-break: break-word; }
-.iw-fd-view .fd-legend { display: inline-block; width: 90px; height: 8px; vertical-align: middle; border: 1px solid #ddd;
+.iw-fd-view .fd-legend { display: inline-block; width: 90px; height: 8px; vertical-align: middle; border: 1px solid var(--jp-border-color2, #ddd);
   background: linear-gradient(to right, #fff, rgb(245,130,32)); }
 `;
 
@@ -236,11 +237,11 @@ export function mountDashboard(opts: DashboardOptions): DashboardView {
     g.append(svg("line", { x1: 0, x2: HIST_W, y1: HIST_H, y2: HIST_H, stroke: "#999" }));
     const n = range.hi - range.lo;
     for (const t of N.tickBins(range, -1)) {
-      const label = svg("text", { x: (((t - range.lo) * HIST_W) / n).toFixed(1), y: HIST_H + 12, "font-size": 9, fill: "#555" });
+      const label = svg("text", { x: (((t - range.lo) * HIST_W) / n).toFixed(1), y: HIST_H + 12, "font-size": 9, fill: "currentColor" });
       label.textContent = N.shortNum(Number(edges[t] === -Infinity ? edges[t + 1] : edges[t]));
       g.append(label);
     }
-    const caption = svg("text", { x: 0, y: HIST_H + 23, "font-size": 9, fill: "#777" });
+    const caption = svg("text", { x: 0, y: HIST_H + 23, "font-size": 9, fill: "currentColor" });
     caption.textContent = `bins ${N.binLabel(edges, range.lo)} … ${N.binLabel(edges, range.hi - 1)} (zero excluded)`;
     g.append(caption);
     box.append(g);
@@ -425,7 +426,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     rpc, dSae: Number(model.get("d_sae") ?? 1), text: String(model.get("text") ?? ""), bump,
     onShown: (r) => { root.dataset.latent = String(r.state.latent); },
   });
-  root.append(heading, view.el);
+  root.append(el("div", { class: "fd-top", style: "display:flex;align-items:center;justify-content:space-between;gap:8px" }, heading, imageButtons(rpc, root, "feature-dashboard")), view.el);
   host.append(root);
 
   const onLatent = () => {

@@ -20,6 +20,7 @@ import * as N from "./lib/neuron-dashboard-logic";
 import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
 import { LatestRequest } from "./lib/steering-logic";
 import { DASHBOARD_CSS, type LatentReply, type TokenScore, mountDashboard } from "./feature-dashboard";
+import { imageButtons } from "./lib/snapshot";
 
 interface RunReply { prompt: string; tokens: string[]; k: number; top_idx: NDArray; top_val: NDArray; n_active: NDArray; max_act: NDArray }
 interface TokenRow { latent: number; act: number; label: string; explanation: string; promoted: TokenScore[] }
@@ -41,13 +42,13 @@ const CSS = `
 .iw-feature-list .fl-left { flex: 1 1 560px; min-width: 340px; }
 .iw-feature-list .fl-right { flex: 0 1 400px; min-width: 300px; }
 .iw-feature-list h4 { margin: 8px 0 3px; font-size: 12px; }
-.iw-feature-list tr[data-role=latent-row].fl-open { background: #eef4ff; }
+.iw-feature-list tr[data-role=latent-row].fl-open { background: rgba(40,95,225,0.12); }
 .iw-feature-list tr[data-role=latent-row] td { vertical-align: top; }
-.iw-feature-list .fl-promoted .iw-tok { background: #eef; margin-right: 3px; padding: 0 2px; }
+.iw-feature-list .fl-promoted .iw-tok { background: rgba(40,95,225,0.12); margin-right: 3px; padding: 0 2px; }
 .iw-feature-list .fl-edits { display: flex; gap: 6px; align-items: center; flex-wrap: wrap; }
 .iw-feature-list .fl-factor { width: 56px; }
-.iw-feature-list .up { color: #1e7b34; }
-.iw-feature-list .down { color: #b03a2e; }
+.iw-feature-list .up { color: var(--iw-up); }
+.iw-feature-list .down { color: var(--iw-down); }
 .iw-feature-list .stale { opacity: 0.5; }
 `;
 
@@ -88,7 +89,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     editErrors, el("h4", {}, "Next-token predictions: baseline vs edited"), editStatus, predBox);
 
   const dashBox = el("div", { "data-role": "dashboard" });
-  root.append(heading, el("div", { class: "fl-head" }, promptInput, runBtn, status), errors, tokensBox, help,
+  root.append(heading, el("div", { class: "fl-head" }, promptInput, runBtn, imageButtons(rpc, root, "feature-list"), status), errors, tokensBox, help,
     el("div", { class: "fl-main" }, left, right), dashBox);
   host.append(root);
 

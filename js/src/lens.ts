@@ -10,6 +10,7 @@ import type { NDArray } from "./lib/arrays";
 import { el, fmt, runCounter, showRpcError, tokenSpan, withStyle } from "./lib/dom";
 import * as L from "./lib/lens-logic";
 import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
+import { imageButtons } from "./lib/snapshot";
 
 interface RunReply {
   state: { prompt: string; targets: string[]; top_k: number };
@@ -32,7 +33,7 @@ const CSS = `
 .iw-lens .ll-controls { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; margin-bottom: 4px; }
 .iw-lens .ll-controls label { display: inline-flex; gap: 3px; align-items: center; }
 .iw-lens textarea.ll-prompt { flex: 1 1 320px; min-width: 200px; font-family: var(--jp-code-font-family, monospace); font-size: 12px; resize: vertical; }
-.iw-lens .ll-help { color: #666; font-size: 11px; margin: 2px 0 4px; }
+.iw-lens .ll-help { color: var(--jp-ui-font-color2, #666); font-size: 11px; margin: 2px 0 4px; }
 .iw-lens .ll-main { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .iw-lens .ll-gridwrap { overflow: auto; max-height: 560px; max-width: 100%; }
 .iw-lens .ll-grid { display: grid; gap: 1px; font-size: 10px; font-family: var(--jp-code-font-family, monospace); }
@@ -40,15 +41,15 @@ const CSS = `
   cursor: pointer; padding: 0 2px; border-radius: 2px; }
 .iw-lens .ll-cell:hover { outline: 1px solid #333; }
 .iw-lens .ll-cell.ll-pinned { outline: 2px solid #f0a020; outline-offset: -1px; }
-.iw-lens .ll-rowlabel { text-align: right; padding-right: 4px; color: #555; line-height: 16px; position: sticky; left: 0; background: #fafafa; }
+.iw-lens .ll-rowlabel { text-align: right; padding-right: 4px; color: var(--jp-ui-font-color2, #555); line-height: 16px; position: sticky; left: 0; background: var(--jp-layout-color1, #fafafa); }
 .iw-lens .ll-collabel { text-align: center; writing-mode: vertical-rl; transform: rotate(180deg); max-height: 90px; overflow: hidden;
-  padding: 2px 0; position: sticky; top: 0; background: #fafafa; }
-.iw-lens .ll-tooltip { position: absolute; z-index: 10; background: #fff; border: 1px solid #bbb; border-radius: 4px;
+  padding: 2px 0; position: sticky; top: 0; background: var(--jp-layout-color1, #fafafa); }
+.iw-lens .ll-tooltip { position: absolute; z-index: 10; background: var(--jp-layout-color0, #fff); border: 1px solid var(--jp-border-color1, #bbb); border-radius: 4px;
   box-shadow: 0 2px 6px rgba(0,0,0,.2); padding: 4px 6px; pointer-events: none; font-size: 11px; display: none; }
 .iw-lens .ll-panel { min-width: 220px; font-size: 12px; }
 .iw-lens .ll-panel h4 { margin: 2px 0 4px; font-size: 12px; }
 .iw-lens .ll-legend { display: inline-block; width: 100px; height: 8px; vertical-align: middle;
-  background: linear-gradient(to right, #fff, rgb(30,100,215)); border: 1px solid #ddd; }
+  background: linear-gradient(to right, #fff, rgb(30,100,215)); border: 1px solid var(--jp-border-color2, #ddd); }
 `;
 
 function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () => void {
@@ -67,7 +68,8 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const runBtn = el("button", { class: "iw-btn", "data-testid": "run", type: "button" }, "Run");
   const colorBy = el("select", { "data-testid": "color-by", "aria-label": "colour by" });
   const status = el("span", { class: "iw-status", "data-testid": "status" });
-  const controls = el("div", { class: "ll-controls" }, promptInput, runBtn, el("label", {}, "colour by", colorBy), status);
+  const controls = el("div", { class: "ll-controls" }, promptInput, runBtn, el("label", {}, "colour by", colorBy),
+    imageButtons(rpc, root, "lens"), status);
   const help = el("div", { class: "ll-help" },
     "Rows: layers (resid_post, last layer on top); columns: tokens. Each cell shows the top next-token prediction of that layer at that position. ",
     "Hover a cell for its top-k; click it to pin that layer and position (widget.pinned in Python). Colour: ",

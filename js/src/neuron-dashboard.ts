@@ -17,6 +17,7 @@ import { el, fmt, runCounter, showRpcError, tokenSpan, withStyle } from "./lib/d
 import * as N from "./lib/neuron-dashboard-logic";
 import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
 import { LatestRequest } from "./lib/steering-logic";
+import { imageButtons } from "./lib/snapshot";
 
 interface ExemplarReply { window: number; position: number; value: number | null; tokens: string[]; acts: NDArray }
 interface GroupReply { label: string; lo: number | null; hi: number | null; exemplars: ExemplarReply[] }
@@ -52,28 +53,28 @@ const CSS = `
 .iw-neuron-dashboard .nd-left { flex: 1 1 520px; min-width: 320px; }
 .iw-neuron-dashboard .nd-right { flex: 0 1 380px; min-width: 300px; }
 .iw-neuron-dashboard h4 { margin: 8px 0 3px; font-size: 12px; }
-.iw-neuron-dashboard h5 { margin: 6px 0 2px; font-size: 11px; color: #555; font-weight: 600; }
-.iw-neuron-dashboard .iw-exemplar { display: flex; gap: 6px; padding: 2px 0; border-bottom: 1px solid #f0f0f0; }
-.iw-neuron-dashboard .ex-val { flex: 0 0 52px; text-align: right; color: #555; font-variant-numeric: tabular-nums; }
+.iw-neuron-dashboard h5 { margin: 6px 0 2px; font-size: 11px; color: var(--jp-ui-font-color2, #555); font-weight: 600; }
+.iw-neuron-dashboard .iw-exemplar { display: flex; gap: 6px; padding: 2px 0; border-bottom: 1px solid var(--jp-border-color2, #f0f0f0); }
+.iw-neuron-dashboard .ex-val { flex: 0 0 52px; text-align: right; color: var(--jp-ui-font-color2, #555); font-variant-numeric: tabular-nums; }
 .iw-neuron-dashboard .ex-text { flex: 1 1 auto; white-space: pre-wrap; word-break: break-word; line-height: 18px; }
 .iw-neuron-dashboard .ex-text .iw-tok { white-space: pre-wrap; }
 .iw-neuron-dashboard .iw-tok.nd-max { outline: 2px solid #c0392b; outline-offset: -1px; }
-.iw-neuron-dashboard svg { display: block; background: #fcfcfc; border: 1px solid #eee; }
+.iw-neuron-dashboard svg { color: var(--jp-ui-font-color2, #555); display: block; background: var(--jp-layout-color2, #fcfcfc); border: 1px solid var(--jp-border-color2, #eee); }
 .iw-neuron-dashboard .nd-tokens { display: flex; gap: 12px; }
 .iw-neuron-dashboard .nd-tokens table { flex: 1 1 0; }
 .iw-neuron-dashboard .nd-class { margin: 4px 0; }
-.iw-neuron-dashboard .nd-badge { display: inline-block; padding: 0 6px; margin-right: 4px; border-radius: 8px; background: #eef; font-size: 11px; }
-.iw-neuron-dashboard .nd-edit { margin-top: 10px; border-top: 1px solid #ddd; padding-top: 6px; }
+.iw-neuron-dashboard .nd-badge { display: inline-block; padding: 0 6px; margin-right: 4px; border-radius: 8px; background: rgba(40,95,225,0.12); font-size: 11px; }
+.iw-neuron-dashboard .nd-edit { margin-top: 10px; border-top: 1px solid var(--jp-border-color2, #ddd); padding-top: 6px; }
 .iw-neuron-dashboard .nd-edit-controls { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
 .iw-neuron-dashboard textarea { flex: 1 1 320px; min-width: 200px; font-family: var(--jp-code-font-family, monospace); font-size: 12px; }
 .iw-neuron-dashboard .nd-factor { width: 56px; }
 .iw-neuron-dashboard .nd-edit-body { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; margin-top: 4px; }
 .iw-neuron-dashboard .nd-gen { flex: 1 1 260px; }
-.iw-neuron-dashboard .nd-gen pre { white-space: pre-wrap; word-break: break-word; background: #f7f7f7; padding: 4px 6px; margin: 0 0 6px; min-height: 32px; font-size: 12px; }
+.iw-neuron-dashboard .nd-gen pre { white-space: pre-wrap; word-break: break-word; background: var(--jp-layout-color2, #f7f7f7); padding: 4px 6px; margin: 0 0 6px; min-height: 32px; font-size: 12px; }
 .iw-neuron-dashboard .nd-gen pre.stale { opacity: 0.5; }
-.iw-neuron-dashboard .up { color: #1e7b34; }
-.iw-neuron-dashboard .down { color: #b03a2e; }
-.iw-neuron-dashboard .nd-legend { display: inline-block; width: 110px; height: 8px; vertical-align: middle; border: 1px solid #ddd;
+.iw-neuron-dashboard .up { color: var(--iw-up); }
+.iw-neuron-dashboard .down { color: var(--iw-down); }
+.iw-neuron-dashboard .nd-legend { display: inline-block; width: 110px; height: 8px; vertical-align: middle; border: 1px solid var(--jp-border-color2, #ddd);
   background: linear-gradient(to right, rgb(60,120,230), #fff, rgb(245,130,32)); }
 `;
 
@@ -96,7 +97,8 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const goBtn = btn("go", "Go", "show this layer and unit");
   const status = el("span", { class: "iw-status", "data-role": "status" });
   const head = el("div", { class: "nd-head" }, title, prevBtn, el("label", {}, "layer ", layerInput),
-    el("label", {}, "unit ", unitInput), goBtn, nextBtn, status);
+    el("label", {}, "unit ", unitInput), goBtn, nextBtn,
+    imageButtons(rpc, root, "neuron-dashboard"), status);
   const errors = el("div", { "data-role": "errors" });
 
   const topBox = el("div", { "data-role": "top-exemplars" });
@@ -237,11 +239,11 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     const n = range.hi - range.lo;
     for (const t of N.tickBins(range, zero)) {
       const x = ((t - range.lo) * HIST_W) / n;
-      const label = svg("text", { x: x.toFixed(1), y: HIST_H + 12, "font-size": 9, fill: "#555", "data-bin": t });
+      const label = svg("text", { x: x.toFixed(1), y: HIST_H + 12, "font-size": 9, fill: "currentColor", "data-bin": t });
       label.textContent = t === zero ? "0" : N.shortNum(Number(edges[t] === -Infinity ? edges[t + 1] : edges[t]));
       g.append(label);
     }
-    const caption = svg("text", { x: 0, y: HIST_H + 24, "font-size": 9, fill: "#777" });
+    const caption = svg("text", { x: 0, y: HIST_H + 24, "font-size": 9, fill: "currentColor" });
     caption.textContent = `bins ${N.binLabel(edges, range.lo)} … ${N.binLabel(edges, range.hi - 1)}${zm.side === "in" ? "" : ` (zero: ${zm.side} of the range)`}`;
     g.append(caption);
     box.append(g);

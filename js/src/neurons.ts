@@ -11,6 +11,7 @@ import type { NDArray } from "./lib/arrays";
 import { debounce, el, fmt, runCounter, showRpcError, tokenSpan, withStyle } from "./lib/dom";
 import * as L from "./lib/neurons-logic";
 import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
+import { imageButtons } from "./lib/snapshot";
 
 interface TopRow { token: string; id: number; prob: number; logit: number }
 
@@ -47,29 +48,29 @@ const CSS = `
 .iw-neurons .nh-controls label { display: inline-flex; gap: 3px; align-items: center; }
 .iw-neurons textarea.nh-prompt { flex: 1 1 320px; min-width: 200px; font-family: var(--jp-code-font-family, monospace); font-size: 12px; resize: vertical; }
 .iw-neurons input[type=number] { width: 64px; }
-.iw-neurons .nh-help { color: #666; font-size: 11px; margin: 2px 0 4px; }
+.iw-neurons .nh-help { color: var(--jp-ui-font-color2, #666); font-size: 11px; margin: 2px 0 4px; }
 .iw-neurons .nh-main { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .iw-neurons .nh-heatwrap { overflow: auto; max-height: 480px; max-width: 100%; }
 .iw-neurons table.nh-heat { border-collapse: separate; border-spacing: 1px; font-size: 11px; }
 .iw-neurons table.nh-heat th.nh-col { cursor: pointer; user-select: none; font-weight: normal; font-variant-numeric: tabular-nums;
-  writing-mode: vertical-rl; transform: rotate(180deg); padding: 3px 1px; min-width: 18px; position: sticky; top: 0; background: #fafafa; }
-.iw-neurons table.nh-heat th.nh-col:hover { background: #e8eefc; }
-.iw-neurons table.nh-heat th.nh-col.nh-ablated { text-decoration: line-through; color: #b00; background: #fde8e8; }
+  writing-mode: vertical-rl; transform: rotate(180deg); padding: 3px 1px; min-width: 18px; position: sticky; top: 0; background: var(--jp-layout-color1, #fafafa); }
+.iw-neurons table.nh-heat th.nh-col:hover { background: rgba(40,95,225,0.2); }
+.iw-neurons table.nh-heat th.nh-col.nh-ablated { text-decoration: line-through; color: var(--iw-down); background: rgba(225,65,55,0.12); }
 .iw-neurons table.nh-heat th.nh-col.nh-selected { outline: 2px solid #f0a020; }
-.iw-neurons table.nh-heat th.nh-row { text-align: right; font-weight: normal; padding-right: 4px; white-space: nowrap; position: sticky; left: 0; background: #fafafa; }
-.iw-neurons table.nh-heat th.nh-row .nh-pos { color: #999; font-size: 9px; margin-right: 3px; }
+.iw-neurons table.nh-heat th.nh-row { text-align: right; font-weight: normal; padding-right: 4px; white-space: nowrap; position: sticky; left: 0; background: var(--jp-layout-color1, #fafafa); }
+.iw-neurons table.nh-heat th.nh-row .nh-pos { color: var(--jp-ui-font-color2, #999); font-size: 9px; margin-right: 3px; }
 .iw-neurons table.nh-heat td.nh-cell { width: 18px; min-width: 18px; height: 16px; cursor: crosshair; padding: 0; }
 .iw-neurons table.nh-heat td.nh-ablated { background-image: repeating-linear-gradient(45deg, rgba(0,0,0,0.35) 0 2px, transparent 2px 6px); }
 .iw-neurons table.nh-heat td.nh-selected { box-shadow: inset 1px 0 #f0a020, inset -1px 0 #f0a020; }
-.iw-neurons .nh-tintlabel { font-size: 11px; color: #555; margin: 6px 0 2px; }
-.iw-neurons .nh-tinted { line-height: 1.9; max-width: 720px; padding: 4px; border: 1px solid #eee; border-radius: 4px; }
+.iw-neurons .nh-tintlabel { font-size: 11px; color: var(--jp-ui-font-color2, #555); margin: 6px 0 2px; }
+.iw-neurons .nh-tinted { line-height: 1.9; max-width: 720px; padding: 4px; border: 1px solid var(--jp-border-color2, #eee); border-radius: 4px; }
 .iw-neurons .nh-tinted .iw-tok { padding: 1px 1px; }
-.iw-neurons .nh-up { color: #1a7f37; }
-.iw-neurons .nh-down { color: #c62828; }
-.iw-neurons .nh-same { color: #888; }
-.iw-neurons .nh-intv { font-size: 11px; color: #444; margin: 2px 0; font-family: var(--jp-code-font-family, monospace); }
+.iw-neurons .nh-up { color: var(--iw-up); }
+.iw-neurons .nh-down { color: var(--iw-down); }
+.iw-neurons .nh-same { color: var(--jp-ui-font-color2, #888); }
+.iw-neurons .nh-intv { font-size: 11px; color: var(--jp-ui-font-color1, #444); margin: 2px 0; font-family: var(--jp-code-font-family, monospace); }
 .iw-neurons .nh-legend { display: inline-block; width: 120px; height: 8px; vertical-align: middle;
-  background: linear-gradient(to right, rgb(225,65,55), #fff, rgb(40,95,225)); border: 1px solid #ddd; }
+  background: linear-gradient(to right, rgb(225,65,55), #fff, rgb(40,95,225)); border: 1px solid var(--jp-border-color2, #ddd); }
 `;
 
 function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () => void {
@@ -102,7 +103,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     el("label", {}, "top", topN),
     el("label", {}, "ablate by", modeSelect),
     el("label", {}, "factor", factorInput),
-    clearBtn, status);
+    clearBtn, imageButtons(rpc, root, "neurons"), status);
   const help = el("div", { class: "nh-help" },
     "Click a neuron's column header to ablate it (click again to restore). ",
     "Shift-click a header, or click any cell of a column, to tint the prompt by that neuron. ",

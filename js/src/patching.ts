@@ -12,6 +12,7 @@
 import { el, runCounter, showRpcError, tokenSpan, withStyle } from "./lib/dom";
 import * as L from "./lib/patching-logic";
 import { AnyModel, Cancelled, Rpc } from "./lib/rpc";
+import { imageButtons } from "./lib/snapshot";
 
 interface HeatmapReply {
   grids: (L.Grid & { clean_metric: number; corrupted_metric: number })[];
@@ -44,27 +45,27 @@ interface ApplyReply {
 const CSS = `
 .iw-patching .ph-title { font-weight: 600; margin-bottom: 4px; }
 .iw-patching .ph-controls { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; margin-bottom: 4px; }
-.iw-patching .ph-toggle button { font-size: 12px; padding: 2px 8px; border: 1px solid #bbb; background: #f6f6f6; cursor: pointer; }
+.iw-patching .ph-toggle button { font-size: 12px; padding: 2px 8px; border: 1px solid var(--jp-border-color1, #bbb); background: var(--jp-layout-color2, #f6f6f6); color: var(--jp-ui-font-color1, #222); cursor: pointer; }
 .iw-patching .ph-toggle button[aria-pressed=true] { background: #285fe1; color: #fff; border-color: #285fe1; }
-.iw-patching .ph-help { color: #666; font-size: 11px; margin: 2px 0 4px; }
+.iw-patching .ph-help { color: var(--jp-ui-font-color2, #666); font-size: 11px; margin: 2px 0 4px; }
 .iw-patching .ph-main { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .iw-patching .ph-heatwrap { overflow: auto; max-height: 560px; max-width: 100%; }
 .iw-patching table.ph-heat { border-collapse: separate; border-spacing: 1px; font-size: 11px; }
 .iw-patching table.ph-heat th.ph-col { font-weight: normal; writing-mode: vertical-rl; transform: rotate(180deg);
   padding: 3px 1px; max-height: 90px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-.iw-patching table.ph-heat th.ph-row { text-align: right; font-weight: normal; padding-right: 4px; color: #555; }
+.iw-patching table.ph-heat th.ph-row { text-align: right; font-weight: normal; padding-right: 4px; color: var(--jp-ui-font-color2, #555); }
 .iw-patching table.ph-heat td.ph-cell { padding: 0; cursor: pointer; }
 .iw-patching table.ph-heat td.ph-cell:hover { outline: 1px solid #333; }
 .iw-patching table.ph-heat td.ph-selected { outline: 2px solid #f0a020 !important; }
-.iw-patching .ph-readout { font-size: 11px; color: #333; min-height: 16px; margin: 4px 0; font-family: var(--jp-code-font-family, monospace); white-space: pre; }
+.iw-patching .ph-readout { font-size: 11px; color: var(--jp-ui-font-color1, #333); min-height: 16px; margin: 4px 0; font-family: var(--jp-code-font-family, monospace); white-space: pre; }
 .iw-patching .ph-legend { display: inline-block; width: 120px; height: 8px; vertical-align: middle;
-  background: linear-gradient(to right, rgb(225,65,55), #fff, rgb(40,95,225)); border: 1px solid #ddd; }
+  background: linear-gradient(to right, rgb(225,65,55), #fff, rgb(40,95,225)); border: 1px solid var(--jp-border-color2, #ddd); }
 .iw-patching .ph-side { min-width: 320px; }
-.iw-patching .ph-label { font-size: 11px; color: #555; margin: 4px 0 2px; }
-.iw-patching table.ph-preds td.ph-empty { color: #aaa; }
-.iw-patching table.ph-preds th.ph-patched, .iw-patching table.ph-preds td.ph-patched { background: #f3f6fe; }
+.iw-patching .ph-label { font-size: 11px; color: var(--jp-ui-font-color2, #555); margin: 4px 0 2px; }
+.iw-patching table.ph-preds td.ph-empty { color: var(--jp-ui-font-color1, #555); }
+.iw-patching table.ph-preds th.ph-patched, .iw-patching table.ph-preds td.ph-patched { background: rgba(40,95,225,0.12); }
 .iw-patching .ph-metric { font-size: 12px; margin: 4px 0; }
-.iw-patching .ph-spec { font-size: 11px; color: #444; font-family: var(--jp-code-font-family, monospace); }
+.iw-patching .ph-spec { font-size: 11px; color: var(--jp-ui-font-color1, #444); font-family: var(--jp-code-font-family, monospace); }
 `;
 
 function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () => void {
@@ -83,7 +84,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const title = el("div", { class: "ph-title", "data-testid": "title" });
   const toggle = el("div", { class: "ph-toggle", "data-testid": "method-toggle", role: "group", "aria-label": "heatmap method" });
   const status = el("span", { class: "iw-status", "data-testid": "status" });
-  const controls = el("div", { class: "ph-controls" }, toggle, status);
+  const controls = el("div", { class: "ph-controls" }, toggle, imageButtons(rpc, root, "patching"), status);
   const help = el("div", { class: "ph-help" },
     "Click a cell to apply that single patch and rerun. Colours: ", el("span", { class: "ph-legend" }),
     " negative → 0 (corrupted) → 1 (clean).");

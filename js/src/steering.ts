@@ -7,6 +7,7 @@ import {
   LatestRequest, debounced, diffDirections, formatStrength, sliderStep, snap, statusText,
   strengthsOf, withStrengths, zeroStrengths, type Direction, type Phase,
 } from "./lib/steering-logic";
+import { imageButtons } from "./lib/snapshot";
 
 const DEBOUNCE_MS = 150;
 const PROMPT_DEBOUNCE_MS = 500;
@@ -18,13 +19,13 @@ const CSS = `
 .iw-steering .iw-steer-rows { display: grid; grid-template-columns: minmax(90px, max-content) max-content minmax(160px, 1fr) 70px; gap: 2px 10px; align-items: center; }
 .iw-steering .iw-steer-row { display: contents; }
 .iw-steering .iw-steer-name { font-weight: 600; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-.iw-steering .iw-steer-layer { color: #666; font-size: 11px; white-space: nowrap; }
+.iw-steering .iw-steer-layer { color: var(--jp-ui-font-color2, #666); font-size: 11px; white-space: nowrap; }
 .iw-steering .iw-steer-readout { font-family: var(--jp-code-font-family, monospace); text-align: right; font-variant-numeric: tabular-nums; }
 .iw-steering input[type=range] { width: 100%; }
-.iw-steering .iw-steer-empty { color: #888; font-style: italic; }
+.iw-steering .iw-steer-empty { color: var(--jp-ui-font-color2, #888); font-style: italic; }
 .iw-steering .iw-steer-panels { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
-.iw-steering .iw-steer-panel { border: 1px solid #ddd; border-radius: 4px; padding: 4px 8px; min-height: 60px; }
-.iw-steering .iw-steer-panel h4 { margin: 0 0 4px 0; font-size: 11px; color: #555; font-weight: 600; text-transform: uppercase; letter-spacing: 0.04em; }
+.iw-steering .iw-steer-panel { border: 1px solid var(--jp-border-color2, #ddd); border-radius: 4px; padding: 4px 8px; min-height: 60px; }
+.iw-steering .iw-steer-panel h4 { margin: 0 0 4px 0; font-size: 11px; color: var(--jp-ui-font-color2, #555); font-weight: 600; text-transform: uppercase; letter-spacing: 0.04em; }
 .iw-steering .iw-steer-text { font-family: var(--jp-code-font-family, monospace); white-space: pre-wrap; word-break: break-word; margin: 0; }
 .iw-steering .iw-steer-text.stale { opacity: 0.5; }
 `;
@@ -62,7 +63,7 @@ export default {
     promptInput.value = model.get("prompt") ?? "";
     const resetBtn = el("button", { class: "iw-btn", "data-testid": "reset", title: "set every strength to 0" }, "reset");
     const stopBtn = el("button", { class: "iw-btn", "data-testid": "stop", title: "stop the running generation" }, "stop");
-    const top = el("div", { class: "iw-steer-top" }, promptInput, resetBtn, stopBtn);
+    const top = el("div", { class: "iw-steer-top" }, promptInput, resetBtn, stopBtn, imageButtons(rpc, root, "steering"));
 
     const rowsBox = el("div", { class: "iw-steer-rows", "data-testid": "directions" });
     const baselineText = el("pre", { class: "iw-steer-text", "data-testid": "baseline-text" });

@@ -11,7 +11,10 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
+import nbformat
 import pytest
+
+from workbench import course
 
 from .lab import CHROMIUM_ARGS, REPO, LabServer, NotebookPage, chromium_path
 
@@ -22,7 +25,7 @@ except ImportError:  # pragma: no cover - the browser fixture skips
 
 EXAMPLES = REPO / "examples"
 BUNDLES = ("attention", "neurons", "steering", "lens", "patching", "neuron-dashboard", "feature-list", "feature-dashboard", "agent",
-           "circuit", "attribution")
+           "circuit", "attribution", "static-runtime")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -34,12 +37,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
-    """A running JupyterLab whose root holds copies of examples/*.ipynb."""
+    """A running JupyterLab whose root holds copies of examples/*.ipynb (solutions filled in), kernels with QUICK=1."""
     base = tmp_path_factory.mktemp("lab")
     server = LabServer(base)
     server.root.mkdir(parents=True, exist_ok=True)
     for nb in EXAMPLES.glob("*.ipynb"):
-        shutil.copy(nb, server.root / nb.name)
+        # Course notebooks run here with their reference solutions filled in (every check passes);
+        # tests/test_course_notebooks.py runs them with the wrong answers under nbclient.
+        if course.exercise_cells(nbformat.read(str(nb), as_version=4)):
+            course.fill_notebook(nb, "solution", out=server.root / nb.name)
+        else:
+            shutil.copy(nb, server.root / nb.name)
     server.start()
     try:
         yield server

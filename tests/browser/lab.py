@@ -63,9 +63,10 @@ def free_port() -> int:
 class LabServer:
     """``jupyter lab`` in a temp root dir, isolated from the user's Jupyter setup."""
 
-    def __init__(self, base: Path, python: str = sys.executable) -> None:
+    def __init__(self, base: Path, python: str = sys.executable, app: str = "jupyterlab") -> None:
         self.base = base
         self.python = python
+        self.app = app  # "jupyterlab", or "notebook" for Jupyter Notebook 7 (same server, its own UI)
         self.root = base / "root"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -92,6 +93,7 @@ class LabServer:
             TRANSFORMERS_OFFLINE="1",
             TQDM_DISABLE="1",
             PYDEVD_DISABLE_FILE_VALIDATION="1",
+            QUICK="1",  # course notebooks shrink corpora and training steps (their code stays the same)
         )
         # Keep the HF cache where it was (read-only use) if the user had one configured.
         if "HF_HOME" not in env:
@@ -132,7 +134,7 @@ class LabServer:
             "allow_root": True,
             "terminals_enabled": False,
         }
-        cfg = {"ServerApp": server, "IdentityProvider": {"token": ""}, "LabApp": lab,
+        cfg = {"ServerApp": server, "IdentityProvider": {"token": ""}, "LabApp": lab, "JupyterNotebookApp": lab,
                "LanguageServerManager": {"autodetect": False},
                "MappingKernelManager": {"cull_idle_timeout": 0}}
         for name in ("jupyter_server_config.json", "jupyter_lab_config.json"):
@@ -147,7 +149,7 @@ class LabServer:
     def start(self, timeout: float = 90) -> LabServer:
         env = self._env()
         self._write_config(env)
-        cmd = [self.python, "-m", "jupyterlab", "--no-browser",
+        cmd = [self.python, "-m", self.app, "--no-browser",
                f"--ServerApp.root_dir={self.root}", f"--ServerApp.port={self.port}",
                "--IdentityProvider.token=", "--ServerApp.password=",
                "--ServerApp.disable_check_xsrf=True"]
@@ -240,11 +242,14 @@ class NotebookPage:
 
     def open(self, timeout: float = 120) -> NotebookPage:
         ws = Path(self.name).stem.replace(" ", "-")
-        self.page.goto(f"{self.lab.url}/lab/workspaces/{ws}/tree/{self.name}?reset",
-                       wait_until="domcontentloaded")
+        if self.lab.app == "notebook":  # Jupyter Notebook 7: one document per page
+            url = f"{self.lab.url}/notebooks/{self.name}"
+        else:
+            url = f"{self.lab.url}/lab/workspaces/{ws}/tree/{self.name}?reset"
+        self.page.goto(url, wait_until="domcontentloaded")
         self.page.wait_for_function(_JS_READY, timeout=timeout * 1000, polling=250)
         self.page.locator(".jp-Notebook").first.wait_for(state="visible", timeout=timeout * 1000)
-        self.page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # room for the widgets
+        self.page.evaluate("() => window.jupyterapp.shell.collapseLeft && window.jupyterapp.shell.collapseLeft()")
         self.wait_idle(timeout)
         return self
 
@@ -294,6 +299,16 @@ class NotebookPage:
         texts = self.page.locator(
             '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
         return [t for t in texts if "Error" in t or "Traceback" in t]
+
+    def feedback(self) -> dict[str, bool]:
+        """``{exercise id: passed}`` from the exercise checkers' outputs (`workbench.course.Feedback`)."""
+        rows = self.page.evaluate("""() => Array.from(document.querySelectorAll('.jp-OutputArea-output .iw-feedback'))
+          .map(el => [el.dataset.exercise, el.dataset.passed === 'true'])""")
+        return dict(rows)
+
+    def widget_views(self) -> int:
+        """How many workbench widget views are rendered in the notebook's outputs."""
+        return self.page.locator(".jp-OutputArea-output .iw-root").count()
 
     def cell_output(self, index: int) -> Any:
         """The output area of the index-th cell (negative counts from the end)."""
@@ -384,3 +399,29 @@ def write_notebook(path: Path, cells: list) -> Path:
     nb.cells = [nbformat.v4.new_code_cell(c) if isinstance(c, str) else c for c in cells]
     nbformat.write(nb, path)
     return path
+
+
+# Minimum widget views each course notebook renders (the ones its cells end with).
+MIN_VIEWS = {
+    "01_tour": 3, "02_attention": 2, "03_lens_and_tracing": 2, "04_circuits": 1, "05_neurons": 1,
+    "06_dictionaries": 3, "07_attribution_graphs": 1, "08_subspaces": 1, "09_autointerp": 1,
+}
+
+def assert_course_run(nb: NotebookPage, stem: str, timeout_ms: int = 240_000) -> None:
+    """A course notebook's run: every cell ran, no errors, every exercise check passed, enough widget views rendered."""
+    assert nb.all_ran, "Run All stopped at a failing cell"
+    assert nb.error_outputs() == []
+    prompts = [t.strip() for t in nb.page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()]
+    assert prompts and all(p.startswith("[") and p[1:-2].strip().isdigit() for p in prompts), prompts
+    import nbformat
+
+    from workbench import course
+
+    exercises = [ex for _, ex in course.exercise_cells(nbformat.read(str(REPO / "examples" / f"{stem}.ipynb"), as_version=4))]
+    got = nb.feedback()
+    assert set(got) == set(exercises) and all(got.values()), got
+    want = MIN_VIEWS[stem]
+    nb.page.wait_for_function("(n) => document.querySelectorAll('.jp-OutputArea-output .iw-root').length >= n",
+                              arg=want, timeout=timeout_ms, polling=500)
+    assert nb.widget_views() >= want
+    assert nb.page.locator(".jp-OutputArea-output .iw-root .iw-error").count() == 0

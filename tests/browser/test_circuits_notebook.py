@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .lab import close_notebook, open_and_run
+from .lab import assert_course_run, close_notebook, open_and_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
@@ -16,6 +16,7 @@ def test_circuits_notebook_runs_clean_in_jupyterlab(browser, bundles, lab) -> No
     nb = open_and_run(lab, browser, NOTEBOOK, timeout=2400)
     try:
         assert nb.all_ran, "Run All stopped at a failing cell"
+        assert_course_run(nb, "04_circuits")
         assert nb.error_outputs() == []
         prompts = [t.strip() for t in nb.page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()]
         assert prompts and all(p.startswith("[") and p[1:-2].strip().isdigit() for p in prompts), prompts

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .lab import NotebookPage, close_notebook, open_and_run, run_count
+from .lab import NotebookPage, assert_course_run, close_notebook, open_and_run, run_count
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
@@ -35,6 +35,7 @@ def texts(locator) -> list[str]:
 def test_tour_runs_clean_and_widgets_render(tour: NotebookPage) -> None:
     assert tour.all_ran, "Run All stopped at a failing cell"
     assert tour.error_outputs() == []
+    assert_course_run(tour, "01_tour")
     # every code cell ran (no [ ] prompts left)
     prompts = texts(tour.page.locator(".jp-CodeCell .jp-InputArea-prompt"))
     assert prompts and all(p.startswith("[") and p[1:-2].strip().isdigit() for p in prompts), prompts

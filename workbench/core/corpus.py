@@ -122,3 +122,15 @@ class Fingerprint:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def language_sets() -> dict[str, list[str]]:
+    """``{"english": [...], "french": [...]}``: 24 short parallel sentences per language, shipped with the
+    package (``workbench/data/languages.json``) for contrasting languages without a download."""
+    import json
+
+    raw = json.loads((DATA / "languages.json").read_text(encoding="utf-8"))
+    return {k: list(v) for k, v in raw.items() if isinstance(v, list)}

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_folder", "atomic_json", "atomic_tensors", "atomic_text", "fsync_dir", "fsync_file",
+__all__ = ["atomic_bytes", "atomic_folder", "atomic_json", "atomic_tensors", "atomic_text", "fsync_dir", "fsync_file",
            "fsync_tree"]
 
 
@@ -88,6 +88,20 @@ def atomic_text(path: str | os.PathLike[str], text: str) -> None:
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _commit(tmp, path)
+
+
+def atomic_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (fsynced before the rename)."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

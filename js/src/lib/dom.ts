@@ -80,13 +80,16 @@ export function debounce<A extends unknown[]>(fn: (...args: A) => void, ms: numb
 }
 
 export const BASE_CSS = `
-.iw-root { font-family: var(--jp-ui-font-family, system-ui, sans-serif); font-size: 12px; color: var(--jp-ui-font-color1, #222); }
+.iw-root { font-family: var(--jp-ui-font-family, system-ui, sans-serif); font-size: 12px; color: var(--jp-ui-font-color1, #222);
+  --iw-up: #1a7f37; --iw-down: #b3261e; }
+body[data-jp-theme-light="false"] .iw-root, .iw-root.iw-dark { --iw-up: #6ccf7f; --iw-down: #ff8a80; }
+.iw-image-buttons { display: inline-flex; gap: 0; }
 .iw-error { background: #fdecea; color: #611a15; border: 1px solid #f5c6cb; padding: 6px 8px; margin: 4px 0; border-radius: 4px; }
 .iw-error pre { white-space: pre-wrap; font-size: 11px; max-height: 200px; overflow: auto; }
 .iw-tok { font-family: var(--jp-code-font-family, monospace); white-space: pre; padding: 1px 0; border-radius: 2px; }
-.iw-status { color: #666; font-size: 11px; min-height: 14px; }
+.iw-status { color: var(--jp-ui-font-color2, #666); font-size: 11px; min-height: 14px; }
 .iw-table { border-collapse: collapse; font-size: 12px; }
-.iw-table td, .iw-table th { padding: 2px 6px; border-bottom: 1px solid #eee; text-align: left; }
+.iw-table td, .iw-table th { padding: 2px 6px; border-bottom: 1px solid var(--jp-border-color2, #eee); text-align: left; }
 .iw-table td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .iw-btn { font-size: 12px; padding: 2px 8px; margin: 2px; cursor: pointer; }
 `;

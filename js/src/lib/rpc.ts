@@ -5,6 +5,8 @@
 // consecutive chunk messages {type, id, chunk: {part, index, count, sizes, head}}, each with
 // one slice of a byte stream (the content's JSON text, then every buffer); Chunks
 // reassembles them, in any order, into the reply they came from.
+// The kernel may also ask a view for an image ({type: "snapshot", id, format}, from
+// widget.save_image): `onSnapshot` (set by lib/snapshot.ts imageButtons) answers it.
 import { hydrate } from "./arrays";
 
 type Raw = DataView | ArrayBuffer | Uint8Array;
@@ -99,6 +101,8 @@ export class Rpc {
   /** Identifies this view: the kernel supersedes older requests per (method, view). */
   readonly view = Math.random().toString(36).slice(2);
   private handler = (msg: any, buffers: any[]) => this.receive(msg, buffers ?? []);
+  /** Answers the kernel's {type: "snapshot", id, format} (see lib/snapshot.ts). */
+  onSnapshot: ((msg: { id: number; format: string }) => void) | null = null;
 
   constructor(private model: AnyModel) {
     model.on("msg:custom", this.handler);
@@ -114,6 +118,17 @@ export class Rpc {
     return { id, promise };
   }
 
+  /** Send `method(params)` (binary `buffers` too) without waiting for the reply (it is ignored). */
+  notify(method: string, params: Record<string, unknown> = {}, buffers: Uint8Array[] = []): void {
+    const id = this.next++;
+    const bufs = buffers.map((b) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer);
+    try {
+      this.model.send({ type: "request", id, method, params, view: this.view }, undefined, bufs.length ? bufs : undefined);
+    } catch {
+      // no kernel (a static HTML copy): nothing to tell
+    }
+  }
+
   /** Ask the kernel to stop request `id`; its promise rejects with Cancelled. */
   cancel(id: number): void {
     const p = this.pending.get(id);
@@ -125,6 +140,10 @@ export class Rpc {
   }
 
   receive(msg: any, buffers: any[]): void {
+    if (msg && msg.type === "snapshot") {
+      this.onSnapshot?.(msg);
+      return;
+    }
     if (!msg || msg.type !== "reply") return;
     const p = this.pending.get(msg.id);
     if (!p) return; // stale or cancelled
@@ -154,6 +173,8 @@ export class Rpc {
   }
 
   dispose(): void {
+    if (this.onSnapshot) this.notify("image_view", { view: this.view, open: false });
+    this.onSnapshot = null;
     this.model.off("msg:custom", this.handler);
     for (const p of this.pending.values()) p.reject(new Cancelled("widget closed"));
     this.pending.clear();
