@@ -23,7 +23,10 @@ from .lab import ARTIFACTS, REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
-NOTEBOOKS = [n for n in ("01_tour.ipynb", "06_dictionaries.ipynb") if (REPO / "examples" / n).exists()]
+# 06: one of its views (the second) asks for a request its widget's static_requests() did not record, so it
+# shows "static copy" instead of its last state; strict, so the fix turns this red until the mark goes.
+NOTEBOOKS = ["01_tour.ipynb", pytest.param("06_dictionaries.ipynb", marks=pytest.mark.xfail(
+    strict=True, reason="a 06 view's first request is not among the recorded replies (known gap)"))]
 STATIC_NOTE = "static copy: open the notebook to rerun"
 LOCAL = ("file:", "data:", "blob:")
 
