@@ -83,16 +83,7 @@ def _commit(tmp: Path, path: Path) -> None:
 
 def atomic_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (fsynced before the rename)."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _commit(tmp, path)
+    atomic_bytes(path, text.encode("utf-8"))
 
 
 def atomic_bytes(path: str | os.PathLike[str], data: bytes) -> None:
