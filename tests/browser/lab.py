@@ -153,6 +153,8 @@ class LabServer:
                f"--ServerApp.root_dir={self.root}", f"--ServerApp.port={self.port}",
                "--IdentityProvider.token=", "--ServerApp.password=",
                "--ServerApp.disable_check_xsrf=True"]
+        if self.app == "notebook":  # Notebook 7 reads its own app class's flag, not LabApp's
+            cmd.append("--JupyterNotebookApp.expose_app_in_browser=True")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, cwd=self.root, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
