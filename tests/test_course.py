@@ -219,12 +219,16 @@ def total_effect(g, node):
 
 def test_graph_exercises(graph) -> None:
     top = lambda g: g.node_ids[int(g.adjacency[g.logit_start].abs().argmax())]  # noqa: E731
-    positive = lambda g: g.node_ids[int(g.adjacency[g.logit_start].argmin())]  # noqa: E731
+    most_positive = lambda g: g.node_ids[int(g.adjacency[g.logit_start].argmax())]  # noqa: E731
+    most_negative = lambda g: g.node_ids[int(g.adjacency[g.logit_start].argmin())]  # noqa: E731
     expect(course.check("07.top_input", top, graph=graph), True)
-    if positive(graph) != top(graph):
-        expect(course.check("07.top_input", positive, graph=graph), False, "expected")
+    # whichever sign the top edge has, an answer that looks at one sign fails (the sign-flipped copy)
+    expect(course.check("07.top_input", most_positive, graph=graph), False, "expected")
+    expect(course.check("07.top_input", most_negative, graph=graph), False, "expected")
     expect(course.check("07.total_effect", total_effect, graph=graph), True, "replacement model")
     direct = lambda g, n: -float(g.adjacency[g.logit_start, g.index(n)])  # noqa: E731
+    # the default node is one whose indirect paths matter: the direct edge alone fails there
+    expect(course.check("07.total_effect", direct, graph=graph), False, "only the direct edge")
     # a layer-0 feature reaches the logit directly and through the layer-2 features: the two differ
     node = next(n for n in graph.node_ids[: graph.n_features] if n.startswith("0_")
                 and abs(direct(graph, n) - total_effect(graph, n)) > 1e-3)

@@ -408,3 +408,19 @@ def test_explanations_come_from_the_stores_explanations_file(llama: wb.Model, sa
             FeatureFacts(llama, sae, explanations=3)
     finally:
         (store.path / "explanations.json").unlink()
+
+
+def test_static_copy_records_every_request_of_the_first_render(llama, sae) -> None:
+    """The dashboard view asks for the latent, then encodes its text box: both replies are recorded."""
+    dash = FeatureDashboard(llama, sae, 3, text=TEXT)
+    rec = dash.snapshot()["replies"]
+    assert [(r["method"], r["params"]) for r in rec] == [("latent", {"latent": 3}), ("custom", {"text": TEXT, "latent": 3})]
+    assert all("error" not in r for r in rec)
+    tokens, acts = encode(llama, sae, TEXT)
+    assert rec[1]["content"]["tokens"] == tokens
+    dash.text = ""  # an empty text box sends no custom request
+    assert [r["method"] for r in dash.snapshot()["replies"]] == ["latent"]
+    fl = FeatureList(llama, sae, PROMPT)
+    assert [r["method"] for r in fl.snapshot()["replies"]] == ["run", "edit"]
+    fl.latent = 5  # an open dashboard: its latent and its custom run of the list's text
+    assert [(r["method"], r["params"].get("latent")) for r in fl.snapshot()["replies"]][-2:] == [("latent", 5), ("custom", 5)]

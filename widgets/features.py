@@ -163,8 +163,11 @@ class FeatureDashboard(_DashboardRpc):
 
     # -- static copy ---------------------------------------------------------------------
     def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
-        """The shown latent's ``latent`` request."""
-        return [("latent", {"latent": int(self.latent)})]
+        """The shown latent's ``latent`` request, then its ``custom`` run of the text box's text."""
+        reqs: list[tuple[str, dict[str, Any]]] = [("latent", {"latent": int(self.latent)})]
+        if self.text.strip():  # the view encodes its custom text as soon as the latent is shown
+            reqs.append(("custom", {"text": self.text, "latent": int(self.latent)}))
+        return reqs
 
     @property
     def dictionary(self) -> Dictionary:
@@ -249,13 +252,16 @@ class FeatureList(_DashboardRpc):
 
     # -- static copy ---------------------------------------------------------------------
     def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
-        """``run`` of the prompt, the clicked token's ``token``, the ``edit`` predictions, the open latent."""
+        """``run`` of the prompt, the clicked token's ``token``, the ``edit`` predictions, the open latent
+        (and its dashboard's ``custom`` run)."""
         reqs: list[tuple[str, dict[str, Any]]] = [("run", {"prompt": self.prompt})]
         if self.position >= 0:
             reqs.append(("token", {"position": int(self.position), "prompt": self.prompt}))
         reqs.append(("edit", {"edits": [dict(e) for e in self.edits], "prompt": self.prompt}))
         if self.latent >= 0:
             reqs.append(("latent", {"latent": int(self.latent)}))
+            if self.text.strip():  # the open dashboard encodes its custom text once the latent is shown
+                reqs.append(("custom", {"text": self.text, "latent": int(self.latent)}))
         return reqs
 
     @rpc(background=True)

@@ -24,9 +24,10 @@ from .lab import ARTIFACTS, REPO
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
 # 06: one of its views (the second) asks for a request its widget's static_requests() did not record, so it
-# shows "static copy" instead of its last state; strict, so the fix turns this red until the mark goes.
-NOTEBOOKS = ["01_tour.ipynb", pytest.param("06_dictionaries.ipynb", marks=pytest.mark.xfail(
-    strict=True, reason="a 06 view's first request is not among the recorded replies (known gap)"))]
+# shows "static copy" instead of its last state; the offline-render test is a strict xfail for it, so the
+# fix turns that test red until the entry goes.
+NOTEBOOKS = ["01_tour.ipynb", "06_dictionaries.ipynb"]
+KNOWN_GAPS = {"06_dictionaries.ipynb": "a 06 view's first request is not among the recorded replies (known gap)"}
 STATIC_NOTE = "static copy: open the notebook to rerun"
 LOCAL = ("file:", "data:", "blob:")
 
@@ -89,7 +90,10 @@ def page(browser: Any, exported: dict) -> Iterator[tuple[Any, list[str]]]:
     assert errors == [], errors
 
 
-def test_static_page_renders_every_widget_offline(page: tuple[Any, list[str]], exported: dict) -> None:
+def test_static_page_renders_every_widget_offline(page: tuple[Any, list[str]], exported: dict,
+                                                  request: pytest.FixtureRequest) -> None:
+    if exported["name"] in KNOWN_GAPS:  # only this test: the local controls of the same page work
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[exported["name"]]))
     p, left = page
     assert exported["anywidget"], "the notebook shows no workbench widget"
     assert p.locator(".iw-static").count() == len(exported["views"])  # one host per widget view

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.errors import WorkbenchError
+
 PASS, FAIL, TODO = "✅", "❌", "✏️"
 
 
-class Wrong(Exception):
+class Wrong(WorkbenchError):
     """Raised by a checker when the answer is wrong; its message says what was expected."""
 
 

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import WorkbenchError
 from ._feedback import FAIL, PASS, TODO
 
 MODES = ("solution", "wrong")
@@ -28,7 +29,7 @@ _HEADER = re.compile(r"^# %% (?P<id>\d\d\.[A-Za-z0-9_]+)(?: (?P<kind>wrong))?\s*
 _VERDICT = re.compile(rf"^(?P<mark>{PASS}|{FAIL}|{TODO}) (?P<id>\d\d\.[A-Za-z0-9_]+): ")
 
 
-class SolutionsError(ValueError):
+class SolutionsError(WorkbenchError, ValueError):
     """A solutions file is malformed or does not match its notebook's exercises."""
 
 
