@@ -185,3 +185,78 @@ def test_run_convenience_computes_both(llama: wb.Model, sweeps) -> None:
     torch.testing.assert_close(w.results["exact"].values, exact.values)
     torch.testing.assert_close(w.results["attribution"].values, attr.values)
     assert PatchingHeatmap.run(llama, CLEAN, CORRUPT, attribution=False, **KW).methods == ["exact"]
+
+
+# -- IIAHeatmap: a DAS sweep on the same view ------------------------------------------------------
+BASE, SOURCE = "The cat sat on the mat", "The mat sat on the cat"  # 9 tokens each
+
+
+@pytest.fixture(scope="module")
+def das(llama: wb.Model):
+    from workbench.causal.das import das_sweep
+
+    pairs = [(BASE, SOURCE, " the", " a"), (SOURCE, BASE, " a", " the")] * 4
+    return das_sweep(llama, ["resid_post.0", "resid_post.1"], [2, -1], pairs, k=[1, 2], steps=4, lr=5e-2,
+                     progress=False)
+
+
+def hook_interchange(model: wb.Model, layer: int, pos: int, basis: torch.Tensor) -> torch.Tensor:
+    """The reference by hand: the base run with ``h[pos] += ((h_src - h) @ B.T) @ B`` at decoder layer ``layer``."""
+    hf, block = model.hf, model.hf.model.layers[layer]
+    ids = {p: model.tokenizer(p, return_tensors="pt")["input_ids"] for p in (BASE, SOURCE)}
+    rec = {}
+
+    def grab(_m, _a, out):
+        rec["h"] = (out[0] if isinstance(out, tuple) else out)[0, pos].detach().clone()
+
+    def put(_m, _a, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[0, pos] += ((rec["h"] - h[0, pos]) @ basis.T) @ basis
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    for fn, p in ((grab, SOURCE), (put, BASE)):
+        hd = block.register_forward_hook(fn)
+        try:
+            with torch.no_grad():
+                logits = hf(input_ids=ids[p]).logits[0, -1]
+        finally:
+            hd.remove()
+    return logits
+
+
+def test_iia_heatmap_shows_the_sweep_and_replays_a_cell(llama: wb.Model, das) -> None:
+    from workbench.widgets import IIAHeatmap
+
+    w = das.show(llama, (BASE, SOURCE, " the", " a"), top_k=5)
+    assert isinstance(w, IIAHeatmap) and w.methods == ["k=1", "k=2"] and w.method == "k=1"
+    n = len(llama.tokenize(BASE).tokens[0])
+    body, buffers = buffers_only(w.call("heatmap"))
+    assert buffers and body["names"] == {"clean": "source", "corrupted": "base"}
+    assert body["row_labels"] == ["resid_post.0", "resid_post.1"]
+    r = w.call("heatmap")
+    for grid, k in zip(r["grids"], [1, 2], strict=True):
+        np.testing.assert_array_equal(grid["values"], das.grid(k).numpy())
+        np.testing.assert_array_equal(grid["columns"], [2, n - 1])  # -1 shown at its token
+        np.testing.assert_array_equal(grid["layers"], [0, 1])
+    assert_pred(r["predictions"]["corrupted"], llama.run(BASE, top_k=5))
+    assert_pred(r["predictions"]["clean"], llama.run(SOURCE, top_k=5))
+    for k in (1, 2):
+        w.method = f"k={k}"
+        a = w.apply(1, n - 1)
+        assert w.selected == [1, n - 1] and a["sweep"] == {"k=1": float(das.grid(1)[1, 1]), "k=2": float(das.grid(2)[1, 1])}
+        basis = das.results[("resid_post.1", -1, k)].subspace.basis.float()
+        ref = hook_interchange(llama, 1, n - 1, basis)
+        probs = torch.softmax(ref, -1)
+        np.testing.assert_allclose(a["predictions"]["patched"]["probs"], probs.topk(5).values.numpy(), rtol=1e-4, atol=1e-6)
+        tid = {t: llama.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (" the", " a")}
+        assert a["metric"]["patched"] == pytest.approx(float(ref[tid[" a"]] - ref[tid[" the"]]), abs=1e-4)
+    assert w.selected_specs[0].kind == "subspace_interchange"
+    assert [m for m, _ in w.static_requests()] == ["heatmap", "apply"]
+    with pytest.raises(IndexError, match="position 5 is not in this sweep"):
+        w.apply(0, 5)
+    with pytest.raises(IndexError, match="row 7"):
+        w.apply(7, 2)
+    with pytest.raises(ValueError, match="text prompts"):
+        IIAHeatmap(llama, das, ([1, 2], [3, 4], 1, 2))
+    with pytest.raises(TypeError, match="DASSweep"):
+        IIAHeatmap(llama, object(), (BASE, SOURCE, " the", " a"))

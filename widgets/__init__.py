@@ -2,6 +2,7 @@
 
     from workbench.widgets import AttentionHeads, NeuronHeatmap, SteeringPanel, LogitLens, PatchingHeatmap
     from workbench.widgets import NeuronDashboard, FeatureList, FeatureDashboard
+    from workbench.widgets import IIAHeatmap           # a DAS sweep's IIA grid (das_sweep(...).show(model, pair))
     from workbench.widgets import export_html          # a static HTML copy of a notebook, widgets included
 
 The source lives in the top-level ``widgets/`` folder; its import name is `workbench.widgets`
@@ -23,18 +24,19 @@ else:
     from .lens import LogitLens
     from .neuron_dashboard import NeuronDashboard
     from .neurons import NeuronHeatmap
-    from .patching import PatchingHeatmap
+    from .patching import IIAHeatmap, PatchingHeatmap
     from .steering import SteeringPanel
 
 __all__ = ["AgentTranscript", "AttentionHeads", "FeatureDashboard", "FeatureList", "LogitLens", "NeuronDashboard", "NeuronHeatmap",
            "PatchingHeatmap", "SteeringPanel", "register_viewers"]
-__all__ += ["CircuitGraph", "AttributionGraph", "export_html", "snapshot_widgets"]
+__all__ += ["CircuitGraph", "AttributionGraph", "IIAHeatmap", "export_html", "snapshot_widgets"]
 
 
 def register_viewers() -> None:
     """Register each widget as the ``.show()`` viewer of the engine result it displays."""
     import workbench.circuits as circuits
     import workbench.graphs as graphs
+    from workbench.causal.das import DASSweep
     from workbench.causal.lens import LensResult
     from workbench.causal.patching import PatchingResult
     from workbench.circuits import EdgeScores
@@ -45,6 +47,7 @@ def register_viewers() -> None:
     from workbench.neurons.weights import NeuronWeights
 
     register_viewer(PatchingResult, lambda res, **kw: PatchingHeatmap.from_result(res, **kw))
+    register_viewer(DASSweep, lambda sweep, model, pair, **kw: IIAHeatmap(model, sweep, pair, **kw))
     register_viewer(LensResult, lambda res, **kw: LogitLens.from_result(res.model, res, **kw))
     register_viewer(ScanStore, lambda store, **kw: NeuronDashboard(store, **kw))
     register_viewer(NeuronWeights, _weights_dashboard)

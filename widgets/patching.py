@@ -26,7 +26,9 @@ import torch
 import traitlets
 
 import workbench as wb
+from workbench.causal.das import DASResult, DASSweep, counterfactual_pairs
 from workbench.causal.patching import PatchingResult, metric_values, noise_specs, token_id
+from workbench.core.sites import Site
 
 from ._base import Job, WorkbenchWidget, bundle, rpc
 
@@ -72,8 +74,7 @@ class PatchingHeatmap(WorkbenchWidget):
         self.lm = model
         self.results: dict[str, PatchingResult] = results
         self._refs: dict[int, dict[str, Any]] = {}
-        self._runs: OrderedDict[tuple, wb.RunResult] = OrderedDict()
-        self._lock_runs = threading.Lock()
+        self._runs = _RunCache(model)
         methods = sorted(results, key=lambda m: (m != "exact", m))
         r = self.result
         title = (f"{r.direction} {r.site} patching, {r.metric}: clean {r.clean!r}"
@@ -126,18 +127,7 @@ class PatchingHeatmap(WorkbenchWidget):
 
     # -- runs ----------------------------------------------------------------------------
     def _cached_run(self, prompt: str, specs: list[wb.Spec], top_k: int) -> wb.RunResult:
-        key = (prompt, tuple(s.to_json() for s in specs), top_k)
-        with self._lock_runs:
-            hit = self._runs.get(key)
-            if hit is not None:
-                self._runs.move_to_end(key)
-                return hit
-        res = self.lm.run(prompt, specs, top_k=top_k)
-        with self._lock_runs:
-            self._runs[key] = res
-            while len(self._runs) > _CACHE_SIZE:
-                self._runs.popitem(last=False)
-        return res
+        return self._runs.run(prompt, specs, top_k)
 
     def _corrupt_run(self, top_k: int) -> wb.RunResult:
         r = self.result
@@ -253,3 +243,167 @@ def _span(xs: list[int]) -> str:
     if xs and xs == list(range(xs[0], xs[-1] + 1)):
         return f"{xs[0]}..{xs[-1]}"
     return str(xs)
+
+
+class IIAHeatmap(WorkbenchWidget):
+    """A `DASSweep`'s IIA grid on the patching heatmap's view; click a cell to replay its interchange.
+
+    Rows are the swept sites, columns the swept positions (labelled by the pair's base tokens), one
+    heatmap per ``k`` (the view's toggle). Clicking a cell runs the pair's base prompt with that
+    cell's learned `SubspaceInterchange` from the source prompt and shows the base, source and
+    patched next-token predictions, with the logit difference (source answer − base answer).
+
+        sweep = wb.das_sweep(model, ["resid_post.4", "resid_post.8"], [-2, -1], pairs, k=[1, 2])
+        IIAHeatmap(model, sweep, pairs[0])          # or sweep.show(model, pairs[0])
+
+    ``pair`` is ``(base, source, base_answer, source_answer)`` with text prompts of equal token length.
+    ``selected`` is ``[row id, position]`` (the row id is the site's layer when the sites' layers
+    differ, else its index); ``method`` is the shown ``"k=…"``.
+    """
+
+    _esm = bundle("patching")
+
+    method = traitlets.Unicode("").tag(sync=True)
+    methods = traitlets.List(traitlets.Unicode(), []).tag(sync=True)
+    selected = traitlets.List(traitlets.Int(), []).tag(sync=True)
+    top_k = traitlets.Int(10).tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, model: wb.Model, sweep: DASSweep, pair: Any, *, top_k: int = 10, **kwargs: Any) -> None:
+        if not isinstance(sweep, DASSweep):
+            raise TypeError(f"IIAHeatmap shows a DASSweep (from das_sweep), not {type(sweep).__name__}")
+        if not isinstance(pair, (tuple, list)) or len(pair) != 4 or not all(isinstance(p, str) for p in pair[:2]):
+            raise ValueError("pair must be (base, source, base_answer, source_answer) with text prompts")
+        if not 1 <= int(top_k) <= 100:
+            raise ValueError(f"top_k must be between 1 and 100, not {top_k}")
+        cp = counterfactual_pairs(model, [tuple(pair)])  # equal lengths, single-token answers
+        self.lm, self.sweep = model, sweep
+        self.base, self.source = str(pair[0]), str(pair[1])
+        self.base_answer, self.source_answer = cp.base_answers[0], cp.source_answers[0]
+        n = len(cp.base[0])
+        bad = [p for p in sweep.positions if not -n <= p < n]
+        if bad:
+            raise IndexError(f"the sweep's positions {bad} do not fit the pair's {n} tokens")
+        self._cols = [p % n for p in sweep.positions]  # absolute, for the token labels
+        if len(set(self._cols)) != len(self._cols):
+            raise ValueError(f"the sweep's positions {sweep.positions} name the same token twice for a {n}-token pair")
+        layers = [Site.parse(s).layer for s in sweep.sites]
+        self._rows = layers if None not in layers and len(set(layers)) == len(layers) else list(range(len(sweep.sites)))
+        self._runs = _RunCache(model)
+        methods = [f"k={k}" for k in sweep.ks]
+        title = f"DAS IIA over {len(sweep.sites)} sites × {len(sweep.positions)} positions: base {self.base!r}, source {self.source!r}"
+        super().__init__(method=methods[0], methods=methods, top_k=int(top_k), title=title, **kwargs)
+
+    # -- cells ---------------------------------------------------------------------------
+    @property
+    def k(self) -> int:
+        """The ``k`` of the heatmap shown."""
+        return self.sweep.ks[self.methods.index(self.method)] if self.method in self.methods else self.sweep.ks[0]
+
+    def _cell(self, row: Any, col: Any) -> tuple[str, int]:
+        try:
+            row, col = int(row), int(col)
+        except (TypeError, ValueError):
+            raise ValueError(f"a cell is [row, position] as two integers, not [{row!r}, {col!r}]") from None
+        if row not in self._rows:
+            raise IndexError(f"row {row} is not in this sweep: its rows are {self._rows} ({self.sweep.sites})")
+        if col not in self._cols:
+            raise IndexError(f"position {col} is not in this sweep: its positions are {self._cols}")
+        return self.sweep.sites[self._rows.index(row)], self.sweep.positions[self._cols.index(col)]
+
+    def result_at(self, row: int, col: int, k: int | None = None) -> DASResult:
+        """The `DASResult` of a cell (``k``: the shown one unless given)."""
+        site, pos = self._cell(row, col)
+        return self.sweep.results[(site, pos, self.k if k is None else int(k))]
+
+    @property
+    def selected_specs(self) -> list[wb.Spec]:
+        """The selected cell's interchange spec (``[]`` when no cell is selected)."""
+        if len(self.selected) != 2:
+            return []
+        return [self.result_at(*self.selected).spec(self.source)]
+
+    def _logit_diff(self, res: wb.RunResult) -> float:
+        last = res.logits[0, -1].float() if res.logits.dim() == 3 else res.logits[0].float()
+        return float(last[self.source_answer] - last[self.base_answer])
+
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ``heatmap``, and the selected cell's ``apply`` when one is selected."""
+        reqs: list[tuple[str, dict[str, Any]]] = [("heatmap", {"top_k": int(self.top_k)})]
+        if len(self.selected) == 2:
+            reqs.append(("apply", {"layer": int(self.selected[0]), "col": int(self.selected[1]), "top_k": int(self.top_k)}))
+        return reqs
+
+    # -- rpc -------------------------------------------------------------------------------
+    @rpc()
+    def rpc_heatmap(self, top_k: int | None = None) -> dict[str, Any]:
+        """One IIA grid per k as float32 buffers (raw: training IIA), the row labels, base and source predictions."""
+        top_k = self.top_k if top_k is None else int(top_k)
+        base, source = self._runs.run(self.base, [], top_k), self._runs.run(self.source, [], top_k)
+        mb, ms = self._logit_diff(base), self._logit_diff(source)
+        grids = [{"method": m, "values": _f32(self.sweep.grid(k)), "raw": _f32(self.sweep.grid(k, train=True)),
+                  "layers": _i32(self._rows), "columns": _i32(self._cols), "clean_metric": ms, "corrupted_metric": mb}
+                 for m, k in zip(self.methods, self.sweep.ks, strict=True)]
+        return {
+            "grids": grids, "methods": list(self.methods), "method": self.method, "column_kind": "position",
+            "tokens": [t.text for t in self.lm.tokenize(self.base).tokens[0]],
+            "site": ", ".join(self.sweep.sites), "metric": "logit diff (source − base answer)", "direction": "DAS IIA",
+            "clean": self.source, "corrupted": self.base, "answer": self.lm.tokenizer.decode([self.source_answer]),
+            "wrong": self.lm.tokenizer.decode([self.base_answer]), "clean_metric": ms, "corrupted_metric": mb,
+            "title": self.title, "names": {"clean": "source", "corrupted": "base"}, "row_labels": list(self.sweep.sites),
+            "help": "Each cell is the held-out IIA of the subspace DAS learned there (raw: training IIA). "
+                    "Click a cell to run the base prompt with that interchange from the source.",
+            "predictions": {"clean": PatchingHeatmap._pred(source), "corrupted": PatchingHeatmap._pred(base)},
+        }
+
+    @rpc(background=True)
+    def rpc_apply(self, layer: int, col: int, top_k: int | None = None, job: Job | None = None) -> dict[str, Any]:
+        """Run the base prompt with one cell's interchange from the source; the three predictions and metrics."""
+        site, pos = self._cell(layer, col)
+        top_k = self.top_k if top_k is None else int(top_k)
+        spec = self.sweep.results[(site, pos, self.k)].spec(self.source)
+        base, source = self._runs.run(self.base, [], top_k), self._runs.run(self.source, [], top_k)
+        if job is not None:
+            job.check()
+        patched = self.lm.run(self.base, [spec], top_k=top_k)
+        mb, ms, mp = self._logit_diff(base), self._logit_diff(source), self._logit_diff(patched)
+        sweep = {m: float(self.sweep.grid(k)[self.sweep.sites.index(site), self.sweep.positions.index(pos)])
+                 for m, k in zip(self.methods, self.sweep.ks, strict=True)}
+        return {
+            "layer": int(layer), "col": int(col), "specs": [spec.to_dict()],
+            "predictions": {"clean": PatchingHeatmap._pred(source), "corrupted": PatchingHeatmap._pred(base),
+                            "patched": PatchingHeatmap._pred(patched)},
+            "metric": {"name": "logit diff", "clean": ms, "corrupted": mb, "patched": mp,
+                       "normalized": (mp - mb) / (ms - mb) if ms != mb else float("nan")},
+            "sweep": sweep,
+        }
+
+    def apply(self, row: int, col: int) -> dict[str, Any]:
+        """Select a cell from Python, run its interchange and return the reply (the view follows ``selected``)."""
+        self._cell(row, col)
+        self.selected = [int(row), int(col)]
+        return self.call("apply", layer=int(row), col=int(col))
+
+
+class _RunCache:
+    """The last few ``model.run(prompt, specs, top_k)`` results, keyed by their JSON (thread-safe)."""
+
+    def __init__(self, model: wb.Model, size: int = _CACHE_SIZE) -> None:
+        self.model, self.size = model, size
+        self._runs: OrderedDict[tuple, wb.RunResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def run(self, prompt: str, specs: list[wb.Spec], top_k: int) -> wb.RunResult:
+        key = (prompt, tuple(s.to_json() for s in specs), top_k)
+        with self._lock:
+            hit = self._runs.get(key)
+            if hit is not None:
+                self._runs.move_to_end(key)
+                return hit
+        res = self.model.run(prompt, specs, top_k=top_k)
+        with self._lock:
+            self._runs[key] = res
+            while len(self._runs) > self.size:
+                self._runs.popitem(last=False)
+        return res

@@ -31,6 +31,10 @@ interface HeatmapReply {
   corrupted_metric: number;
   title: string;
   predictions: { clean: L.Prediction; corrupted: L.Prediction };
+  /** Optional (an IIA sweep): what the reference runs are called, the row labels, the help line. */
+  names?: Partial<L.RunNames>;
+  row_labels?: string[];
+  help?: string;
 }
 
 interface ApplyReply {
@@ -85,9 +89,9 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   const toggle = el("div", { class: "ph-toggle", "data-testid": "method-toggle", role: "group", "aria-label": "heatmap method" });
   const status = el("span", { class: "iw-status", "data-testid": "status" });
   const controls = el("div", { class: "ph-controls" }, toggle, imageButtons(rpc, root, "patching"), status);
-  const help = el("div", { class: "ph-help" },
-    "Click a cell to apply that single patch and rerun. Colours: ", el("span", { class: "ph-legend" }),
-    " negative → 0 (corrupted) → 1 (clean).");
+  const helpText = el("span", {}, "Click a cell to apply that single patch and rerun. Colours: ");
+  const legendText = el("span", {}, " negative → 0 (corrupted) → 1 (clean).");
+  const help = el("div", { class: "ph-help" }, helpText, el("span", { class: "ph-legend" }), legendText);
   const errors = el("div", { "data-testid": "errors" });
   const heatWrap = el("div", { class: "ph-heatwrap" });
   const readoutBox = el("div", { class: "ph-readout", "data-testid": "cell-readout" });
@@ -129,7 +133,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       class: "ph-heat", "data-testid": "heatmap", "data-method": grid.method, "data-kind": data.column_kind,
       "data-scale": String(half),
     });
-    const head = el("tr", {}, el("th", { class: "ph-corner" }, "layer"));
+    const head = el("tr", {}, el("th", { class: "ph-corner" }, data.row_labels ? "site" : "layer"));
     for (let j = 0; j < C; j++) {
       const th = el("th", { class: "ph-col", "data-col": String(cols[j]), style: `width:${lay.cell}px` });
       if (j % stride === 0) th.append(tokenSpan(labels[j]));
@@ -138,7 +142,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     }
     const body = el("tbody");
     for (let i = 0; i < R; i++) {
-      const row = el("tr", {}, el("th", { class: "ph-row" }, String(layers[i])));
+      const row = el("tr", {}, el("th", { class: "ph-row" }, L.rowLabel(data.row_labels, layers, i)));
       for (let j = 0; j < C; j++) {
         const v = vals[i * C + j];
         const cell = el("td", {
@@ -175,9 +179,10 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
 
   function renderPredictions(preds: Partial<Record<L.PredColumn, L.Prediction | null>>): void {
     const hasPatched = !!preds.patched;
+    const names = L.runNames(data?.names);
     const head = el("tr", {}, el("th", {}, "#"),
-      el("th", { colspan: "2", "data-testid": "col-clean" }, "clean"),
-      el("th", { colspan: "2", "data-testid": "col-corrupted" }, "corrupted"),
+      el("th", { colspan: "2", "data-testid": "col-clean" }, names.clean),
+      el("th", { colspan: "2", "data-testid": "col-corrupted" }, names.corrupted),
       el("th", { colspan: "2", class: "ph-patched", "data-testid": hasPatched ? "col-patched" : "col-patched-empty" },
         hasPatched ? "patched" : "patched (click a cell)"));
     const rows = L.predictionRows(preds).map((r, k) => el("tr", { "data-testid": "prediction-row", "data-rank": String(k + 1) },
@@ -190,18 +195,25 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   function renderMetric(a: ApplyReply | null): void {
     if (!data) return;
     const m = data.metric;
+    const names = L.runNames(data.names);
     if (!a) {
-      metricBox.textContent = `${m}: clean ${L.formatValue(data.clean_metric)}, corrupted ${L.formatValue(data.corrupted_metric)}`;
+      metricBox.textContent = `${m}: ${names.clean} ${L.formatValue(data.clean_metric)}, ${names.corrupted} ${L.formatValue(data.corrupted_metric)}`;
       specBox.textContent = "";
       return;
     }
     const sweep = Object.entries(a.sweep).map(([k, v]) => `${k} ${L.formatValue(v)}`).join(", ");
-    metricBox.textContent = `${m}: clean ${L.formatValue(a.metric.clean)}, corrupted ${L.formatValue(a.metric.corrupted)}, ` +
+    metricBox.textContent = `${m}: ${names.clean} ${L.formatValue(a.metric.clean)}, ${names.corrupted} ${L.formatValue(a.metric.corrupted)}, ` +
       `patched ${L.formatValue(a.metric.patched)} → normalized ${L.formatValue(a.metric.normalized)}` +
       (sweep ? ` (heatmap: ${sweep})` : "");
     metricBox.dataset.patched = String(a.metric.patched);
     metricBox.dataset.normalized = String(a.metric.normalized);
-    specBox.textContent = `patch: layer ${a.layer}, ${L.columnName(data.column_kind, a.col)} (${a.specs.map((s) => `${s.kind} ${s.site}`).join("; ")})`;
+    const row = data.row_labels ? L.rowLabel(data.row_labels, L.chooseGrid(data.grids, method)?.layers.data ?? [], rowIndex(a.layer)) : `layer ${a.layer}`;
+    specBox.textContent = `patch: ${row}, ${L.columnName(data.column_kind, a.col)} (${a.specs.map((s) => `${s.kind} ${s.site}`).join("; ")})`;
+  }
+
+  function rowIndex(layer: number): number {
+    const grid = data ? L.chooseGrid(data.grids, method) : null;
+    return grid ? Array.prototype.indexOf.call(grid.layers.data, layer) as number : -1;
   }
 
   // -- kernel requests -----------------------------------------------------------
@@ -211,12 +223,15 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       data = r;
       if (!r.methods.includes(method)) method = r.methods[0] ?? method;
       title.textContent = r.title;
+      const names = L.runNames(r.names);
+      if (r.help) helpText.textContent = `${r.help} Colours: `;
+      legendText.textContent = ` negative → 0 (${names.corrupted}) → 1 (${names.clean}).`;
       renderToggle();
       renderHeatmap();
       renderPredictions(lastApply ? lastApply.predictions : r.predictions);
       renderMetric(lastApply);
       errors.replaceChildren();
-      status.textContent = `${r.site} · ${r.direction} · ${r.metric} · ${r.grids[0]?.layers.data.length ?? 0} layers × ` +
+      status.textContent = `${r.site} · ${r.direction} · ${r.metric} · ${r.grids[0]?.layers.data.length ?? 0} ${r.row_labels ? "sites" : "layers"} × ` +
         `${r.grids[0]?.columns.data.length ?? 0} ${r.column_kind}s`;
       bump();
       if (selected.length === 2 && !lastApply) applyCell(selected[0], selected[1]);
@@ -287,8 +302,10 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     if (!c || !data) return;
     const col = Number(c.dataset.col);
     const label = data.column_kind === "position" ? (data.tokens[col] ?? "") : "";
-    readoutBox.textContent = L.readout(data.column_kind, Number(c.dataset.layer), col, label,
-      Number(c.dataset.value), Number(c.dataset.raw), method);
+    const layer = Number(c.dataset.layer);
+    const row = data.row_labels ? L.rowLabel(data.row_labels, L.chooseGrid(data.grids, method)?.layers.data ?? [], rowIndex(layer)) : undefined;
+    readoutBox.textContent = L.readout(data.column_kind, layer, col, label,
+      Number(c.dataset.value), Number(c.dataset.raw), method, row);
     readoutBox.dataset.value = c.dataset.value ?? "";
   });
   toggle.addEventListener("click", (ev) => {

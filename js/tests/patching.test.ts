@@ -127,3 +127,13 @@ test("predictionRows aligns clean/corrupted/patched by rank", () => {
   assert.equal(withPatched[2].patched!.token, "e");
   assert.deepEqual(L.predictionRows({}), []);
 });
+
+test("run names and row labels: the patching defaults, or an IIA sweep's own", () => {
+  assert.deepEqual(L.runNames(undefined), { clean: "clean", corrupted: "corrupted" });
+  assert.deepEqual(L.runNames({ clean: "source", corrupted: "base" }), { clean: "source", corrupted: "base" });
+  assert.deepEqual(L.runNames({ clean: "" }), { clean: "clean", corrupted: "corrupted" });
+  assert.equal(L.rowLabel(undefined, [3, 7], 1), "7");
+  assert.equal(L.rowLabel(["resid_post.3", "resid_post.7"], [3, 7], 1), "resid_post.7");
+  assert.ok(L.readout("position", 3, 2, " cat", 0.75, 0.5, "k=1", "resid_post.3").startsWith("resid_post.3 · position 2"));
+  assert.ok(L.readout("position", 3, 2, " cat", 0.75, 0.5, "exact").startsWith("layer 3 · "));
+});

@@ -1,5 +1,6 @@
 """PatchingHeatmap in JupyterLab: the heatmap renders, a clicked cell is replayed in the kernel,
 the predictions table gains the patched column, and the exact/attribution toggle recolours cells.
+The IIA heatmap of a DAS sweep (same view): a clicked cell reruns its interchange in the kernel.
 
 Uses the tiny random model (`workbench.testing.tiny_model`), so the notebook runs in seconds.
 """
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.browser
 TIMEOUT = 120
 CLEAN = "The cat sat on the mat"  # 9 tokens with the tiny tokenizer
 CORRUPT = "A dog is on a mat"
+SOURCE = "The mat sat on the cat"  # as long as CLEAN: a counterfactual pair for DAS
 
 SETUP = f"""\
 from workbench.testing import tiny_model
@@ -32,6 +34,12 @@ CELLS = [
     SETUP,
     "ph = PatchingHeatmap(model, exact, attr)\nph",
     f"heads = PatchingHeatmap.run(model, {CLEAN!r}, {CORRUPT!r}, site='z', attribution=False, **kw)\nheads",
+    # an IIA sweep on the same view (DAS with a few steps: the test is about the view, not the subspace)
+    f"""from workbench.causal.das import das_sweep
+pairs = [({CLEAN!r}, {SOURCE!r}, " the", " a"), ({SOURCE!r}, {CLEAN!r}, " a", " the")] * 4
+sweep = das_sweep(model, ["resid_post.0", "resid_post.1"], [2, -1], pairs, k=[1, 2], steps=4, lr=5e-2, progress=False)
+iia = sweep.show(model, pairs[0])
+iia""",
 ]
 
 
@@ -152,3 +160,32 @@ def test_bad_cell_from_python_shows_error(nb: NotebookPage) -> None:
     err.wait_for(timeout=TIMEOUT * 1000)
     assert "layer 7 is not in this sweep" in err.inner_text()
     nb.screenshot("patching-error", root)
+
+
+def test_iia_sweep_cell_click_reruns_the_interchange(nb: NotebookPage) -> None:
+    root = nb.widget(".iw-patching", index=2)
+    n0 = nb.wait_run_count(root, 0, timeout=TIMEOUT)
+    assert root.locator("[data-testid=patch-cell]").count() == 2 * 2
+    rows = root.locator("[data-testid=heatmap] th.ph-row").all_text_contents()
+    assert rows == ["resid_post.0", "resid_post.1"]
+    assert root.locator("[data-testid=col-clean]").inner_text() == "source"
+    assert root.locator("[data-testid=col-corrupted]").inner_text() == "base"
+    assert root.get_attribute("data-method") == "k=1"
+    base = root.locator("[data-testid=pred-corrupted]").evaluate_all("els => els.map(e => e.dataset.prob)")
+    cell(root, 1, 8).click()
+    n1 = nb.wait_run_count(root, n0, timeout=TIMEOUT)
+    assert root.get_attribute("data-selected") == "1,8"
+    assert root.locator("[data-testid=col-patched]").count() == 1
+    patched1 = root.locator("[data-testid=pred-patched]").evaluate_all("els => els.map(e => e.dataset.prob)")
+    assert patched1 != base  # the interchange changed the base run's predictions
+    assert "resid_post.1" in root.locator("[data-testid=cell-specs]").inner_text()
+    cell(root, 0, 2).click()
+    nb.wait_run_count(root, n1, timeout=TIMEOUT)
+    patched2 = root.locator("[data-testid=pred-patched]").evaluate_all("els => els.map(e => e.dataset.prob)")
+    assert patched2 != patched1
+    nb.execute("assert iia.selected == [0, 2], iia.selected\n"
+               "assert iia.selected_specs[0].site == 'resid_post.0'\nprint('iia ok')")
+    assert "iia ok" in nb.cell_output(-1).inner_text()
+    root.locator("[data-testid=method-toggle] button[data-method='k=2']").click()
+    root.locator("[data-testid=heatmap][data-method='k=2']").wait_for(timeout=TIMEOUT * 1000)
+    nb.screenshot("iia-heatmap", root)

@@ -61,6 +61,7 @@ from ..core.checkpoints import StepCheckpoint
 from ..core.errors import Cancelled, WorkbenchError
 from ..core.fileio import atomic_tensors
 from ..core.sites import TOKEN_SITES, WRITABLE, Site
+from ..core.viewers import Showable
 from .subspaces import Subspace, SubspaceInterchange
 
 __all__ = ["train_das", "das_sweep", "illusion_check", "interchange_logits", "interchange_accuracy", "counterfactual_pairs", "CounterfactualPairs", "DASResult",
@@ -865,8 +866,11 @@ def train_das(model: Any, site: str, pairs: Any, k: int = 1, *, positions: int |
 
 # -- sweeps ---------------------------------------------------------------------------------------
 @dataclass
-class DASSweep:
-    """DAS over sites x positions (x k): ``results[(site, position, k)]`` and the IIA grid."""
+class DASSweep(Showable):
+    """DAS over sites x positions (x k): ``results[(site, position, k)]`` and the IIA grid.
+
+    ``sweep.show(model, pair)`` opens the IIA heatmap widget, whose cells replay their interchange on
+    ``pair`` (``(base, source, base_answer, source_answer)``, text prompts)."""
 
     sites: list[str]
     positions: list[int]

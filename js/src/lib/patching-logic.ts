@@ -127,9 +127,23 @@ export function formatProb(p: number): string {
 
 /** The hover readout for one cell. */
 export function readout(kind: string, layer: number, col: number, label: string, value: number, raw: number,
-  method: string): string {
+  method: string, row?: string): string {
   const where = kind === "position" ? `position ${col} ${JSON.stringify(label)}` : columnName(kind, col);
-  return `layer ${layer} · ${where} · ${method}: ${formatValue(value)} (raw ${formatValue(raw)})`;
+  return `${row ?? `layer ${layer}`} · ${where} · ${method}: ${formatValue(value)} (raw ${formatValue(raw)})`;
+}
+
+/** What the two reference runs are called: "clean" / "corrupted", or the sweep's own names
+ * (an IIA sweep: "source" / "base"). */
+export interface RunNames { clean: string; corrupted: string }
+
+export function runNames(names?: Partial<RunNames> | null): RunNames {
+  return { clean: names?.clean || "clean", corrupted: names?.corrupted || "corrupted" };
+}
+
+/** The label of heatmap row `i`: the sweep's row label (a site name) when it sent one, else the layer. */
+export function rowLabel(rowLabels: readonly string[] | undefined, layers: ArrayLike<number>, i: number): string {
+  const named = rowLabels?.[i];
+  return named ? named : String(layers[i]);
 }
 
 // -- the method toggle ----------------------------------------------------------
