@@ -263,3 +263,52 @@ def test_layer_change_clears_ablations_and_tint(llama: wb.Model) -> None:
     assert w.ablated == [] and w.selected_neuron == -1 and w.interventions == []
     with pytest.raises(ValueError, match="mode"):
         NeuronHeatmap(llama, PROMPT, mode="half")
+
+
+def hand_grad_x_act(model: wb.Model, layer: int, target: int) -> np.ndarray:
+    """Gradient × activation by hand: the down projection's input, and the target logit's gradient at it."""
+    down = model.hf.model.layers[layer].mlp.down_proj
+    rec = {}
+
+    def keep(_m, args):
+        rec["x"] = args[0]
+        args[0].retain_grad()
+
+    h = down.register_forward_pre_hook(keep)
+    try:
+        with torch.enable_grad():
+            ids = model.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+            model.hf(input_ids=ids).logits[0, -1, target].backward()
+    finally:
+        h.remove()
+        model.hf.zero_grad(set_to_none=True)
+    return (rec["x"].grad * rec["x"]).detach()[0].float().numpy()
+
+
+def test_colour_by_attribution_matches_hand_written_gradient_x_activation(llama: wb.Model) -> None:
+    w = NeuronHeatmap(llama, PROMPT, layer=1, top_n=6, color_by="attribution")
+    r = w.call("run")
+    top = int(llama.run(PROMPT).top.ids[0, 0])
+    ref = hand_grad_x_act(llama, 1, top)
+    order = sorted(range(ref.shape[1]), key=lambda i: (-np.abs(ref[:, i]).max(), i))[:6]
+    assert r["neurons"].tolist() == order  # columns: the largest |attribution|
+    np.testing.assert_allclose(r["attribution"]["matrix"], ref[:, order], rtol=1e-4, atol=1e-6)
+    assert r["attribution"]["target"] == llama.tokenizer.decode([top])
+    assert r["attribution"]["total"] == pytest.approx(float(ref.sum()), rel=1e-4, abs=1e-6)
+    _, acts, _ = hand(llama, 1, 6)
+    np.testing.assert_allclose(r["baseline_matrix"], acts[:, order], rtol=1e-5, atol=1e-6)  # still activations
+    # another target reruns; the activation mode has no attribution
+    r2 = w.call("run", target=" the")
+    ref2 = hand_grad_x_act(llama, 1, llama.token_id(" the", "t"))
+    assert r2["state"]["target"] == " the" and w.target == ""  # explicit params never write traits
+    np.testing.assert_allclose(r2["attribution"]["matrix"], ref2[:, r2["neurons"]], rtol=1e-4, atol=1e-6)
+    assert w.call("run", color_by="activation")["attribution"] is None
+    assert [p["color_by"] for _, p in [w.static_requests()[0]]] == ["attribution"]
+    # integrated gradients: completeness against the logit's change from zeroed neurons
+    ig = NeuronHeatmap(llama, PROMPT, layer=1, top_n=6, color_by="attribution", attribution="integrated_gradients",
+                       steps=32).call("run")["attribution"]
+    assert ig["method"] == "integrated_gradients" and abs(ig["gap"]) <= 1e-2 * max(abs(ig["delta"]), 1e-3)
+    with pytest.raises(ValueError, match="color_by"):
+        w.call("run", color_by="rainbow")
+    with pytest.raises(ValueError, match="attribution must be"):
+        NeuronHeatmap(llama, PROMPT, attribution="saliency")

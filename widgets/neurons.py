@@ -12,6 +12,12 @@ In the browser:
   hatched, and the kernel reruns the prompt with `wb.zero_neurons` / `wb.scale_neurons`.
 - **shift-click a header, or click any cell of a column**, to tint the prompt text by that
   neuron's (unablated) activation; do it again to clear the tint.
+- **colour by attribution** (``color_by="attribution"``) reruns in the kernel and colours each
+  cell by that neuron's attribution to the ``target`` token's logit (blank: the top prediction)
+  on the unablated run: gradient × activation by default, or integrated gradients
+  (``attribution="integrated_gradients"``, ``steps``). Columns are then the ``top_n`` neurons
+  with the largest attribution (max |·| over tokens); the legend gives Σ attributions against
+  the logit's change.
 
 Columns are the ``top_n`` neurons with the largest activation (max over the prompt's
 tokens) in the *unablated* run, so they stay put while you toggle. The predictions table
@@ -32,11 +38,18 @@ import torch
 import traitlets
 
 import workbench as wb
+from workbench.causal.attribution import (
+    AttributionResult,
+    gradient_x_activation,
+    integrated_gradients,
+)
 from workbench.core.specs import Edit
 
 from ._base import Job, WorkbenchWidget, bundle, rpc
 
 MODES = ("zero", "scale")
+COLOR_BY = ("activation", "attribution")
+ATTRIBUTIONS = ("gradient_x_activation", "integrated_gradients")
 _CACHE_SIZE = 8
 
 
@@ -65,15 +78,24 @@ class NeuronHeatmap(WorkbenchWidget):
     factor = traitlets.Float(0.0).tag(sync=True)
     selected_neuron = traitlets.Int(-1).tag(sync=True)
     ablated = traitlets.List(traitlets.Int(), []).tag(sync=True)
+    color_by = traitlets.Unicode("activation").tag(sync=True)  # "activation" | "attribution"
+    target = traitlets.Unicode("").tag(sync=True)  # the attribution's target token ("": the top prediction)
 
     def __init__(self, model: wb.Model, prompt: str, layer: int = 0, top_n: int = 24,
                  mode: str = "zero", factor: float = 0.0, *, top_k: int = 10,
-                 ablated: list[int] | None = None, **kwargs: Any) -> None:
+                 ablated: list[int] | None = None, color_by: str = "activation", target: str = "",
+                 attribution: str = "gradient_x_activation", steps: int = 16, **kwargs: Any) -> None:
         self.lm = model
+        if attribution not in ATTRIBUTIONS:
+            raise ValueError(f"attribution must be one of {ATTRIBUTIONS}, not {attribution!r}")
+        if int(steps) < 1:
+            raise ValueError(f"steps must be at least 1, not {steps}")
+        self.attribution, self.steps = attribution, int(steps)
         self._cache: OrderedDict[tuple, wb.RunResult] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._attr_cache: OrderedDict[tuple, AttributionResult] = OrderedDict()
         self._last: tuple[tuple, wb.RunResult] | None = None
-        st = self._resolve(prompt, layer, top_n, top_k, mode, factor, ablated or [], -1)
+        st = self._resolve(prompt, layer, top_n, top_k, mode, factor, ablated or [], -1, color_by, target)
         chosen = st.pop("ablated")
         super().__init__(n_layers=model.arch.n_layers, d_mlp=model.arch.d_mlp, **st, **kwargs)
         self.ablated = chosen  # after `layer`, whose observer clears ablations
@@ -100,7 +122,7 @@ class NeuronHeatmap(WorkbenchWidget):
         return [wb.zero_neurons(layer, list(ablated))]
 
     def _resolve(self, prompt: str, layer: int, top_n: int, top_k: int, mode: str, factor: float,
-                 ablated: list[int], selected: int) -> dict[str, Any]:
+                 ablated: list[int], selected: int, color_by: str = "activation", target: str = "") -> dict[str, Any]:
         """Validate a full view state; clear errors for anything out of range."""
         arch = self.lm.arch
         if not isinstance(prompt, str) or not prompt:
@@ -129,8 +151,12 @@ class NeuronHeatmap(WorkbenchWidget):
         selected = int(selected)
         if not -1 <= selected < arch.d_mlp:
             raise IndexError(f"neuron {selected} is out of range: layer {layer} has neurons 0..{arch.d_mlp - 1}")
+        if color_by not in COLOR_BY:
+            raise ValueError(f"color_by must be 'activation' or 'attribution', not {color_by!r}")
+        if not isinstance(target, str):
+            raise ValueError(f"the target is a token's text (blank: the top prediction), not {target!r}")
         return {"prompt": prompt, "layer": layer, "top_n": top_n, "top_k": top_k, "mode": mode,
-                "factor": factor, "ablated": idx, "selected_neuron": selected}
+                "factor": factor, "ablated": idx, "selected_neuron": selected, "color_by": color_by, "target": target}
 
     # -- runs ----------------------------------------------------------------------
     def _baseline(self, prompt: str, layer: int, top_k: int) -> wb.RunResult:
@@ -147,6 +173,24 @@ class NeuronHeatmap(WorkbenchWidget):
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         return res
+
+    def _attribute(self, base: wb.RunResult, layer: int, target: str) -> tuple[AttributionResult, str]:
+        """Each neuron's attribution to the target token's last-position logit (cached), and the token's text."""
+        tid = int(base.top.ids[0, 0]) if not target else self.lm.token_id(target, "the attribution target")
+        key = (base.prompts[0], layer, tid, self.attribution, self.steps)
+        with self._cache_lock:
+            hit = self._attr_cache.get(key)
+        if hit is None:
+            kw: dict[str, Any] = {"metric": "logit", "target": tid, "progress": False}
+            if self.attribution == "integrated_gradients":
+                hit = integrated_gradients(self.lm, base.prompts[0], f"neurons.{layer}", steps=self.steps, **kw)
+            else:
+                hit = gradient_x_activation(self.lm, base.prompts[0], f"neurons.{layer}", **kw)
+            with self._cache_lock:
+                self._attr_cache[key] = hit
+                while len(self._attr_cache) > _CACHE_SIZE:
+                    self._attr_cache.popitem(last=False)
+        return hit, self.lm.tokenizer.decode([tid])
 
     @staticmethod
     def _acts(res: wb.RunResult, layer: int) -> np.ndarray:
@@ -191,13 +235,14 @@ class NeuronHeatmap(WorkbenchWidget):
         return [("run", {"prompt": self.prompt, "layer": int(self.layer), "top_n": int(self.top_n),
                          "top_k": int(self.top_k), "mode": "scale" if self.mode == "scale" else "zero",
                          "factor": float(self.factor), "ablated": sorted(set(self.ablated)),
-                         "selected_neuron": int(self.selected_neuron)})]
+                         "selected_neuron": int(self.selected_neuron), "color_by": self.color_by,
+                         "target": self.target})]
 
     @rpc(background=True)
     def rpc_run(self, prompt: str | None = None, layer: int | None = None, top_n: int | None = None,
                 top_k: int | None = None, mode: str | None = None, factor: float | None = None,
                 ablated: list[int] | None = None, selected_neuron: int | None = None,
-                job: Job | None = None) -> dict[str, Any]:
+                color_by: str | None = None, target: str | None = None, job: Job | None = None) -> dict[str, Any]:
         """Run the prompt with the ablations; reply with the heatmap, predictions and tint.
 
         Parameters left out come from the traits (the browser always sends all of them;
@@ -213,6 +258,8 @@ class NeuronHeatmap(WorkbenchWidget):
             self.factor if factor is None else factor,
             ([] if layer_given else list(self.ablated)) if ablated is None else ablated,
             (-1 if layer_given else self.selected_neuron) if selected_neuron is None else selected_neuron,
+            self.color_by if color_by is None else color_by,
+            self.target if target is None else target,
         )
         L = st["layer"]
         specs = self._specs(L, st["mode"], st["factor"], st["ablated"])
@@ -234,7 +281,19 @@ class NeuronHeatmap(WorkbenchWidget):
         self._last = ((*key, json.dumps([spec_dict(s) for s in specs])), cur)
 
         base_acts, cur_acts = self._acts(base, L), self._acts(cur, L)
-        cols = self.rank(base_acts, st["top_n"])
+        attr = None
+        if st["color_by"] == "attribution":
+            if job is not None:
+                job.check()
+            res, token = self._attribute(base, L, st["target"])
+            attr_mat = res.attributions.float().numpy().astype(np.float32, copy=False)  # [tokens, d_mlp]
+            cols = self.rank(np.abs(attr_mat), st["top_n"])
+            shown = np.ascontiguousarray(attr_mat[:, cols])
+            attr = {"matrix": shown, "scale": float(np.abs(shown).max()) if shown.size else 0.0,
+                    "method": res.method, "metric": f"the logit of {token!r}", "target": token, "foil": None,
+                    "total": res.total, "delta": res.delta, "gap": res.gap, "steps": res.steps}
+        else:
+            cols = self.rank(base_acts, st["top_n"])
         base_mat = np.ascontiguousarray(base_acts[:, cols])
         sel = st["selected_neuron"]
         return {
@@ -253,6 +312,7 @@ class NeuronHeatmap(WorkbenchWidget):
             "interventions": [spec_dict(s) for s in specs],
             "tint": self._tint(base, cur, L, sel) if sel >= 0 else None,
             "runs": runs,
+            "attribution": attr,
         }
 
     @rpc()

@@ -1,11 +1,13 @@
 // NeuronHeatmap: tokens × top MLP neurons at a layer, click a column header to
 // ablate that neuron (kernel reruns with wb.zero_neurons / wb.scale_neurons),
-// shift-click a header or click a cell to tint the prompt by that neuron.
+// shift-click a header or click a cell to tint the prompt by that neuron. "Colour by
+// attribution" reruns in the kernel and colours the cells by each neuron's attribution to the
+// target token's logit (gradient × activation, or integrated gradients).
 //
-// Browser-test hooks: root .iw-root.iw-neurons[data-run-count]; controls
-// [data-testid=prompt-input|run|layer-select|top-n|ablate-mode|scale-factor|clear-ablations];
-// heatmap headers th[data-testid=neuron][data-neuron=N][data-ablated][data-selected];
-// cells td[data-testid=cell][data-neuron=N][data-token=T]; [data-testid=tinted-text]
+// Browser-test hooks: root .iw-root.iw-neurons[data-run-count][data-color-by]; controls
+// [data-testid=prompt-input|run|layer-select|top-n|ablate-mode|scale-factor|color-by|attr-target|clear-ablations];
+// heatmap table[data-color-by] headers th[data-testid=neuron][data-neuron=N][data-ablated][data-selected];
+// cells td[data-testid=cell][data-neuron=N][data-token=T][data-value][data-attr]; [data-testid=legend]; [data-testid=tinted-text]
 // spans; table[data-testid=predictions] tr[data-testid=prediction-row].
 import type { NDArray } from "./lib/arrays";
 import { debounce, el, fmt, runCounter, showRpcError, tokenSpan, withStyle } from "./lib/dom";
@@ -41,6 +43,11 @@ interface RunReply {
   interventions: Record<string, any>[];
   tint: TintReply | null;
   runs: number;
+  /** In "attribution" colour mode: each shown neuron's attribution [tokens, top_n] and its facts. */
+  attribution?: {
+    matrix: NDArray; scale: number; method: string; metric: string; target: string; foil: string | null;
+    total: number; delta: number; gap: number;
+  } | null;
 }
 
 const CSS = `
@@ -96,6 +103,10 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     el("option", { value: "zero" }, "zero"), el("option", { value: "scale" }, "scale"));
   const factorInput = el("input", { type: "number", step: "0.1", "data-testid": "scale-factor", "aria-label": "scale factor" });
   const clearBtn = el("button", { class: "iw-btn", "data-testid": "clear-ablations", type: "button" }, "Clear ablations");
+  const colorSelect = el("select", { "data-testid": "color-by", "aria-label": "colour by" },
+    el("option", { value: "activation" }, "activation"), el("option", { value: "attribution" }, "attribution"));
+  const targetInput = el("input", { type: "text", size: "8", "data-testid": "attr-target", placeholder: "top token",
+    "aria-label": "attribution target token", title: "the token whose logit the attribution explains (blank: the top prediction)" });
   const status = el("span", { class: "iw-status", "data-testid": "status" });
   const controls = el("div", { class: "nh-controls" },
     promptInput, runBtn,
@@ -103,11 +114,15 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     el("label", {}, "top", topN),
     el("label", {}, "ablate by", modeSelect),
     el("label", {}, "factor", factorInput),
+    el("label", {}, "colour by", colorSelect),
+    el("label", {}, "target", targetInput),
     clearBtn, imageButtons(rpc, root, "neurons"), status);
   const help = el("div", { class: "nh-help" },
     "Click a neuron's column header to ablate it (click again to restore). ",
     "Shift-click a header, or click any cell of a column, to tint the prompt by that neuron. ",
-    "Colours: ", el("span", { class: "nh-legend" }), " negative → 0 → positive activation.");
+    "Colours: ", el("span", { class: "nh-legend" }));
+  const legendText = el("span", { "data-testid": "legend" }, L.colorLegend("activation"));
+  help.append(legendText);
   const errors = el("div", { "data-testid": "errors" });
   const intv = el("div", { class: "nh-intv", "data-testid": "interventions" });
   const heatWrap = el("div", { class: "nh-heatwrap" });
@@ -126,6 +141,10 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     layerSelect.value = String(state.layer);
     if (document.activeElement !== topN) topN.value = String(state.top_n);
     modeSelect.value = state.mode;
+    colorSelect.value = state.color_by;
+    if (document.activeElement !== targetInput) targetInput.value = state.target;
+    targetInput.disabled = state.color_by !== "attribution";
+    root.dataset.colorBy = state.color_by;
     if (document.activeElement !== factorInput) factorInput.value = String(state.factor);
     factorInput.title = state.mode === "scale" ? "ablated neurons are multiplied by this factor" : "used in scale mode";
     root.dataset.mode = state.mode;
@@ -174,7 +193,9 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     const m = r.matrix.data;
     const bm = r.baseline_matrix.data;
     const peak = r.neuron_max.data;
-    const table = el("table", { class: "nh-heat", "data-testid": "heatmap", "data-layer": String(r.state.layer) });
+    const attr = r.attribution ?? null;
+    const table = el("table", { class: "nh-heat", "data-testid": "heatmap", "data-layer": String(r.state.layer),
+      "data-color-by": attr ? "attribution" : "activation" });
     const head = el("tr", {}, el("th", { class: "nh-corner" }, `L${r.state.layer}`));
     cols.forEach((n, j) => {
       head.append(el("th", {
@@ -189,12 +210,14 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       for (let j = 0; j < N; j++) {
         const v = L.at(m, N, t, j);
         const b = L.at(bm, N, t, j);
+        const a = attr ? L.at(attr.matrix.data, N, t, j) : NaN;
         const cell = el("td", {
           class: "nh-cell", "data-testid": "cell", "data-neuron": String(cols[j]), "data-token": String(t),
-          "data-value": String(v),
-          title: `neuron ${cols[j]} at token ${t}: ${fmt(v)}` + (v !== b ? ` (baseline ${fmt(b)})` : ""),
+          "data-value": String(v), ...(attr ? { "data-attr": String(a) } : {}),
+          title: `neuron ${cols[j]} at token ${t}: ${fmt(v)}` + (v !== b ? ` (baseline ${fmt(b)})` : "") +
+            (attr ? `\nattribution to ${attr.metric}: ${fmt(a)}` : ""),
         });
-        cell.style.backgroundColor = L.heatColor(v, r.scale);
+        cell.style.backgroundColor = attr ? L.heatColor(a, attr.scale) : L.heatColor(v, r.scale);
         row.append(cell);
       }
       body.append(row);
@@ -253,6 +276,8 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     state = L.updateState(state, { ...r.state, selected_neuron: state.selected_neuron });
     syncControls();
     renderHeatmap(r);
+    legendText.textContent = L.colorLegend(r.attribution ? "attribution" : "activation", r.attribution?.metric) +
+      (r.attribution ? ` ${r.attribution.method.replace(/_/g, " ")}: Σ ${fmt(r.attribution.total)} of Δ ${fmt(r.attribution.delta)} (unablated run)` : "");
     renderPredictions(r.changes);
     intv.textContent = r.interventions.length ? `interventions: ${r.interventions.map(L.describeSpec).join("; ")}` : "interventions: none";
     const key = `${r.state.layer}|${r.state.prompt}`;
@@ -339,6 +364,15 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
   });
   layerSelect.addEventListener("change", () => {
     state = L.updateState(state, { layer: Number(layerSelect.value) });
+    run();
+  });
+  colorSelect.addEventListener("change", () => {
+    state = L.updateState(state, { color_by: colorSelect.value === "attribution" ? "attribution" : "activation" });
+    run();
+  });
+  targetInput.addEventListener("change", () => {
+    if (targetInput.value === state.target) return;
+    state = L.updateState(state, { target: targetInput.value });
     run();
   });
   modeSelect.addEventListener("change", () => {

@@ -4,6 +4,7 @@ import * as L from "../src/lib/neurons-logic";
 
 const base: L.ViewState = {
   prompt: "The cat", layer: 2, top_n: 24, top_k: 10, mode: "zero", factor: 0, ablated: [3, 7], selected_neuron: 5,
+  color_by: "activation", target: "",
 };
 
 test("toggleIndex adds and removes, keeping the set sorted and unique", () => {
@@ -56,6 +57,14 @@ test("readState reads traits with defaults and normalizes", () => {
   assert.equal(s.mode, "zero");
   assert.equal(s.top_n, 24);
   assert.equal(s.selected_neuron, -1);
+  assert.equal(s.color_by, "activation");  // anything but "attribution" colours by activation
+  assert.equal(L.readState((k) => ({ color_by: "attribution", target: " Paris" } as any)[k]).color_by, "attribution");
+  assert.equal(L.readState((k) => ({ color_by: "attribution", target: " Paris" } as any)[k]).target, " Paris");
+});
+
+test("colorLegend names what the colours show", () => {
+  assert.match(L.colorLegend("activation"), /activation/);
+  assert.match(L.colorLegend("attribution", "logit of ' Paris'"), /attribution to logit of ' Paris'/);
 });
 
 test("runParams carries the whole state", () => {

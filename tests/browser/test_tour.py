@@ -79,6 +79,28 @@ def test_neuron_click_reruns_and_changes_predictions(tour: NotebookPage) -> None
     assert f"ABLATED [{neuron}]" in out, out
 
 
+def test_neuron_colour_by_attribution_reruns_in_the_kernel(tour: NotebookPage) -> None:
+    root = tour.widget(WIDGETS["neurons"])
+    n0 = tour.wait_run_count(root, 0, timeout=REPLY_TIMEOUT)
+    assert root.locator("[data-testid=heatmap]").get_attribute("data-color-by") == "activation"
+    colors = lambda: root.locator("[data-testid=cell]").evaluate_all("els => els.map(e => e.style.backgroundColor)")  # noqa: E731
+    before = colors()
+    root.locator("[data-testid=color-by]").select_option("attribution")
+    n1 = tour.wait_run_count(root, n0, timeout=REPLY_TIMEOUT)
+    table = root.locator("[data-testid=heatmap][data-color-by=attribution]")
+    table.wait_for(timeout=REPLY_TIMEOUT * 1000)
+    attrs = [float(a) for a in root.locator("[data-testid=cell]").evaluate_all("els => els.map(e => e.dataset.attr)")]
+    assert attrs and any(a != 0 for a in attrs)
+    assert colors() != before  # the view changed: coloured by attribution now
+    assert "attribution to the logit of" in root.locator("[data-testid=legend]").inner_text()
+    assert root.locator(".iw-error").count() == 0
+    tour.screenshot("neurons-attribution", root)
+    tour.execute("print('COLOR', heat.color_by)")
+    assert "COLOR attribution" in tour.cell_output(-1).inner_text()
+    root.locator("[data-testid=color-by]").select_option("activation")
+    tour.wait_run_count(root, n1, timeout=REPLY_TIMEOUT)
+
+
 def test_steering_slider_drag_changes_steered_text(tour: NotebookPage) -> None:
     root = tour.widget(WIDGETS["steering"])
     tour.wait_run_count(root, 0, timeout=REPLY_TIMEOUT)

@@ -4,6 +4,8 @@
 import { divColor, rgb } from "./dom";
 
 export type Mode = "zero" | "scale";
+/** What the heatmap's colours show: each neuron's activation, or its attribution to the target's logit. */
+export type ColorBy = "activation" | "attribution";
 
 /** Everything the kernel needs to rerun the view (mirrors the Python traits). */
 export interface ViewState {
@@ -15,10 +17,12 @@ export interface ViewState {
   factor: number;
   ablated: number[];
   selected_neuron: number;
+  color_by: ColorBy;
+  target: string; // the attribution's target token ("" = the top prediction)
 }
 
 export const STATE_KEYS: (keyof ViewState)[] = [
-  "prompt", "layer", "top_n", "top_k", "mode", "factor", "ablated", "selected_neuron",
+  "prompt", "layer", "top_n", "top_k", "mode", "factor", "ablated", "selected_neuron", "color_by", "target",
 ];
 
 /** Sorted, de-duplicated integer indices. */
@@ -82,6 +86,8 @@ export function readState(get: (name: string) => any): ViewState {
     factor: Number(get("factor") ?? 0),
     ablated: normalizeIndices(get("ablated") ?? []),
     selected_neuron: Number(get("selected_neuron") ?? -1),
+    color_by: get("color_by") === "attribution" ? "attribution" : "activation",
+    target: String(get("target") ?? ""),
   };
 }
 
@@ -189,5 +195,12 @@ export function runParams(s: ViewState): Record<string, unknown> {
   return {
     prompt: s.prompt, layer: s.layer, top_n: s.top_n, top_k: s.top_k, mode: s.mode,
     factor: s.factor, ablated: [...s.ablated], selected_neuron: s.selected_neuron,
+    color_by: s.color_by, target: s.target,
   };
+}
+
+/** The legend's words for what the colours show. */
+export function colorLegend(colorBy: ColorBy, metric?: string): string {
+  return colorBy === "attribution" ? ` negative → 0 → positive attribution${metric ? ` to ${metric}` : ""}.`
+    : " negative → 0 → positive activation.";
 }
