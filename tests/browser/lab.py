@@ -134,7 +134,10 @@ class LabServer:
             "allow_root": True,
             "terminals_enabled": False,
         }
-        cfg = {"ServerApp": server, "IdentityProvider": {"token": ""}, "LabApp": lab, "JupyterNotebookApp": lab,
+        # Notebook 7 gets only its own flag: LabApp's other keys in its section leave its page config's
+        # exposeAppInBrowser false (measured), and the harness needs window.jupyterapp.
+        cfg = {"ServerApp": server, "IdentityProvider": {"token": ""}, "LabApp": lab,
+               "JupyterNotebookApp": {"expose_app_in_browser": True},
                "LanguageServerManager": {"autodetect": False},
                "MappingKernelManager": {"cull_idle_timeout": 0}}
         for name in ("jupyter_server_config.json", "jupyter_lab_config.json"):

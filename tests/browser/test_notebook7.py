@@ -28,8 +28,6 @@ def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
         server.stop()
 
 
-@pytest.mark.xfail(strict=False, reason="known gap: in Notebook 7 the harness's ready/idle wait (NotebookPage.open) "
-                   "times out after 120 s; the harness is not yet adapted to Notebook 7's shell")
 def test_tour_runs_and_a_widget_reruns_in_notebook7(browser, bundles, notebook7) -> None:
     nb = open_and_run(notebook7, browser, "01_tour.ipynb", timeout=600)
     try:
