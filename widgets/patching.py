@@ -43,20 +43,36 @@ def _i32(xs: list[int]) -> np.ndarray:
     return np.asarray(xs, dtype=np.int32)
 
 
-class PatchingHeatmap(WorkbenchWidget):
+class _HeatmapView(WorkbenchWidget):
+    """The patching heatmap's view and its state: the shown ``method``, the ``selected`` cell, ``top_k``.
+
+    Subclasses answer the view's ``heatmap`` and ``apply`` requests.
+    """
+
+    _esm = bundle("patching")
+
+    method = traitlets.Unicode("").tag(sync=True)
+    methods = traitlets.List(traitlets.Unicode(), []).tag(sync=True)
+    selected = traitlets.List(traitlets.Int(), []).tag(sync=True)
+    top_k = traitlets.Int(10).tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+
+    # -- static copy ---------------------------------------------------------------------
+    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ``heatmap``, and the selected cell's ``apply`` when one is selected."""
+        reqs: list[tuple[str, dict[str, Any]]] = [("heatmap", {"top_k": int(self.top_k)})]
+        if len(self.selected) == 2:
+            reqs.append(("apply", {"layer": int(self.selected[0]), "col": int(self.selected[1]), "top_k": int(self.top_k)}))
+        return reqs
+
+
+class PatchingHeatmap(_HeatmapView):
     """Heatmap of a `PatchingResult` (exact and/or attribution) with click-to-apply cells.
 
     ``selected`` is ``[layer, column]`` of the clicked cell (``[]`` for none);
     ``selected_specs`` its single patch; ``method`` the heatmap shown.
     """
 
-    _esm = bundle("patching")
-
-    method = traitlets.Unicode("exact").tag(sync=True)
-    methods = traitlets.List(traitlets.Unicode(), []).tag(sync=True)
-    selected = traitlets.List(traitlets.Int(), []).tag(sync=True)
-    top_k = traitlets.Int(10).tag(sync=True)
-    title = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, model: wb.Model, result: PatchingResult, attribution: PatchingResult | None = None, *,
                  top_k: int = 10, **kwargs: Any) -> None:
@@ -177,13 +193,6 @@ class PatchingHeatmap(WorkbenchWidget):
                 "clean_metric": float(res.clean_metric), "corrupted_metric": float(res.corrupted_metric)}
 
     # -- rpc -------------------------------------------------------------------------------
-    # -- static copy ---------------------------------------------------------------------
-    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
-        """The ``heatmap``, and the selected cell's ``apply`` when one is selected."""
-        reqs: list[tuple[str, dict[str, Any]]] = [("heatmap", {"top_k": int(self.top_k)})]
-        if len(self.selected) == 2:
-            reqs.append(("apply", {"layer": int(self.selected[0]), "col": int(self.selected[1]), "top_k": int(self.top_k)}))
-        return reqs
 
     @rpc()
     def rpc_heatmap(self, top_k: int | None = None) -> dict[str, Any]:
@@ -245,7 +254,7 @@ def _span(xs: list[int]) -> str:
     return str(xs)
 
 
-class IIAHeatmap(WorkbenchWidget):
+class IIAHeatmap(_HeatmapView):
     """A `DASSweep`'s IIA grid on the patching heatmap's view; click a cell to replay its interchange.
 
     Rows are the swept sites, columns the swept positions (labelled by the pair's base tokens), one
@@ -261,13 +270,6 @@ class IIAHeatmap(WorkbenchWidget):
     differ, else its index); ``method`` is the shown ``"k=…"``.
     """
 
-    _esm = bundle("patching")
-
-    method = traitlets.Unicode("").tag(sync=True)
-    methods = traitlets.List(traitlets.Unicode(), []).tag(sync=True)
-    selected = traitlets.List(traitlets.Int(), []).tag(sync=True)
-    top_k = traitlets.Int(10).tag(sync=True)
-    title = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, model: wb.Model, sweep: DASSweep, pair: Any, *, top_k: int = 10, **kwargs: Any) -> None:
         if not isinstance(sweep, DASSweep):
@@ -327,13 +329,6 @@ class IIAHeatmap(WorkbenchWidget):
         last = res.logits[0, -1].float() if res.logits.dim() == 3 else res.logits[0].float()
         return float(last[self.source_answer] - last[self.base_answer])
 
-    # -- static copy ---------------------------------------------------------------------
-    def static_requests(self) -> list[tuple[str, dict[str, Any]]]:
-        """The ``heatmap``, and the selected cell's ``apply`` when one is selected."""
-        reqs: list[tuple[str, dict[str, Any]]] = [("heatmap", {"top_k": int(self.top_k)})]
-        if len(self.selected) == 2:
-            reqs.append(("apply", {"layer": int(self.selected[0]), "col": int(self.selected[1]), "top_k": int(self.top_k)}))
-        return reqs
 
     # -- rpc -------------------------------------------------------------------------------
     @rpc()
