@@ -23,11 +23,7 @@ from .lab import ARTIFACTS, REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
-# 06: one of its views (the second) asks for a request its widget's static_requests() did not record, so it
-# shows "static copy" instead of its last state; the offline-render test is a strict xfail for it, so the
-# fix turns that test red until the entry goes.
 NOTEBOOKS = ["01_tour.ipynb", "06_dictionaries.ipynb"]
-KNOWN_GAPS = {"06_dictionaries.ipynb": "a 06 view's first request is not among the recorded replies (known gap)"}
 STATIC_NOTE = "static copy: open the notebook to rerun"
 LOCAL = ("file:", "data:", "blob:")
 
@@ -90,10 +86,7 @@ def page(browser: Any, exported: dict) -> Iterator[tuple[Any, list[str]]]:
     assert errors == [], errors
 
 
-def test_static_page_renders_every_widget_offline(page: tuple[Any, list[str]], exported: dict,
-                                                  request: pytest.FixtureRequest) -> None:
-    if exported["name"] in KNOWN_GAPS:  # only this test: the local controls of the same page work
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[exported["name"]]))
+def test_static_page_renders_every_widget_offline(page: tuple[Any, list[str]], exported: dict) -> None:
     p, left = page
     assert exported["anywidget"], "the notebook shows no workbench widget"
     assert p.locator(".iw-static").count() == len(exported["views"])  # one host per widget view
