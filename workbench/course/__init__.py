@@ -13,6 +13,7 @@ checks every exercise both ways.
 from __future__ import annotations
 
 from . import attention as attention  # noqa: F401  (each module registers its exercises)
+from . import autointerp as autointerp  # noqa: F401
 from . import basics as basics  # noqa: F401
 from . import circuits as circuits  # noqa: F401
 from . import dictionaries as dictionaries  # noqa: F401
