@@ -283,3 +283,23 @@ def test_embedded_cause_isolate_table():
         assert ((df[f"{key}_lo"] <= df[key] + 1e-12) & (df[key] <= df[f"{key}_hi"] + 1e-12)).all()
     chance = res.report["chance_cause"][attr]
     assert (df["cause_lo"] > chance).any(), df
+
+
+def test_a_batch_of_pairs_with_different_lengths_scores_each_pair_by_hand(llama, ds):
+    """Pairs of several prompt lengths share a batch (the shipped "language" templates do): each pair's
+    interchange sits at its own positions, and the scores equal the hand computation."""
+    import dataclasses
+
+    mixed = dataclasses.replace(ds, pairs={"a": ds.pairs["b"][:6] + ds.pairs["a"][:6], "b": ds.pairs["b"][6:12]})
+    assert len({p.length for p in mixed.pairs["a"]}) == 2
+    g = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(llama.arch.d_model, 8, generator=g, dtype=torch.float64))
+    sub = Subspace(SITE, q.T.float(), "r")
+    for positions in ("entity", "last"):
+        row = ravel_scores(llama, mixed, {"r": {"a": sub}}, positions=positions, batch_size=64).rows[0]
+        hits = []
+        for p in mixed.pairs["a"]:
+            pos = p.entity_position if positions == "entity" else p.length - 1
+            top = hand_top1(llama, p.base_prompt, p.source_prompt, sub.basis, pos)
+            hits.append(top == mixed.answer_ids[p.attribute][mixed.entities[p.source][p.attribute]])
+        assert row["cause"] == pytest.approx(sum(hits) / len(hits)), positions

@@ -540,19 +540,29 @@ def _answer_id(model: Any, dataset: RavelDataset, attribute: str, answer: str) -
 
 def _hits(model: Any, dataset: RavelDataset, sub: Subspace, pairs: list[RavelPair], positions: Any,
           target: str, batch_size: int) -> list[bool]:
-    """Per pair: whether the interchanged run's top-1 is the ``target`` ("source" or "base") entity's answer."""
-    out = []
-    for i in range(0, len(pairs), max(1, int(batch_size))):
-        chunk = pairs[i:i + batch_size]
-        specs, want = [], []
-        for j, p in enumerate(chunk):
-            pos = _check_pair(model, p, positions)
-            specs.append(SubspaceInterchange(sub, p.source_prompt, pos, pos, rows=[j]))
-            ent = p.source if target == "source" else p.base
-            want.append(_answer_id(model, dataset, p.attribute, dataset.entities[ent][p.attribute]))
-        res = model.run([p.base_prompt for p in chunk], specs, top_k=1)
-        out += [int(t) == w for t, w in zip(res.top.ids[:, 0].tolist(), want, strict=True)]
-    return out
+    """Per pair: whether the interchanged run's top-1 is the ``target`` ("source" or "base") entity's answer.
+
+    Pairs run in batches of equal prompt length (positions count from each prompt's start, and a
+    batch's positions must fit every prompt in it); the answers come back in the pairs' order."""
+    checked = [(_check_pair(model, p, positions), p) for p in pairs]
+    by_length: dict[int, list[int]] = {}
+    for i, (_, p) in enumerate(checked):
+        by_length.setdefault(len(model.tokenize(p.base_prompt).tokens[0]), []).append(i)
+    out: list[bool | None] = [None] * len(pairs)
+    step = max(1, int(batch_size))
+    for idx in by_length.values():
+        for c in range(0, len(idx), step):
+            chunk = idx[c:c + step]
+            specs, want = [], []
+            for j, i in enumerate(chunk):
+                pos, p = checked[i]
+                specs.append(SubspaceInterchange(sub, p.source_prompt, pos, pos, rows=[j]))
+                ent = p.source if target == "source" else p.base
+                want.append(_answer_id(model, dataset, p.attribute, dataset.entities[ent][p.attribute]))
+            res = model.run([checked[i][1].base_prompt for i in chunk], specs, top_k=1)
+            for i, t, w in zip(chunk, res.top.ids[:, 0].tolist(), want, strict=True):
+                out[i] = int(t) == w
+    return [bool(x) for x in out]
 
 
 def ravel_scores(model: Any, dataset: RavelDataset, units: Mapping[str, Mapping[str, Subspace]], *,
