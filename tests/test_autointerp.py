@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from planted import SITE, TOKEN, UNIT, plant
 
 import workbench as wb
 from workbench import autointerp as A
@@ -20,23 +21,10 @@ from workbench.autointerp.store import EXPLANATIONS_FORMAT
 from workbench.llm import REASK, ChatClient, ChatResponse, LLMError
 from workbench.testing import tiny_model
 
-TOKEN, UNIT, SITE = " the", 5, "neurons.0"
 EOL = "\u0f17"
 
 
 # -- a planted neuron and its scan ----------------------------------------------------------------
-def plant(model: wb.Model, tid: int, unit: int = UNIT) -> None:
-    """MLP neuron `unit` of layer 0 fires strongly on token `tid` only (its embedding scaled up so it
-    dominates the residual stream; the neuron's gate and up weights point along it)."""
-    with torch.no_grad():
-        emb = model.hf.model.embed_tokens.weight
-        e = emb[tid].clone()
-        emb[tid] *= 30
-        mlp = model.hf.model.layers[0].mlp
-        mlp.gate_proj.weight[unit] = 2 * e / e.norm()
-        mlp.up_proj.weight[unit] = 2 * e / e.norm()
-
-
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     model = tiny_model("llama")

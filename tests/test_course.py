@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from course_helpers import crash, expect, stub
 from graph_fixtures import RandomPLT
 
 from workbench import course
@@ -23,22 +24,6 @@ CLEAN, CORRUPT = "The cat sat on the mat", "A dog is on a mat"
 @pytest.fixture(scope="module")
 def model():
     return tiny_model("llama", n_layers=2)
-
-
-def stub(*_args):
-    raise NotImplementedError
-
-
-def crash(*_args):
-    raise KeyError("oops")
-
-
-def expect(feedback: course.Feedback, passed: bool, *words: str) -> None:
-    assert feedback.passed is passed, str(feedback)
-    text = str(feedback)
-    for w in words:
-        assert w in text, text
-    assert feedback.mark in text
 
 
 def test_feedback_never_raises_and_escapes_html() -> None:

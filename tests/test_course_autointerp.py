@@ -7,41 +7,13 @@ import math
 
 import numpy as np
 import pytest
-import torch
+from course_helpers import crash, expect, stub
+from planted import SITE, TOKEN, UNIT, plant
 
 import workbench as wb
 from workbench import course
 from workbench.autointerp import Record, classification_scores, unit_records
 from workbench.testing import tiny_model
-
-TOKEN, UNIT, SITE = " the", 5, "neurons.0"
-
-
-def stub(*_args):
-    raise NotImplementedError
-
-
-def crash(*_args):
-    raise KeyError("oops")
-
-
-def expect(feedback: course.Feedback, passed: bool, *words: str) -> None:
-    assert feedback.passed is passed, str(feedback)
-    text = str(feedback)
-    for w in words:
-        assert w in text, text
-    assert feedback.mark in text
-
-
-def plant(model: wb.Model, tid: int, unit: int = UNIT) -> None:
-    """Neuron `unit` of layer 0 fires on token `tid` only (embedding scaled up, gate and up weights along it)."""
-    with torch.no_grad():
-        emb = model.hf.model.embed_tokens.weight
-        e = emb[tid].clone()
-        emb[tid] *= 30
-        mlp = model.hf.model.layers[0].mlp
-        mlp.gate_proj.weight[unit] = 2 * e / e.norm()
-        mlp.up_proj.weight[unit] = 2 * e / e.norm()
 
 
 @pytest.fixture(scope="module")

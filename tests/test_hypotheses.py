@@ -10,7 +10,7 @@ import math
 import matplotlib
 import numpy as np
 import pytest
-import torch
+from planted import SITE, TOKEN, UNIT, plant
 
 import workbench as wb
 from workbench.neurons import hypotheses as H
@@ -19,18 +19,6 @@ from workbench.testing import tiny_model
 
 matplotlib.use("Agg")
 
-TOKEN, UNIT, SITE = " the", 5, "neurons.0"
-
-
-def plant(model: wb.Model, tid: int, unit: int = UNIT) -> None:
-    """Neuron `unit` of layer 0 fires on token `tid` only (embedding scaled up, gate and up weights along it)."""
-    with torch.no_grad():
-        emb = model.hf.model.embed_tokens.weight
-        e = emb[tid].clone()
-        emb[tid] *= 30
-        mlp = model.hf.model.layers[0].mlp
-        mlp.gate_proj.weight[unit] = 2 * e / e.norm()
-        mlp.up_proj.weight[unit] = 2 * e / e.norm()
 
 
 @pytest.fixture(scope="module")
