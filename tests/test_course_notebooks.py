@@ -36,7 +36,7 @@ MARKERS = {
     "05_neurons": ["ScanStore", "complete"],
     "06_dictionaries": ["FVU"],
     "07_attribution_graphs": ["replacement"],
-    "08_subspaces": ["IIA"],
+    "08_subspaces": ["IIA", "illusion check @ neurons.27", "held-out pairs (test cities)"],
     "09_autointerp": ["score"],
 }
 COURSE = sorted(p for p in EXAMPLES.glob("[0-9][0-9]_*.ipynb"))

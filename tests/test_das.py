@@ -189,6 +189,18 @@ def test_das_recovers_a_planted_direction(resid_model, pairs):
     assert hook_iia(m, m.hf.model.layers[0], rnd.basis, pairs) < 0.7
 
 
+def test_explicit_heldout_pairs_measure_the_iia(resid_model, pairs):
+    """``heldout=``: every given pair trains, and the IIA is measured on the held-out pairs alone."""
+    m, _ = resid_model
+    fit, held = pairs[:96], pairs[96:]
+    res = train_das(m, "resid_post.0", fit, 1, steps=60, lr=5e-2, batch_size=32, progress=False, heldout=held)
+    assert res.n_train == 96 and res.n_heldout == 32
+    assert res.iia == pytest.approx(hook_iia(m, m.hf.model.layers[0], res.subspace.basis, held))
+    assert res.train_iia == pytest.approx(interchange_accuracy(m, res.subspace, fit, res.positions))
+    with pytest.raises(DASError, match="no pairs"):
+        train_das(m, "resid_post.0", fit, 1, steps=1, progress=False, heldout=[])
+
+
 def test_single_neuron_das_agrees_with_neuron_interchange(pairs):
     m, _ = planted("neuron")
     res = train_das(m, "neurons.1", pairs, 1, steps=200, lr=5e-2, batch_size=32, progress=False)
@@ -203,6 +215,7 @@ def test_single_neuron_das_agrees_with_neuron_interchange(pairs):
     assert res.illusion is not None and not res.illusion.illusion
     rep = illusion_check(m, Subspace("neurons.1", one), pairs)
     assert not rep.illusion and rep.iia_row >= 0.95 and rep.row_fraction == pytest.approx(1.0, abs=1e-4)
+    assert rep.verdict.startswith("no illusion"), str(rep)
 
 
 def test_planted_illusion_is_flagged(pairs):
@@ -222,6 +235,9 @@ def test_planted_illusion_is_flagged(pairs):
     assert hook_iia(m, down, e0, pairs, pre=True) == pytest.approx(rep.baseline)
     assert hook_iia(m, down, e1, pairs, pre=True) == pytest.approx(rep.baseline)
     assert "ILLUSION" in str(rep)
+    # a direction that does nothing is "no effect to explain", not "no illusion"
+    idle = illusion_check(m, Subspace("neurons.1", e1), pairs, layer=1)
+    assert not idle.illusion and idle.verdict.startswith("no effect to explain"), str(idle)
     # DAS at the site finds the illusory direction, and its result says so
     res = train_das(m, "neurons.1", pairs, 1, steps=150, lr=5e-2, batch_size=32, progress=False)
     assert res.iia >= 0.95 and res.illusion.illusion and "ILLUSION" in repr(res)

@@ -207,8 +207,13 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       (sweep ? ` (heatmap: ${sweep})` : "");
     metricBox.dataset.patched = String(a.metric.patched);
     metricBox.dataset.normalized = String(a.metric.normalized);
-    const row = data.row_labels ? L.rowLabel(data.row_labels, L.chooseGrid(data.grids, method)?.layers.data ?? [], rowIndex(a.layer)) : `layer ${a.layer}`;
-    specBox.textContent = `patch: ${row}, ${L.columnName(data.column_kind, a.col)} (${a.specs.map((s) => `${s.kind} ${s.site}`).join("; ")})`;
+    specBox.textContent = `patch: ${rowName(a.layer)}, ${L.columnName(data.column_kind, a.col)} (${a.specs.map((s) => `${s.kind} ${s.site}`).join("; ")})`;
+  }
+
+  /** A row's name in the status lines: the sweep's site label when it sent row labels, else "layer N". */
+  function rowName(layer: number): string {
+    if (!data?.row_labels) return `layer ${layer}`;
+    return L.rowLabel(data.row_labels, L.chooseGrid(data.grids, method)?.layers.data ?? [], rowIndex(layer));
   }
 
   function rowIndex(layer: number): number {
@@ -242,7 +247,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
     if (pendingApply !== null) rpc.cancel(pendingApply);
     const req = rpc.request<ApplyReply>("apply", { layer, col, top_k: Number(model.get("top_k") ?? 10) });
     pendingApply = req.id;
-    status.textContent = `applying layer ${layer}, ${col}…`;
+    status.textContent = `applying ${rowName(layer)}, ${col}…`;
     root.dataset.busy = "true";
     req.promise.then((a) => {
       if (pendingApply !== req.id) return;
@@ -252,7 +257,7 @@ function render({ model, el: host }: { model: AnyModel; el: HTMLElement }): () =
       renderPredictions(a.predictions);
       renderMetric(a);
       errors.replaceChildren();
-      status.textContent = `patched layer ${a.layer}, ${data ? L.columnName(data.column_kind, a.col) : a.col}`;
+      status.textContent = `patched ${rowName(a.layer)}, ${data ? L.columnName(data.column_kind, a.col) : a.col}`;
       bump();
     }).catch((err) => {
       if (err instanceof Cancelled) return;

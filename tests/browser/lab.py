@@ -409,7 +409,7 @@ def write_notebook(path: Path, cells: list) -> Path:
 # Minimum widget views each course notebook renders (the ones its cells end with).
 MIN_VIEWS = {
     "01_tour": 3, "02_attention": 2, "03_lens_and_tracing": 2, "04_circuits": 1, "05_neurons": 1,
-    "06_dictionaries": 3, "07_attribution_graphs": 1, "08_subspaces": 1, "09_autointerp": 2,
+    "06_dictionaries": 3, "07_attribution_graphs": 1, "08_subspaces": 2, "09_autointerp": 2,
 }
 
 def assert_course_run(nb: NotebookPage, stem: str, timeout_ms: int = 240_000) -> None:

@@ -179,6 +179,7 @@ def test_iia_sweep_cell_click_reruns_the_interchange(nb: NotebookPage) -> None:
     patched1 = root.locator("[data-testid=pred-patched]").evaluate_all("els => els.map(e => e.dataset.prob)")
     assert patched1 != base  # the interchange changed the base run's predictions
     assert "resid_post.1" in root.locator("[data-testid=cell-specs]").inner_text()
+    assert root.locator("[data-testid=status]").inner_text().startswith("patched resid_post.1,")
     cell(root, 0, 2).click()
     nb.wait_run_count(root, n1, timeout=TIMEOUT)
     patched2 = root.locator("[data-testid=pred-patched]").evaluate_all("els => els.map(e => e.dataset.prob)")

@@ -42,6 +42,7 @@ from .ravel import (
     RavelDataset,
     RavelError,
     RavelResult,
+    RavelWarning,
     load_ravel,
     ravel_features,
     ravel_scores,
@@ -75,5 +76,5 @@ __all__ = [
     "train_das", "das_sweep", "illusion_check", "interchange_logits", "interchange_accuracy", "counterfactual_pairs",
     "CounterfactualPairs", "DASResult", "DASSweep", "IllusionReport", "DASError", "DASCancelled",
     "load_ravel", "ravel_scores", "ravel_features", "units_from_probe", "units_from_pca", "units_from_mean_difference",
-    "units_from_sae", "units_from_das", "RavelDataset", "RavelResult", "RavelError",
+    "units_from_sae", "units_from_das", "RavelDataset", "RavelResult", "RavelError", "RavelWarning",
 ]

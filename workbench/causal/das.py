@@ -107,6 +107,10 @@ class CounterfactualPairs:
         return CounterfactualPairs([self.base[i] for i in idx], [self.source[i] for i in idx],
                                    [self.base_answers[i] for i in idx], [self.source_answers[i] for i in idx])
 
+    def __add__(self, other: CounterfactualPairs) -> CounterfactualPairs:
+        return CounterfactualPairs(self.base + other.base, self.source + other.source,
+                                   self.base_answers + other.base_answers, self.source_answers + other.source_answers)
+
     def fingerprint(self) -> str:
         h = hashlib.sha256(json.dumps([self.base, self.source, self.base_answers, self.source_answers]).encode())
         return h.hexdigest()[:16]
@@ -408,11 +412,20 @@ class IllusionReport:
     def __str__(self) -> str:
         def f(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.2f}"
-        verdict = "ILLUSION: the effect needs the null-space component (a dormant pathway)" if self.illusion \
-            else "no illusion: the row-space component carries the effect"
         return (f"illusion check @ neurons.{self.layer}: {self.row_fraction:.0%} row space / "
                 f"{self.null_fraction:.0%} null space; IIA full {f(self.iia_full)}, row-space only "
-                f"{f(self.iia_row)}, null-space only {f(self.iia_null)} (no intervention {f(self.baseline)}) -> {verdict}")
+                f"{f(self.iia_row)}, null-space only {f(self.iia_null)} (no intervention {f(self.baseline)}) "
+                f"-> {self.verdict}")
+
+    @property
+    def verdict(self) -> str:
+        """One line: an illusion, no illusion, or no effect to explain (a gain under `ILLUSION_MIN_GAIN`)."""
+        if self.illusion:
+            return "ILLUSION: the effect needs the null-space component (a dormant pathway)"
+        if self.iia_full - self.baseline < ILLUSION_MIN_GAIN:
+            return (f"no effect to explain: the subspace's IIA gain {self.iia_full - self.baseline:+.2f} is under "
+                    f"{ILLUSION_MIN_GAIN}")
+        return "no illusion: the row-space component carries the effect"
 
 
 def _row_space(model: Any, layer: int) -> Tensor:
@@ -672,13 +685,16 @@ def train_das(model: Any, site: str, pairs: Any, k: int = 1, *, positions: int |
               checkpoint: str | Path | None = None, resume: bool = True, cancel: threading.Event | None = None,
               progress: bool = True, boundless: bool = False, isolate: Any = None, isolate_weight: float = 1.0,
               temperature: tuple[float, float] | None = None, boundary_penalty: float = 1.0,
-              checkpoint_every: int = 50, on_step: Callable[[dict[str, float]], None] | None = None) -> DASResult:
+              checkpoint_every: int = 50, on_step: Callable[[dict[str, float]], None] | None = None,
+              heldout: Any = None) -> DASResult:
     """Learn ``k`` orthonormal directions at ``site`` whose interchange gives the source's answer (DAS).
 
     ``pairs``: ``(base, source, base_answer, source_answer)`` tuples or dicts (see the module
     docstring; `counterfactual_pairs` checks them). ``positions``: the token position(s) of the
     interchange (negative from each prompt's end; base and source share them). A share
-    ``holdout`` of the pairs (drawn with ``seed``) is held out for the IIA. ``isolate``: MDAS
+    ``holdout`` of the pairs (drawn with ``seed``) is held out for the IIA; ``heldout``: instead,
+    pairs of their own to measure it on (for example pairs of entities the training pairs never
+    name), and every pair of ``pairs`` trains. ``isolate``: MDAS
     isolate pairs, whose interchange must keep the base answer (weight ``isolate_weight``).
     ``boundless``: Boundless DAS (``k`` is ignored: the result's k is the learned mask's size; ``temperature`` =
     (start, end), default ``(width / 4, 0.1)``; ``boundary_penalty`` times ``boundary / width`` joins
@@ -703,11 +719,13 @@ def train_das(model: Any, site: str, pairs: Any, k: int = 1, *, positions: int |
         raise DASError(f"holdout must be a share in [0, 1), not {holdout!r}")
     pos = _positions(positions)
     cause = counterfactual_pairs(model, pairs)
+    held = counterfactual_pairs(model, heldout) if heldout is not None else None
+    n_fit = len(cause)
+    if held is not None:
+        cause = cause + held
     iso = counterfactual_pairs(model, isolate) if isolate is not None else None
     n_c = len(cause)
-    allp = cause if iso is None else CounterfactualPairs(cause.base + iso.base, cause.source + iso.source,
-                                                         cause.base_answers + iso.base_answers,
-                                                         cause.source_answers + iso.source_answers)
+    allp = cause if iso is None else cause + iso
     targets = torch.tensor(cause.source_answers + (iso.base_answers if iso else []))
     is_iso = torch.arange(len(allp)) >= n_c
 
@@ -719,7 +737,10 @@ def train_das(model: Any, site: str, pairs: Any, k: int = 1, *, positions: int |
             n_hold = min(max(n_hold, 1), n - 1)
         return perm[n_hold:].sort().values, perm[:n_hold].sort().values
 
-    tr_c, ho_c = split(n_c, 1)
+    if held is None:
+        tr_c, ho_c = split(n_c, 1)
+    else:
+        tr_c, ho_c = torch.arange(n_fit), torch.arange(n_fit, n_c)
     tr_i, ho_i = split(len(iso), 2) if iso else (torch.zeros(0, dtype=torch.long),) * 2
     train_idx = torch.cat([tr_c, tr_i + n_c])
     if boundless:
@@ -727,7 +748,7 @@ def train_das(model: Any, site: str, pairs: Any, k: int = 1, *, positions: int |
         if not (t0 > 0 and t1 > 0):
             raise DASError(f"temperature must be two positive numbers (start, end), not {temperature!r}")
     settings = {"site": str(s), "positions": pos, "k": k, "steps": steps, "lr": float(lr), "batch_size": batch_size,
-                "holdout": float(holdout), "seed": seed, "boundless": boundless, "isolate_weight": float(isolate_weight),
+                "holdout": float(holdout) if held is None else f"pairs {held.fingerprint()}", "seed": seed, "boundless": boundless, "isolate_weight": float(isolate_weight),
                 "n_isolate": len(iso) if iso else 0, "boundary_penalty": float(boundary_penalty),
                 "temperature": [t0, t1] if boundless else None,
                 "pairs": allp.fingerprint(), "model": getattr(model, "name", "")}

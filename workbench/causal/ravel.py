@@ -111,6 +111,33 @@ class RavelDataset:
         n_test = max(1, min(len(names) - 1, round(len(names) * float(test_size))))
         return self.subset(names[n_test:]), self.subset(names[:n_test])
 
+    def das_pairs(self, attribute: str, offset: int | str | None = "entity") -> tuple[list[tuple], int | None]:
+        """``(pairs, offset)``: the attribute's pairs as DAS tuples ``(base, source, base_answer_id,
+        source_answer_id)``, keeping those whose entity's last token sits ``offset`` tokens from the
+        prompt's end (``"entity"``: the most common offset; ``None``: every pair).
+
+        DAS shares its positions (counted from each prompt's end) across pairs, so ``positions=offset``
+        is the entity's token in every pair returned: ``train_das(model, site, pairs, positions=offset)``.
+        """
+        if attribute not in self.pairs:
+            raise RavelError(f"unknown attribute {attribute!r}: the dataset has {self.attributes}")
+        ps = self.pairs[attribute]
+        if not ps:
+            raise RavelError(f"attribute {attribute!r} has no pairs: keep more entities (or templates)")
+        offsets = [p.entity_position - p.length for p in ps]
+        if offset == "entity":
+            offset = max(sorted(set(offsets)), key=offsets.count)
+        elif offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)):
+            raise RavelError(f"offset is 'entity', None or a negative int, not {offset!r}")
+        ids = self.answer_ids[attribute]
+        out = [(p.base_prompt, p.source_prompt, ids[self.entities[p.base][attribute]],
+                ids[self.entities[p.source][attribute]]) for p, o in zip(ps, offsets, strict=True)
+               if offset is None or o == offset]
+        if not out:
+            raise RavelError(f"attribute {attribute!r}: no pair has its entity at offset {offset} "
+                             f"(the offsets are {sorted(set(offsets))})")
+        return out, offset
+
     def subset(self, names: Sequence[str]) -> RavelDataset:
         """The dataset restricted to the entities ``names`` (pairs with both ends among them)."""
         keep = set(names)
@@ -416,17 +443,6 @@ def units_from_sae(dictionary: Any, model: Any, dataset: RavelDataset, k: int, *
     return out
 
 
-def _das_pairs(dataset: RavelDataset, attribute: str, offset: int | None) -> list[tuple]:
-    """``(base, source, base_answer, source_answer)`` token-id answers for DAS, at one entity offset from the end."""
-    out = []
-    for p in dataset.pairs[attribute]:
-        if offset is None or p.entity_position - p.length == offset:
-            ids = dataset.answer_ids[attribute]
-            out.append((p.base_prompt, p.source_prompt, ids[dataset.entities[p.base][attribute]],
-                        ids[dataset.entities[p.source][attribute]]))
-    return out
-
-
 def units_from_das(model: Any, dataset: RavelDataset, site: str, k: int = 1, *, positions: Any = "entity",
                    attributes: Sequence[str] | None = None, mdas: bool = False, **das_options: Any) -> dict[str, Subspace]:
     """Per attribute, the subspace `workbench.causal.das.train_das` learns on the attribute's pairs
@@ -442,24 +458,30 @@ def units_from_das(model: Any, dataset: RavelDataset, site: str, k: int = 1, *, 
         raise RavelError(f"DAS is not available ({e}): workbench.causal.das.train_das is needed") from None
     out = {}
     for a in _attrs(dataset, attributes):
-        if not dataset.pairs[a]:
-            raise RavelError(f"attribute {a!r} has no pairs to train DAS on")
         if positions == "entity":
-            offsets = [p.entity_position - p.length for p in dataset.pairs[a]]
-            offset = max(set(offsets), key=offsets.count)
+            pairs, offset = dataset.das_pairs(a, "entity")
             pos = [offset]
         else:
-            offset, pos = None, _positions(positions, 0)
+            (pairs, offset), pos = dataset.das_pairs(a, None), _positions(positions, 0)
         iso = None
         if mdas:
-            iso = [t for b in dataset.attributes if b != a for t in _das_pairs(dataset, b, offset)] or None
-        res = train_das(model, site, _das_pairs(dataset, a, offset), k=int(k), positions=pos,
+            iso = [t for b in dataset.attributes if b != a and dataset.pairs[b]
+                   for t in _offset_pairs(dataset, b, offset)] or None
+        res = train_das(model, site, pairs, k=int(k), positions=pos,
                         isolate=iso, **{"progress": False, **das_options})
         sub = res.subspace
         out[a] = Subspace(sub.site, sub.basis, f"{'mdas' if mdas else 'das'}{sub.k}:{a}",
                           {"method": "mdas" if mdas else "das", "iia": res.iia, "train_iia": res.train_iia},
                           non_orthonormal="fix")
     return out
+
+
+def _offset_pairs(dataset: RavelDataset, attribute: str, offset: int | None) -> list[tuple]:
+    """The attribute's DAS pairs at ``offset`` (none when no pair has its entity there)."""
+    try:
+        return dataset.das_pairs(attribute, offset)[0]
+    except RavelError:
+        return []
 
 
 # -- scoring ---------------------------------------------------------------------------------------
