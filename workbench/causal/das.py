@@ -748,7 +748,8 @@ def train_das(model: Any, site: str, pairs: Any, k: int = 1, *, positions: int |
         if not (t0 > 0 and t1 > 0):
             raise DASError(f"temperature must be two positive numbers (start, end), not {temperature!r}")
     settings = {"site": str(s), "positions": pos, "k": k, "steps": steps, "lr": float(lr), "batch_size": batch_size,
-                "holdout": float(holdout) if held is None else f"pairs {held.fingerprint()}", "seed": seed, "boundless": boundless, "isolate_weight": float(isolate_weight),
+                "holdout": float(holdout) if held is None else f"pairs {held.fingerprint()}", "seed": seed,
+                "boundless": boundless, "isolate_weight": float(isolate_weight),
                 "n_isolate": len(iso) if iso else 0, "boundary_penalty": float(boundary_penalty),
                 "temperature": [t0, t1] if boundless else None,
                 "pairs": allp.fingerprint(), "model": getattr(model, "name", "")}
