@@ -426,3 +426,34 @@ def test_circuit_spec_generates_and_round_trips_as_json(tiny):
     # with a corrupted prompt: the prompt pass is patched, then generation goes on
     cor = circuit.spec(corrupted="def f(y):")
     assert len(model.generate("def f(x):", [cor], max_new_tokens=3).token_ids) == 3
+
+
+def test_replicated_norm_gradients_equal_autograd_through_copies():
+    """EAP's one-norm shortcut: per-receiver input gradients equal autograd through P copies of the norm."""
+    from workbench.circuits.edges import Norm, ReplicatedNorm
+
+    class LlamaRMSNorm(torch.nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(d))
+            self.variance_epsilon = 1e-6
+
+    torch.manual_seed(0)
+    d, P = 16, 5
+    for mod in (LlamaRMSNorm(d), torch.nn.LayerNorm(d)):
+        if isinstance(mod, torch.nn.LayerNorm):
+            torch.nn.init.normal_(mod.weight)
+            torch.nn.init.normal_(mod.bias)
+        norm = Norm(mod)
+        x = torch.randn(2, 3, d, requires_grad=True)
+        w = torch.randn(P, d)
+        # reference: P explicit copies, each normalized on its own
+        xin = x.detach().unsqueeze(2).repeat(1, 1, P, 1).requires_grad_()
+        (norm(xin) * w).sum().backward()
+        zero = torch.zeros((), requires_grad=True)
+        delta = zero.expand(2, 3, P, d)
+        (y,) = ReplicatedNorm.apply(x, norm, delta)
+        torch.testing.assert_close(y, norm(xin).detach())
+        gd, gx = torch.autograd.grad((y * w).sum(), [delta, x])
+        torch.testing.assert_close(gd, xin.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gx, xin.grad.sum(2), atol=1e-5, rtol=1e-5)

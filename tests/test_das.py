@@ -343,3 +343,19 @@ def test_bad_input_is_refused_clearly(tiny):
         train_das(m, "resid_post.7", [ok], progress=False)
     res = train_das(m, "resid_post.0", [ok] * 4, steps=2, progress=False)
     assert res.n_train == 3 and res.n_heldout == 1  # text pairs and text answers work
+
+
+def test_pairs_from_a_circuits_task(tiny):
+    from workbench.causal import CounterfactualPairs
+    from workbench.circuits import Task
+
+    model = tiny("llama")
+    task = Task("t", torch.tensor([[1, 5, 6, 7], [1, 8, 9, 10]]), torch.tensor([[1, 11, 6, 7], [1, 12, 9, 10]]),
+                torch.tensor([20, 21]), torch.tensor([22, 23]), model_name=model.name)
+    pairs = CounterfactualPairs.from_task(task)
+    assert pairs.base == [[1, 11, 6, 7], [1, 12, 9, 10]] and pairs.source == [[1, 5, 6, 7], [1, 8, 9, 10]]
+    assert pairs.base_answers == [22, 23] and pairs.source_answers == [20, 21]
+    res = train_das(model, "resid_post.0", pairs, k=1, steps=2, heldout=pairs, progress=False)
+    assert 0.0 <= res.iia <= 1.0
+    with pytest.raises(DASError, match="from_task needs a circuits Task"):
+        CounterfactualPairs.from_task([("a", "b", "c", "d")])

@@ -119,7 +119,7 @@ def test_histogram_bins_at_and_around_every_edge():
 
     pe = torch.tensor(HIST.positive_edges(), dtype=torch.float32)
     vals = torch.cat([pe, torch.nextafter(pe, torch.zeros_like(pe)), torch.nextafter(pe, torch.full_like(pe, 1e9)),
-                      torch.tensor([0.0, -0.0, 1e-30, 1e30, float("inf")])])
+                      torch.tensor([0.0, -0.0, 1e-30, 1e30, float("inf"), 1e-40, 1e-45, 2.0**-127, 2.0**-125])])
     vals = torch.cat([vals, -vals])
     got = HIST.counts(vals[:, None])[0].numpy()
     np.testing.assert_array_equal(got, hist_by_hand(vals.numpy()))

@@ -240,3 +240,28 @@ def test_streaming_passes_stop_before_the_unembedding(model):
 def test_a_patch_spec_is_refused_with_a_clear_error(model, tmp_path):
     with pytest.raises(ValueError, match="Patch specs need their source prompt"):
         do_scan(model, tmp_path / "patch", corpus=CORPUS[:2], interventions=[wb.Patch("resid_post.0", source="a b c")])
+
+
+def test_top_k_merge_equals_a_sort_by_value_then_window():
+    """Ties (and -0.0 against 0.0) keep the earlier window; empty slots come after every real window."""
+    from workbench.neurons.store import KeyState
+
+    g = torch.Generator().manual_seed(3)
+    k, d = 6, 9
+    st = KeyState.empty(d, k, 4, 0)
+    merged: list[list[tuple[float, int, int]]] = [[] for _ in range(d)]
+    for step in range(5):
+        vals = torch.randint(-2, 3, (4, d), generator=g).float()
+        vals[vals == 0] = -0.0 if step % 2 else 0.0
+        if step == 2:
+            vals[:, 0] = -torch.inf
+        wins = torch.arange(10 * step, 10 * step + 4)[:, None].expand(4, d)
+        pos = torch.randint(0, 50, (4, d), generator=g)
+        st.merge_top(vals, wins, pos)
+        for u in range(d):
+            merged[u] += [(float(vals[i, u]), int(wins[i, u]), int(pos[i, u])) for i in range(4)]
+    for u in range(d):
+        want = sorted(merged[u], key=lambda t: (-t[0], t[1]))[:k]
+        got = list(zip(st.top_values[:, u].tolist(), st.top_window[:, u].tolist(), st.top_pos[:, u].tolist(),
+                       strict=True))
+        assert got == want, u

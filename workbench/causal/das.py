@@ -12,8 +12,7 @@ matrix (signs fixed), trained with Adam. The score is the interchange interventi
 Pairs are ``(base, source, base_answer, source_answer)`` tuples (or dicts with those keys):
 prompts as text or token-id lists, answers as single-token text (``" Paris"``) or token ids;
 base and source of one pair must have the same token length (positions line up). A circuits
-`Task` gives them as ``zip(task.corrupted_ids.tolist(), task.clean_ids.tolist(),
-task.wrong_ids.tolist(), task.answer_ids.tolist())`` when the corrupted prompt's answer is the
+`Task` gives them with `CounterfactualPairs.from_task` when the corrupted prompt's answer is the
 task's wrong token. ``isolate=`` adds RAVEL's multi-task objective (MDAS): pairs on which the
 same interchange must keep the *base* answer (another attribute stays put).
 
@@ -102,6 +101,19 @@ class CounterfactualPairs:
 
     def __len__(self) -> int:
         return len(self.base)
+
+    @classmethod
+    def from_task(cls, task: Any) -> CounterfactualPairs:
+        """A circuits `Task` as DAS pairs: the corrupted prompt is the base (its answer the task's
+        wrong token) and the clean prompt the source (its answer the task's answer), so a working
+        interchange moves the base to the clean answer. Right for tasks whose corrupted prompt's
+        answer is the wrong token (factual recall, greater-than, arithmetic); not for IOI's ABC
+        corruption, whose corrupted prompt names neither."""
+        for name in ("clean_ids", "corrupted_ids", "answer_ids", "wrong_ids"):
+            if not hasattr(task, name):
+                raise DASError(f"from_task needs a circuits Task (with {name}), not {type(task).__name__}")
+        return cls(task.corrupted_ids.tolist(), task.clean_ids.tolist(), task.wrong_ids.tolist(),
+                   task.answer_ids.tolist())
 
     def subset(self, idx: Sequence[int]) -> CounterfactualPairs:
         return CounterfactualPairs([self.base[i] for i in idx], [self.source[i] for i in idx],

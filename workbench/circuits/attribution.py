@@ -110,27 +110,43 @@ class EdgeScores(Showable):
 
 def _scores_from(graph: ComputationGraph, diff: torch.Tensor, grads: list[tuple[list[int], torch.Tensor]],
                  steps: int) -> torch.Tensor:
-    """Edge scores from ``diff [S, n, s, d]`` (corrupted - clean) and receiver gradients ``[steps*n, s, P, d]``."""
-    mat = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
+    """Edge scores from ``diff [S, n, s, d]`` (corrupted - clean) and receiver gradients ``[steps*n, s, P, d]``.
+
+    Every receiver's gradient is one row of a ``[R, n * s * d]`` matrix (copied in runs of ``d``
+    floats), and the products are a few GEMMs against ``diff``: receivers in blocks by how many
+    senders lie upstream, each block reading only the senders its receivers can hear."""
     S, n = diff.shape[0], diff.shape[1]
-    sizes = {}
+    flat = diff.float().reshape(S, -1)  # [S, n * s * d]
+    K = flat.shape[1]
+    GT = torch.zeros(graph.n_receivers, K)
+    for recv, gr in grads:
+        g = gr.float()
+        if steps > 1:
+            g = g.reshape(steps, n, *gr.shape[1:]).sum(0)  # [n, s, P, d]
+        gp = g.permute(2, 0, 1, 3)  # [P, n, s, d]: each receiver's row ordered as flat's columns
+        a, P = recv[0], len(recv)
+        if recv == list(range(a, a + P)):
+            GT[a:a + P].view(gp.shape).add_(gp)
+        else:
+            GT.index_add_(0, torch.tensor(recv), gp.reshape(P, K))
+    up = torch.zeros(graph.n_receivers, dtype=torch.long)
     for L in range(graph.n_layers):
         p = graph.ports(L)
-        for r in set(p["q"]) | set(p["k"]) | set(p["v"]):
-            sizes[r] = p["n_up_attn"]
-        sizes[p["mlp"]] = p["n_up_mlp"]
-    sizes[graph.logits_receiver] = S
-    flat = diff.float().reshape(S, -1)  # [S, n * s * d]
-    for recv, gr in grads:
-        g = gr.float().reshape(steps, n, *gr.shape[1:]).sum(0)  # [n, s, P, d]
-        g = g.permute(0, 1, 3, 2).reshape(-1, len(recv))  # [n * s * d, P], rows ordered as flat's columns
-        by_up: dict[int, list[int]] = {}
-        for j, r in enumerate(recv):
-            by_up.setdefault(sizes[r], []).append(j)
-        for u, js in by_up.items():
-            cols = torch.tensor([recv[j] for j in js])
-            mat[:u, cols] += (flat[:u] @ g[:, js]).double()
-    return (mat[graph.edge_sender, graph.edge_receiver] / (n * steps)).float()
+        up[sorted(set(p["q"]) | set(p["k"]) | set(p["v"]))] = p["n_up_attn"]
+        up[p["mlp"]] = p["n_up_mlp"]
+    up[graph.logits_receiver] = S
+    order = torch.argsort(up, stable=True)
+    mat = torch.zeros(graph.n_receivers, S)  # [receiver, sender]
+    for cols in order.tensor_split(_SCORE_BLOCKS):
+        if cols.numel():
+            u = int(up[cols].max())
+            a = int(cols[0])
+            contiguous = bool((cols == torch.arange(a, a + cols.numel())).all())
+            mat[cols, :u] = (GT[a:a + cols.numel()] if contiguous else GT[cols]) @ flat[:u].T
+    return (mat[graph.edge_receiver, graph.edge_sender].double() / (n * steps)).float()
+
+
+_SCORE_BLOCKS = 6
 
 
 def eap(model: Any, task: Any, method: str = "eap", steps: int = 5, *, split_qkv: bool = False,
@@ -156,13 +172,18 @@ def eap(model: Any, task: Any, method: str = "eap", steps: int = 5, *, split_qkv
     m_corr = float(task.metric(corr_logits.float()).mean())
     if method == "eap":
         m, grads, clean_rec = gradient_run(model, graph, clean, task.metric, record=True)
-        diff = (corr_rec - clean_rec).cpu()
+        with torch.inference_mode():  # in place (the recording is an inference tensor): [senders, n, s, d]
+            diff = corr_rec.sub_(clean_rec).cpu()
+        del clean_rec
         scores = _scores_from(graph, diff, [(r, g.cpu()) for r, g in grads], 1)
         m_clean = float(m.mean())
     else:
         clean_rec, clean_logits = record_outputs(model, graph, clean)
         m_clean = float(task.metric(clean_logits.float()).mean())
-        diff = (corr_rec - clean_rec).cpu()
+        src0 = corr_rec[:1].clone()  # the corrupted embeddings: the path's start
+        with torch.inference_mode():
+            diff = corr_rec.sub_(clean_rec).cpu()
+        del clean_rec
         alphas = torch.arange(steps, dtype=torch.float32) / steps
         per_step = graph.n_receivers * n * s * model.d_model * 4 * 3 + graph.n_senders * n * s * model.d_model * 4
         chunk = max(1, min(steps, budget // max(1, per_step)))
@@ -178,7 +199,7 @@ def eap(model: Any, task: Any, method: str = "eap", steps: int = 5, *, split_qkv
                 ids = clean.repeat(k, 1)
                 _, grads, _ = gradient_run(model, graph, ids, lambda lg: pair_metric(task, lg.float()),
                                            alpha=a.repeat_interleave(n).to(model.device),
-                                           source=corr_rec[:1].to(model.device))
+                                           source=src0.to(model.device))
                 total += _scores_from(graph, diff, [(r, g.cpu()) for r, g in grads], k) * k
                 bar.update(k)
         scores = total / steps

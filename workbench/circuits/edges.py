@@ -58,6 +58,47 @@ class Norm:
             return self.weight * h.to(x.dtype)
         return torch.nn.functional.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
 
+    def vjp(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``g [b, s, P, d]`` pulled back through the norm at ``x [b, s, d]``, for each ``P``."""
+        h = x.float()
+        d = h.shape[-1]
+        gw = g.float() * self.weight.float()
+        if self.rms:
+            r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # [b, s, 1]
+            dot = torch.einsum("bspd,bsd->bsp", gw, h)  # [b, s, P]
+            out = gw.mul_(r.unsqueeze(2)).addcmul_((dot * (r.pow(3) / d)).unsqueeze(-1), h.unsqueeze(2), value=-1)
+        else:
+            mu = h.mean(-1, keepdim=True)
+            r = torch.rsqrt(h.var(-1, unbiased=False, keepdim=True) + self.eps)
+            xh = (h - mu) * r  # [b, s, d]
+            m1 = gw.mean(-1, keepdim=True)  # [b, s, P, 1]
+            m2 = torch.einsum("bspd,bsd->bsp", gw, xh).unsqueeze(-1) / d
+            out = gw.sub_(m1).addcmul_(m2, xh.unsqueeze(2), value=-1).mul_(r.unsqueeze(2))
+        return out.to(g.dtype)
+
+
+class ReplicatedNorm(torch.autograd.Function):
+    """``norm(x + delta_i[:, :, p])`` for every receiver ``p`` of every group ``i``, where each
+    ``delta_i [b, s, P_i, d]`` is zero.
+
+    The gradient with respect to ``delta_i`` is each receiver's own input gradient (what EAP
+    needs), but the norm runs once on ``x`` and its backward applies the norm's Jacobian
+    transpose to every receiver's gradient in closed form, instead of autograd through ``P``
+    copies of the norm (on a CPU their fresh tensors cost more than the arithmetic)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, norm: Norm, *deltas: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(x)
+        ctx.norm = norm
+        y = norm(x).unsqueeze(2)
+        return tuple(y.expand(dl.shape) for dl in deltas)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        gxs = [ctx.norm.vjp(x, g) for g in grads]
+        return (sum(g.sum(2) for g in gxs), None, *gxs)
+
 
 class LayerWeights:
     """One layer's norms and per-head projection weights: ``wq [H, dh, d]``, ``wk``/``wv [G, dh, d]``,
@@ -207,6 +248,15 @@ class EdgeRun:
         P = len(receivers)
         return out.reshape(K, P, n, s, d).permute(0, 2, 3, 1, 4).reshape(K * n, s, P, d)
 
+    def normed_inputs(self, x: torch.Tensor, groups: list[list[int]], norm: Norm) -> tuple[torch.Tensor, ...]:
+        """Grad mode: the normalized input ``[b, s, P, d]`` of each group of receivers, one norm
+        for all (see `ReplicatedNorm`); the gradient is taken with respect to their inputs."""
+        b, s, d = x.shape
+        zero = x.new_zeros(()).requires_grad_()
+        deltas = [zero.expand(b, s, len(g), d) for g in groups]  # no memory: the gradient's shape only
+        self.inputs += list(zip(groups, deltas, strict=True))
+        return ReplicatedNorm.apply(x, norm, *deltas)
+
     def receiver_inputs(self, x: torch.Tensor, receivers: list[int], n_up: int) -> torch.Tensor | None:
         """Each receiver's input ``[b, s, P, d]`` from the stream ``x`` (None: nothing to change)."""
         if self.mode == "grad":
@@ -271,15 +321,21 @@ class AttnInOp(_Op):
         L = self.layer
         p = r.g.ports(L)
         recv = sorted(set(p["q"]) | set(p["k"]) | set(p["v"]))
-        xin = r.receiver_inputs(r.stream, recv, p["n_up_attn"])
-        if xin is None:
-            return
-        loc = {rv: i for i, rv in enumerate(recv)}
         w = r.w[L]
-        y = w.ln1(xin)
-        q = _proj(y[:, :, [loc[i] for i in p["q"]]], w.wq, w.bq)
-        k = _proj(y[:, :, [loc[i] for i in p["k"]]], w.wk, w.bk)
-        v = _proj(y[:, :, [loc[i] for i in p["v"]]], w.wv, w.bv)
+        if r.mode == "grad":  # one normalized input per distinct receiver list (q, k, v may share one)
+            groups = [list(g) for g in dict.fromkeys(tuple(p[c]) for c in ("q", "k", "v"))]
+            ys = dict(zip(map(tuple, groups), r.normed_inputs(r.stream, groups, w.ln1), strict=True))
+            yq, yk, yv = ys[tuple(p["q"])], ys[tuple(p["k"])], ys[tuple(p["v"])]
+        else:
+            xin = r.receiver_inputs(r.stream, recv, p["n_up_attn"])
+            if xin is None:
+                return
+            y = w.ln1(xin)
+            loc = {rv: i for i, rv in enumerate(recv)}
+            yq, yk, yv = (y[:, :, [loc[i] for i in p[c]]] for c in ("q", "k", "v"))
+        q = _proj(yq, w.wq, w.bq)
+        k = _proj(yk, w.wk, w.bk)
+        v = _proj(yv, w.wv, w.bv)
         attn = program.module(program.nn, "attn", L)
         rows = r.rows
         if r.family == "llama":

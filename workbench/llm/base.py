@@ -84,6 +84,11 @@ def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
     return stops
 
 
+class _Dropped(Exception):
+    """A `ChatClient.map` request not sent because an earlier one failed (never reaches the caller:
+    the failure, earlier in input order, is raised first)."""
+
+
 class ChatClient:
     """Base class: `chat`, `map`, `usage`. Back ends implement ``_complete`` (and ``kind``)."""
 
@@ -196,9 +201,16 @@ class ChatClient:
             return []
         bar = tqdm(total=len(batch), desc=f"{self.kind} chat", disable=not progress, leave=False)
 
+        failed = threading.Event()  # set by the first failure: no worker starts a request after it
+
         def one(msgs: Messages) -> ChatResponse:
+            if failed.is_set():
+                raise _Dropped
             try:
                 return self.chat(msgs, **kw)
+            except BaseException:
+                failed.set()
+                raise
             finally:
                 bar.update(1)
 

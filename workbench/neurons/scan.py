@@ -45,6 +45,7 @@ from .store import (
     KeyState,
     Sample,
     ScanStore,
+    Scratch,
     StoreError,
     window_priority,
     write_store,
@@ -137,9 +138,11 @@ class ScanReducer:
 
     def __init__(self, mask: torch.Tensor, pad_rows: torch.Tensor, shift: torch.Tensor | None, k: int,
                  sample_rows: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 first: int = 1, threshold: torch.Tensor | None = None):
+                 first: int = 1, threshold: torch.Tensor | None = None, scratch: Scratch | None = None):
         self.mask, self.pad_rows, self.shift, self.k = mask, pad_rows, shift, k
+        self.scratch = scratch if scratch is not None else Scratch()  # shared by the batch's reducers
         self.sample_rows, self.transform, self.first, self.threshold = sample_rows, transform, first, threshold
+        self._dense: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, every window's max positions)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The activations as a contiguous float32 ``[b, s, d]`` tensor (after the transform)."""
@@ -159,24 +162,30 @@ class ScanReducer:
     def positions(self, x: torch.Tensor, rows: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Position of the (first) maximum of unit ``units[i]`` in window ``rows[i]``."""
         m = self.mask.to(x.device)
-        if len(rows) * 4 >= x.shape[0] * x.shape[2]:  # most pairs: one dense pass
-            pos = x[:, self.first :].max(dim=1).indices + self.first
-            if len(self.pad_rows):
-                pr = self.pad_rows.to(x.device)
-                pos[pr] = x[pr].masked_fill(~m[pr, :, None], -torch.inf).max(dim=1).indices
-            return pos[rows, units]
+        if len(rows) * 4 >= x.shape[0] * x.shape[2]:  # most pairs: one dense pass, shared by every call on x
+            if self._dense is None or self._dense[0] is not x:
+                pos = x[:, self.first :].max(dim=1).indices + self.first
+                if len(self.pad_rows):
+                    pr = self.pad_rows.to(x.device)
+                    pos[pr] = x[pr].masked_fill(~m[pr, :, None], -torch.inf).max(dim=1).indices
+                self._dense = (x, pos)
+            return self._dense[1][rows, units]
         cols = x[rows, :, units]  # [pairs, s]
         return cols.masked_fill(~m[rows], -torch.inf).argmax(dim=1)
 
     def moments(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Power sums 1..4 of ``x - shift`` over the counted tokens (float32, per unit)."""
-        y = x - self.shift.to(x.device) if self.shift is not None else x.clone()
+        y = self.scratch.get("moments.y", x.shape, x.dtype, x.device)
+        if self.shift is not None:
+            torch.sub(x, self.shift.to(x.device), out=y)
+        else:
+            y.copy_(x)
         if self.first:
             y[:, : self.first] = 0
         if len(self.pad_rows):
             rows = self.pad_rows.to(x.device)
             y[rows] = y[rows].masked_fill(~self.mask.to(x.device)[rows, :, None], 0)
-        y2 = y * y
+        y2 = torch.mul(y, y, out=self.scratch.get("moments.y2", x.shape, x.dtype, x.device))
         s1, s2 = y.sum((0, 1)), y2.sum((0, 1))
         s3 = y.mul_(y2).sum((0, 1))
         s4 = y2.mul_(y2).sum((0, 1))
@@ -185,10 +194,10 @@ class ScanReducer:
     def histogram(self, x: torch.Tensor) -> torch.Tensor:
         """``[d, n_bins]`` counts of the counted tokens: every token's, less the uncounted ones'."""
         d = x.shape[-1]
-        hist = HIST.counts(x.view(-1, d))
+        hist = HIST.counts(x.view(-1, d), self.scratch)
         m = self.mask.to(x.device)
         if not bool(m.all()):
-            hist -= HIST.counts(x[~m])
+            hist -= HIST.counts(x[~m], self.scratch)
         return hist
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -216,6 +225,7 @@ class ScanReducer:
             r = rows[:, None].expand(len(rows), d).reshape(-1)
             uu = torch.arange(d, device=dev).repeat(len(rows))
             out.update(sv=wmax[rows], sp=self.positions(x, r, uu).view(len(rows), d))
+        self._dense = None
         return out
 
 
@@ -275,12 +285,13 @@ class _Scan:
         k = int(meta["k"])
         caps: dict[str, Any] = {}
         reducers = {}
+        scratch = Scratch()
         for key, info in meta["sites"].items():
             tr = self.features[key][1] if key in self.features else None
             st = self.states.get(key)
             shift = st.mean.float() if st is not None and st.n else None
             thr = st.threshold() if st is not None else None
-            r = ScanReducer(mask, pad_rows, shift, k, cand, tr, first, thr)
+            r = ScanReducer(mask, pad_rows, shift, k, cand, tr, first, thr, scratch)
             reducers[key] = r
             caps.setdefault(info["site"], []).append((key, r))
         capture = {}

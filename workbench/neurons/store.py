@@ -58,6 +58,27 @@ class StoreError(WorkbenchError):
     """A scan store that cannot be read or does not fit the request (with the reason)."""
 
 
+class Scratch:
+    """Work tensors lent to the reductions of one batch and reused from site to site.
+
+    On a CPU a fresh multi-megabyte tensor costs more in page faults than the pass that fills
+    it, so the scan's reductions write their temporaries into these. Never pickled with its
+    buffers (a remote trace gets an empty one)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (name, tuple(shape), dtype, torch.device(device))
+        buf = self._bufs.get(key)
+        if buf is None:
+            buf = self._bufs[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
+    def __getstate__(self) -> dict:
+        return {"_bufs": {}}
+
+
 class SignedLogBins:
     """Fixed histogram bins shared by every unit and model, from the float32 bit pattern.
 
@@ -78,6 +99,7 @@ class SignedLogBins:
         self.M = (hi_exp - lo_exp) * per_octave
         self.center = self.M + 2
         self.n_bins = 2 * self.M + 5
+        self._luts: dict[torch.device, torch.Tensor] = {}
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "signed-log-f32", "lo_exp": self.lo_exp, "hi_exp": self.hi_exp, "per_octave": self.per_octave}
@@ -98,21 +120,49 @@ class SignedLogBins:
         pe = self.positive_edges()
         return np.concatenate([[-np.inf], -pe[::-1], [0.0, 0.0], pe, [np.inf]])
 
-    def counts(self, flat: torch.Tensor) -> torch.Tensor:
-        """Histogram of each column of a float32 ``[n, d]`` tensor -> ``[d, n_bins]`` int64."""
+    def _lut(self, device: torch.device) -> torch.Tensor:
+        """The bin of every code ``bits >> shift`` (sign, exponent, top mantissa bits), indexed by the
+        code modulo its range: int32 ``[2^(32 - shift)]``. Code 0 holds ``±0`` and the subnormal
+        values below ``2^-128``; it maps to the zero bin, and `counts` moves the non-zero ones out."""
+        lut = self._luts.get(device)
+        if lut is None:
+            half = 1 << (31 - self.shift)
+            codes = torch.arange(-half, half, dtype=torch.int64)
+            mag = codes & (half - 1)
+            q = mag.clamp(self.base - 1, self.base + self.M) - (self.base - 2)
+            b = torch.where(codes < 0, -q, q) + self.center
+            b[mag == 0] = self.center
+            lut = torch.cat([b[half:], b[:half]]).to(torch.int32).to(device)  # position = code mod 2*half
+            self._luts[device] = lut
+        return lut
+
+    def counts(self, flat: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
+        """Histogram of each column of a float32 ``[n, d]`` tensor -> ``[d, n_bins]`` int64.
+
+        Three passes over the tensor: the code of each value (an integer shift), its bin (a table
+        lookup), the bin offset by its column, then one ``bincount``. ``scratch`` lends the two
+        int32 work tensors (reused across calls: a fresh large tensor costs its page faults)."""
         flat = flat.float().contiguous()
-        d = flat.shape[1]
+        n, d = flat.shape
+        scratch = scratch or Scratch()
         bits = flat.view(torch.int32)
-        s = bits >> 31  # -1 for negative (and -0.0), else 0
-        q = bits & 0x7FFFFFFF
-        z = q - 1
-        z >>= 31  # -1 for ±0
-        # In place from here (three temporaries in all): the bin counted from the centre, signed.
-        q >>= self.shift
-        q.clamp_(self.base - 1, self.base + self.M).sub_(self.base - 2).add_(z)
-        q.bitwise_xor_(s).sub_(s)  # negate for negative values
-        q += torch.arange(d, dtype=torch.int32, device=flat.device) * self.n_bins + self.center
-        return torch.bincount(q.view(-1), minlength=d * self.n_bins).view(d, self.n_bins)
+        code = torch.bitwise_right_shift(bits, self.shift, out=scratch.get("hist.code", (n, d), torch.int32,
+                                                                             flat.device))
+        code &= (2 << (31 - self.shift)) - 1
+        b = scratch.get("hist.bin", (n, d), torch.int32, flat.device)
+        torch.index_select(self._lut(flat.device), 0, code.view(-1), out=b.view(-1))
+        b += torch.arange(d, dtype=torch.int32, device=flat.device) * self.n_bins
+        hist = torch.bincount(b.view(-1), minlength=d * self.n_bins).view(d, self.n_bins)
+        if bool(hist[:, self.center].any()):  # zeros, or tiny non-zero values that share their code
+            mag = bits & 0x7FFFFFFF
+            tiny = (mag > 0) & (mag < (1 << self.shift))
+            if bool(tiny.any()):
+                rows, cols = tiny.nonzero(as_tuple=True)
+                to = torch.where(bits[rows, cols] < 0, self.center - 1, self.center + 1)
+                one = torch.ones_like(cols)
+                hist.index_put_((cols, torch.full_like(cols, self.center)), -one, accumulate=True)
+                hist.index_put_((cols, to), one, accumulate=True)
+        return hist
 
 
 HIST = SignedLogBins()
@@ -188,14 +238,17 @@ class KeyState:
     def _merged(tv: torch.Tensor, tw: torch.Tensor, tp: torch.Tensor, values: torch.Tensor, windows: torch.Tensor,
                 pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = tv.shape[0]
-        v = torch.cat([tv, values])
+        v = torch.cat([tv, values]) + 0.0  # -0.0 -> +0.0: equal values tie
+        v = torch.where(v.isnan(), torch.nan, v)  # one NaN, ranked first as by a float sort
         w = torch.cat([tw, windows])
         p = torch.cat([tp, pos])
-        wkey = torch.where(w < 0, torch.iinfo(torch.long).max, w)
-        o1 = torch.sort(wkey, dim=0, stable=True).indices
-        v, w, p = v.gather(0, o1), w.gather(0, o1), p.gather(0, o1)
-        o2 = torch.sort(v, dim=0, descending=True, stable=True).indices[:k]
-        return v.gather(0, o2), w.gather(0, o2), p.gather(0, o2)
+        # One sort key: the value's order-preserving integer above, then the window (earlier first;
+        # an empty slot, -1, after every real window of the same value). Keys are distinct: topk.
+        bits = v.view(torch.int32)
+        key = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long() << 32
+        key |= torch.where(w < 0, 0, 0xFFFFFFFF - w)
+        o = key.topk(k, dim=0).indices
+        return v.gather(0, o), w.gather(0, o), p.gather(0, o)
 
     def merge_moments(self, n_b: int, mean: torch.Tensor, m2: torch.Tensor, m3: torch.Tensor,
                       m4: torch.Tensor) -> None:
