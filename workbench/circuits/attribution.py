@@ -129,12 +129,9 @@ def _scores_from(graph: ComputationGraph, diff: torch.Tensor, grads: list[tuple[
             GT[a:a + P].view(gp.shape).add_(gp)
         else:
             GT.index_add_(0, torch.tensor(recv), gp.reshape(P, K))
-    up = torch.zeros(graph.n_receivers, dtype=torch.long)
-    for L in range(graph.n_layers):
-        p = graph.ports(L)
-        up[sorted(set(p["q"]) | set(p["k"]) | set(p["v"]))] = p["n_up_attn"]
-        up[p["mlp"]] = p["n_up_mlp"]
-    up[graph.logits_receiver] = S
+    # how many senders (from the first) each receiver's edges reach back to
+    up = torch.zeros(graph.n_receivers, dtype=torch.long).scatter_reduce_(
+        0, graph.edge_receiver, graph.edge_sender + 1, "amax")
     order = torch.argsort(up, stable=True)
     mat = torch.zeros(graph.n_receivers, S)  # [receiver, sender]
     for cols in order.tensor_split(_SCORE_BLOCKS):
