@@ -124,11 +124,11 @@ def _scores_from(graph: ComputationGraph, diff: torch.Tensor, grads: list[tuple[
         if steps > 1:
             g = g.reshape(steps, n, *gr.shape[1:]).sum(0)  # [n, s, P, d]
         gp = g.permute(2, 0, 1, 3)  # [P, n, s, d]: each receiver's row ordered as flat's columns
-        a, P = recv[0], len(recv)
-        if recv == list(range(a, a + P)):
-            GT[a:a + P].view(gp.shape).add_(gp)
+        run = _as_slice(recv)
+        if run is not None:
+            GT[run].view(gp.shape).add_(gp)
         else:
-            GT.index_add_(0, torch.tensor(recv), gp.reshape(P, K))
+            GT.index_add_(0, torch.tensor(recv), gp.reshape(len(recv), K))
     # how many senders (from the first) each receiver's edges reach back to
     up = torch.zeros(graph.n_receivers, dtype=torch.long).scatter_reduce_(
         0, graph.edge_receiver, graph.edge_sender + 1, "amax")
@@ -137,13 +137,17 @@ def _scores_from(graph: ComputationGraph, diff: torch.Tensor, grads: list[tuple[
     for cols in order.tensor_split(_SCORE_BLOCKS):
         if cols.numel():
             u = int(up[cols].max())
-            a = int(cols[0])
-            contiguous = bool((cols == torch.arange(a, a + cols.numel())).all())
-            mat[cols, :u] = (GT[a:a + cols.numel()] if contiguous else GT[cols]) @ flat[:u].T
+            run = _as_slice(cols.tolist())
+            mat[cols, :u] = (GT[run] if run is not None else GT[cols]) @ flat[:u].T
     return (mat[graph.edge_receiver, graph.edge_sender].double() / (n * steps)).float()
 
 
 _SCORE_BLOCKS = 6
+
+
+def _as_slice(idx: list[int]) -> slice | None:
+    """``idx`` as a slice when it is a run of consecutive integers (a view instead of a copy)."""
+    return slice(idx[0], idx[0] + len(idx)) if idx == list(range(idx[0], idx[0] + len(idx))) else None
 
 
 def eap(model: Any, task: Any, method: str = "eap", steps: int = 5, *, split_qkv: bool = False,
