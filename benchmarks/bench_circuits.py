@@ -108,24 +108,27 @@ def main(sections: tuple[str, ...] = ("attribution", "patching", "curve")) -> No
     if "attribution" not in sections:
         s_eap, s_ig = eap(model, task), eap(model, task, "eap-ig", steps=5)
     else:
-        s_eap, s_ig = attribution(model, task, fwd_bwd)
+        s_eap, s_ig = attribution(model, task, fwd_bwd, bare)
     if "patching" in sections:
         patching(model, task, graph, s_eap, s_ig, bare)
     if "curve" in sections:
         curve(model, task, graph, s_eap, s_ig, bare)
 
 
-def attribution(model, task, fwd_bwd):
-    t_fb, t_eap, t_ig = [], [], []
+def attribution(model, task, fwd_bwd, bare):
+    t_fb, t_fw, t_eap, t_ig = [], [], [], []
     for _ in range(REPEATS):  # interleaved
         t_fb.append(timed(fwd_bwd)[0])
+        t_fw.append(timed(bare)[0])
         t, s_eap = timed(lambda: eap(model, task))
         t_eap.append(t)
         t, s_ig = timed(lambda: eap(model, task, "eap-ig", steps=5))
         t_ig.append(t)
-    fb, te, ti = (statistics.median(x) for x in (t_fb, t_eap, t_ig))
+    fb, fw, te, ti = (statistics.median(x) for x in (t_fb, t_fw, t_eap, t_ig))
     print("\nEdge attribution (medians of interleaved runs)")
     print(f"  forward + backward (plain HF)      {fb:8.2f} s")
+    print(f"  EAP's own floor: + one bare forward of the corrupted prompts ({fw:.2f} s) = {fw + fb:.2f} s = "
+          f"{(fw + fb) / fb:.2f}x fwd+bwd before any edge is scored; EAP is {te / (fw + fb):.2f}x that floor")
     print(f"  EAP                                {te:8.2f} s   {te / fb:5.2f}x fwd+bwd  (target <= 1.5x: "
           f"{'met' if te / fb <= 1.5 else 'NOT met'})")
     print(f"  EAP-IG m=5                         {ti:8.2f} s   {ti / te:5.2f}x EAP      (target <= 7.2x: "
@@ -151,6 +154,20 @@ def patching(model, task, graph, s_eap, s_ig, bare):
           f"{SAMPLE} edges)")
     print(f"  batched                            {t_batch:8.2f} s   {naive / t_batch:5.2f}x faster (target >= 10x: "
           f"{'met' if naive / t_batch >= 10 else 'NOT met'})")
+    # the layers each way runs, where cost follows the arithmetic: a set into the logits needs no layer, a set
+    # whose earliest receiver is at layer L runs layers L.. once the clean run (every layer) is recorded
+    n_layers = graph.n_layers
+    lay = torch.full((graph.n_receivers,), n_layers, dtype=torch.long)
+    for L in range(n_layers):
+        p = graph.ports(L)
+        lay[list(p["q"]) + list(p["k"]) + list(p["v"]) + [p["mlp"]]] = L
+    first = lay[graph.edge_receiver[top]]
+    runs = torch.where(first < n_layers, n_layers - first, torch.zeros_like(first))
+    batched_layers = n_layers + int(runs.sum())
+    naive_layers = int((runs + torch.where(first > 0, n_layers, 0)).sum())
+    print(f"  layer forwards: per edge {naive_layers}, batched {batched_layers} (the clean run once): on a machine "
+          f"whose time follows the arithmetic, batching can gain at most {naive_layers / batched_layers:.2f}x here; "
+          f"{int((first == n_layers).sum())} of the 200 edges enter the logits")
     t_bare = median_of(bare)[0]
     print(f"  bare forward of the 20 pairs       {t_bare:8.2f} s (x200 = {t_bare * 200:.1f} s)")
     clean_m = s_eap.clean_metric

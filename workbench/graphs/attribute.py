@@ -1,11 +1,11 @@
 """`attribute`: the attribution graph of one prompt over a transcoder set.
 
 One real forward (inference mode) finds the active features, the error vectors and the output
-logits. One trace then runs a frozen forward of ``batch_size`` copies of the prompt and every
-backward pass (`attribution_rows`): each backward pass carries one target row per copy (a logit's demeaned unembedding
-vector at the final norm's output, or a feature's encoder vector at its MLP input), so a graph
-with R target rows costs one forward and ``ceil(R / batch_size)`` backward passes, as in
-circuit-tracer. A source's edge is its activation times the gradient reaching what it wrote:
+logits. One trace then runs a frozen forward of the prompt and every backward pass
+(`attribution_rows`): each backward pass is one vector-Jacobian product batched over
+``batch_size`` target rows (a logit's demeaned unembedding vector at the final norm's output, or a
+feature's encoder vector at its MLP input), so a graph with R target rows costs one forward and
+``ceil(R / batch_size)`` backward passes, as in circuit-tracer. A source's edge is its activation times the gradient reaching what it wrote:
 ``a_f * W_dec[f] . g`` for a feature (summed over the layers a cross-layer latent writes),
 ``error . g`` for an error node and ``embedding . g`` for a token.
 
@@ -32,14 +32,17 @@ DEFAULT_MAX_TOKENS = 128
 
 
 def estimate_memory(model: Any, n_tokens: int, batch_size: int, n_features: int) -> int:
-    """Bytes an attribution needs, roughly: the frozen forward's saved activations for ``batch_size``
-    copies, one batch of gradients at every layer, and the dense adjacency."""
+    """Bytes an attribution needs, roughly: a fixed part (about 0.45 GB measured on the embedded
+    model: the first attribution's caches, whatever the prompt), the frozen forward's saved
+    activations (one copy of the prompt), one batch of gradients at every layer, and the dense
+    adjacency with its temporaries (about 3.5 copies). `benchmarks/bench_attribution.py` prints the
+    estimate beside the measured peak."""
     a = model.arch
     per_tok_layer = 16 * a.d_model + 4 * a.d_mlp + 2 * a.n_heads * n_tokens  # floats kept for the backward
-    fwd = batch_size * n_tokens * a.n_layers * per_tok_layer * 4
+    fwd = n_tokens * a.n_layers * per_tok_layer * 4
     grads = batch_size * n_tokens * (a.n_layers + 1) * a.d_model * 4 * 2
     n = n_features + (a.n_layers + 1) * n_tokens + 10
-    return int(fwd + grads + n * n * 4)
+    return int(0.45 * 2**30 + fwd + grads + n * n * 14)
 
 
 def _fmt_gb(b: int) -> str:
@@ -88,7 +91,7 @@ def attribute(model: Any, prompt: str, transcoders: Any, *, targets: Any = None,
 
     ``targets``: token texts or ids for the logit nodes (one token each); by default the top
     logits, up to ``max_n_logits``, covering ``desired_logit_prob`` of the probability.
-    ``batch_size``: target rows per backward pass (and copies in the frozen forward).
+    ``batch_size``: target rows per backward pass.
     ``max_tokens``: prompts longer than this are refused with the memory they would need.
     Layers without a transcoder keep their real MLP, which enters as error nodes.
     ``remote``: as the model's setting by default; ``"local"`` rehearses a remote run. What travels

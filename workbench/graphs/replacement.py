@@ -1,7 +1,8 @@
 """The local replacement model of one prompt: the real forward, made linear for the backward.
 
-One nnsight trace runs the prompt ``rows`` times (one copy per target row of a batched
-backward). Its values are the real model's; only the gradient paths change:
+One nnsight trace runs the prompt once; each backward pass over it is batched over ``rows``
+target rows (``is_grads_batched``). Its values are the real model's; only the gradient paths
+change:
 
 - every norm's denominator is frozen: its output is the real output plus
   ``weight * (dx [- mean dx]) * rstd`` of a zero-valued ``dx = x - x.detach()``;
@@ -101,13 +102,12 @@ def _freeze_norm(env: Any, parts: bool = False) -> Any:
         h = h - h.mean(-1, keepdim=True)
         dx = dx - dx.mean(-1, keepdim=True)
     rstd = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
-    lin = dx * rstd
     w = _weight(env, kind, x)
-    new = out.detach() + (lin * w if w is not None else lin)
+    new = out.detach() + dx * (rstd * w if w is not None else rstd)  # one constant factor: one product backward
     env.output = new
     if not parts:
         return new
-    return new, x, (h * rstd).to(x.dtype) + lin
+    return new, x, (h * rstd).to(x.dtype) + dx * rstd
 
 
 def _bias_of(env: Any) -> torch.Tensor | None:
@@ -119,9 +119,9 @@ def _bias_of(env: Any) -> torch.Tensor | None:
 class RowPlan:
     """Everything the trace needs to compute target rows, as plain tensors (what travels to a remote host).
 
-    ``chunks``: one dict per backward pass: ``out [B]`` (the output row of each copy, -1 for none),
-    ``logit_b [k]`` / ``logit_vec [k, d]`` (copies whose target is a logit, and its demeaned
-    unembedding vector), ``feat_b``, ``feat_L``, ``feat_p [k]`` / ``feat_vec [k, d]`` (copies whose
+    ``chunks``: one dict per backward pass: ``out [B]`` (the output row of each batch row, -1 for none),
+    ``logit_b [k]`` / ``logit_vec [k, d]`` (batch rows whose target is a logit, and its demeaned
+    unembedding vector), ``feat_b``, ``feat_L``, ``feat_p [k]`` / ``feat_vec [k, d]`` (batch rows whose
     target is a feature: its layer, position and encoder vector). ``sources``: per source layer and
     position, ``(cols [k], pos, act [k], out_layers, W [k, n_out, d])`` of the graph's feature columns.
     ``inputs``: the site name each covered layer's transcoder reads (``mlp_in``, ``resid_mid`` or
@@ -157,27 +157,37 @@ class RowPlan:
 def _pass(plan: RowPlan, ch: dict[str, Any], leaves: list[torch.Tensor], mlp_in: dict[int, torch.Tensor],
           final: torch.Tensor, e_leaf: torch.Tensor, points: list[tuple[torch.Tensor, torch.Tensor]]
           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One backward pass: the chunk's rows ``[B, n_cols]`` and their bias terms ``[B]``."""
+    """One backward pass: the chunk's rows ``[B, n_cols]`` and their bias terms ``[B]``.
+
+    The frozen forward ran one copy of the prompt; the pass's ``B`` target rows are one batched
+    vector-Jacobian product over it (``is_grads_batched``: the backward vectorized over the rows)."""
     B, s, d = plan.rows, e_leaf.shape[1], e_leaf.shape[2]
     outs, gouts = [], []
     if ch["logit_b"].numel():
-        g = torch.zeros(B, d, dtype=final.dtype, device=final.device)
-        g[ch["logit_b"].to(g.device)] = ch["logit_vec"].to(g)
+        g = torch.zeros(B, *final.shape, dtype=final.dtype, device=final.device)
+        g[ch["logit_b"].to(g.device), 0] = ch["logit_vec"].to(g)
         outs.append(final)
         gouts.append(g)
     for L in sorted(set(ch["feat_L"].tolist())):
         m = ch["feat_L"] == L
         x = mlp_in[L]
-        g = torch.zeros(B, s, d, dtype=x.dtype, device=x.device)
-        g[ch["feat_b"][m].to(g.device), ch["feat_p"][m].to(g.device)] = ch["feat_vec"][m].to(g)
+        g = torch.zeros(B, *x.shape, dtype=x.dtype, device=x.device)
+        g[ch["feat_b"][m].to(g.device), 0, ch["feat_p"][m].to(g.device)] = ch["feat_vec"][m].to(g)
         outs.append(x)
         gouts.append(g)
     n_layers = len(leaves)
-    grads = torch.autograd.grad(outs, [e_leaf, *leaves, *(t for t, _ in points)], gouts, retain_graph=True,
-                                allow_unused=True)
+    wrt = [e_leaf, *leaves, *(t for t, _ in points)]
+    if B == 1:  # one row: a plain backward
+        grads = torch.autograd.grad(outs, wrt, [g[0] for g in gouts], retain_graph=True, allow_unused=True)
+    else:
+        grads = torch.autograd.grad(outs, wrt, gouts, retain_graph=True, allow_unused=True, is_grads_batched=True)
     zero = torch.zeros(B, s, d)
-    g_e = zero if grads[0] is None else grads[0].detach().float().cpu()
-    g_m = [zero if g is None else g.detach().float().cpu() for g in grads[1:1 + n_layers]]
+
+    def rows_of(g: torch.Tensor | None) -> torch.Tensor:
+        return zero if g is None else g.detach().float().cpu().reshape(B, s, d)
+
+    g_e = rows_of(grads[0])
+    g_m = [rows_of(g) for g in grads[1:1 + n_layers]]
     block = torch.zeros(B, plan.n_cols)
     for cols, pos, act, outs_L, W in plan.sources:  # one group per (source layer, position): a GEMM each
         contrib = torch.zeros(B, cols.numel())
@@ -186,31 +196,30 @@ def _pass(plan: RowPlan, ch: dict[str, Any], leaves: list[torch.Tensor], mlp_in:
         block[:, cols] = contrib * act[None]
     e0, t0 = plan.col_errors, plan.col_tokens
     for L in range(n_layers):
-        block[:, e0 + L * s:e0 + (L + 1) * s] = (g_m[L] * plan.errors[L][None]).sum(-1)
+        block[:, e0 + L * s:e0 + (L + 1) * s] = torch.einsum("bsd,sd->bs", g_m[L], plan.errors[L])
     emb = e_leaf[0].detach().float().cpu()
-    block[:, t0:t0 + s] = (g_e * emb[None]).sum(-1)
+    block[:, t0:t0 + s] = torch.einsum("bsd,sd->bs", g_e, emb)
     bias = torch.zeros(B)
     for L, b in plan.b_dec.items():
         bias += (g_m[L].sum(1) * b.float()[None]).sum(-1)
     for g, (_, b) in zip(grads[1 + n_layers:], points, strict=True):
         if g is not None:
-            bias += (g.detach().float().cpu().sum(1) * b.float().cpu()[None]).sum(-1)
+            gb = g.detach().float().cpu().reshape(B, -1, b.numel())
+            bias += (gb.sum(1) * b.float().cpu()[None]).sum(-1)
     return block, bias
 
 
 def attribution_rows(model: Any, ids: torch.Tensor, plan: RowPlan, *, remote: bool | str | None = None,
                      bar: Any = None, cancel: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen model on ``plan.rows`` copies of ``ids [1, s]`` and every backward pass of ``plan``,
-    inside one trace; returns the rows ``[n_rows, n_cols]`` and their bias terms ``[n_rows]``.
+    """Run the frozen model on ``ids [1, s]`` and every backward pass of ``plan`` (``plan.rows`` target
+    rows each), inside one trace; returns the rows ``[n_rows, n_cols]`` and their bias terms ``[n_rows]``.
 
     Only ``plan``'s tensors go into the trace and only the rows come back, so the same code runs
     on a remote host (``remote=``: as the model's ``remote`` setting, or ``"local"`` to rehearse it).
     ``bar`` (a tqdm) and ``cancel`` (an Event) are used on local runs only.
     """
     a = model.arch
-    rows = plan.rows
-    batch = Batch(ids.repeat(rows, 1), torch.ones(rows, ids.shape[1], dtype=torch.long),
-                  [[] for _ in range(rows)], rows)
+    batch = Batch(ids, torch.ones(1, ids.shape[1], dtype=torch.long), [[]], 1)
     nn = model.nn
     tb = model.trace_batch
     r = model.remote if remote is None else remote
