@@ -248,6 +248,28 @@ class EdgeRun:
         P = len(receivers)
         return out.reshape(K, P, n, s, d).permute(0, 2, 3, 1, 4).reshape(K * n, s, P, d)
 
+    def sparse_deltas(self, receivers: list[int], n_up: int) -> list[tuple[int, torch.Tensor, torch.Tensor]] | None:
+        """Patch mode, when few sets patch each receiver: per receiver that some set patches,
+        ``(position in receivers, the sets [k'], their delta [k', n, s, d])``; None to take the
+        dense path (`delta`: every set and receiver), or when this run acts on chosen rows only."""
+        if self.mode != "patch" or self.rows is not None:
+            return None
+        c = int(self.n_need_prefix[n_up])
+        if c == 0:
+            return []
+        M = self.cmasks[:, :c][:, :, receivers]  # [K, c, P]
+        act = M.any(1)  # [K, P]: which set patches which receiver
+        if int(act.sum()) * _SPARSE_AT > act.numel():
+            return None
+        K, _, n, s, d = self.D.shape
+        out = []
+        for j in act.any(0).nonzero()[:, 0].tolist():
+            sets = act[:, j].nonzero()[:, 0]
+            D = self.D[sets, :c].reshape(len(sets), c, -1)  # [k', c, n s d]
+            dl = torch.bmm(M[sets, :, j].to(D.dtype).unsqueeze(1), D)  # [k', 1, n s d]
+            out.append((j, sets, dl.view(len(sets), n, s, d)))
+        return out
+
     def normed_inputs(self, x: torch.Tensor, groups: list[list[int]], norm: Norm) -> tuple[torch.Tensor, ...]:
         """Grad mode: the normalized input ``[b, s, P, d]`` of each group of receivers, one norm
         for all (see `ReplicatedNorm`); the gradient is taken with respect to their inputs."""
@@ -327,6 +349,11 @@ class AttnInOp(_Op):
             ys = dict(zip(map(tuple, groups), r.normed_inputs(r.stream, groups, w.ln1), strict=True))
             yq, yk, yv = ys[tuple(p["q"])], ys[tuple(p["k"])], ys[tuple(p["v"])]
         else:
+            sparse = r.sparse_deltas(recv, p["n_up_attn"])
+            if sparse is not None:
+                if sparse:
+                    _patch_heads(program, r, L, p, recv, sparse)
+                return
             xin = r.receiver_inputs(r.stream, recv, p["n_up_attn"])
             if xin is None:
                 return
@@ -348,6 +375,64 @@ class AttnInOp(_Op):
             val = torch.cat([q, k, v], -1).flatten(-2)
             mod = attn.query_key_value
             mod.output = _replace(mod.output, rows, val.to(mod.output.dtype))
+
+
+def _patch_heads(program: TraceProgram, r: EdgeRun, L: int, p: dict[str, Any], recv: list[int],
+                 sparse: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+    """The sparse path of `AttnInOp`: only the sets that patch a receiver recompute its q/k/v
+    (norm and projection of their own input); every other head keeps the model's own values."""
+    w, fam = r.w[L], r.family
+    attn = program.module(program.nn, "attn", L)
+    K = r.K
+    xs = r.stream.view(K, -1, *r.stream.shape[1:])  # [K, n, s, d]
+    writes: dict[str, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
+    for j, sets, dl in sparse:
+        y = w.ln1(xs[sets] + dl)  # [k', n, s, d]
+        rv = recv[j]
+        for kind, W, B in (("q", w.wq, w.bq), ("k", w.wk, w.bk), ("v", w.wv, w.bv)):
+            if rv not in p[kind]:
+                continue
+            h = p[kind].index(rv)
+            val = y @ W[h].to(y.dtype).T  # [k', n, s, dh]
+            if B is not None:
+                val = val + B[h].to(y.dtype)
+            name, start = _head_columns(fam, kind, h, W.shape[1], w.wq.shape[0])
+            writes.setdefault(name, []).append((sets, start, val))
+    for name in ("q_proj", "k_proj", "v_proj", "c_attn", "query_key_value"):  # the order the model runs them
+        if name not in writes:
+            continue
+        mod = getattr(attn, name)
+        o = mod.output.clone()
+        ov = o.view(K, -1, *o.shape[1:])
+        for sets, start, val in writes[name]:
+            ov[sets, :, :, start:start + val.shape[-1]] = val.to(o.dtype)
+        mod.output = o
+
+
+def _head_columns(family: str, kind: str, head: int, dh: int, n_heads: int) -> tuple[str, int]:
+    """The module whose output holds ``kind`` (q/k/v) of ``head``, and that head's first column."""
+    if family == "llama":
+        return f"{kind}_proj", head * dh
+    part = "qkv".index(kind)
+    if family == "gpt2":  # c_attn: [q | k | v], each n_heads * dh
+        return "c_attn", part * n_heads * dh + head * dh
+    return "query_key_value", head * 3 * dh + part * dh  # gpt_neox: per head [q | k | v]
+
+
+def _patch_rows(r: EdgeRun, x: torch.Tensor, src: torch.Tensor, norm: Norm, receiver: int, n_up: int) -> bool:
+    """The sparse path of a single-receiver op (MLP, logits): the sets that patch ``receiver`` write
+    ``norm(src + delta)`` into their rows of ``x``; False to take the dense path."""
+    sparse = r.sparse_deltas([receiver], n_up)
+    if sparse is None:
+        return False
+    for _, sets, dl in sparse:
+        xv = x.view(r.K, -1, *x.shape[1:])
+        xv[sets] = norm(src.view(r.K, -1, *src.shape[1:])[sets] + dl).to(x.dtype)
+    return True
+
+
+#: The sparse path runs when at most one in this many (set, receiver) pairs is patched.
+_SPARSE_AT = 2
 
 
 class HeadsOutOp(_Op):
@@ -380,6 +465,8 @@ class MlpInOp(_Op):
         if not r.active(step):
             return
         p = r.g.ports(self.layer)
+        if _patch_rows(r, x, r.mid, r.w[self.layer].ln2, p["mlp"], p["n_up_mlp"]):
+            return
         xin = r.receiver_inputs(r.mid, [p["mlp"]], p["n_up_mlp"])
         if xin is not None:
             _write(x, r.rows, r.w[self.layer].ln2(xin[:, :, 0]).to(x.dtype))
@@ -408,6 +495,8 @@ class LogitsInOp(_Op):
     def apply(self, program: TraceProgram, x: torch.Tensor, step: Step) -> None:
         r = self.run
         if not r.active(step):
+            return
+        if _patch_rows(r, x, r.last, r.final, r.g.logits_receiver, r.g.n_senders):
             return
         xin = r.receiver_inputs(r.last, [r.g.logits_receiver], r.g.n_senders)
         if xin is not None:
