@@ -157,11 +157,7 @@ def patching(model, task, graph, s_eap, s_ig, bare):
     # the layers each way runs, where cost follows the arithmetic: a set into the logits needs no layer, a set
     # whose earliest receiver is at layer L runs layers L.. once the clean run (every layer) is recorded
     n_layers = graph.n_layers
-    lay = torch.full((graph.n_receivers,), n_layers, dtype=torch.long)
-    for L in range(n_layers):
-        p = graph.ports(L)
-        lay[list(p["q"]) + list(p["k"]) + list(p["v"]) + [p["mlp"]]] = L
-    first = lay[graph.edge_receiver[top]]
+    first = graph.receiver_layers[graph.edge_receiver[top]]
     runs = torch.where(first < n_layers, n_layers - first, torch.zeros_like(first))
     batched_layers = n_layers + int(runs.sum())
     naive_layers = int((runs + torch.where(first > 0, n_layers, 0)).sum())

@@ -238,15 +238,21 @@ class EdgeRun:
         """``[b, s, P, d]``: the sum over the patched edges into each receiver of (source - current)."""
         if self.mode != "patch" or not bool(self.recv_active[receivers].any()):
             return None
-        c = int(self.n_need_prefix[n_up])
+        c, M = self._receiver_masks(receivers, n_up)
         if c == 0:
             return None
-        M = self.cmasks[:, :c][:, :, receivers].to(self.D.dtype)  # [K, c, P]
+        M = M.to(self.D.dtype)
         K, _, n, s, d = self.D.shape
         D = self.D[:, :c].reshape(K, c, -1)  # a view: [K, c, n s d]
         out = torch.matmul(M.transpose(1, 2), D)  # [K, P, n s d]
         P = len(receivers)
         return out.reshape(K, P, n, s, d).permute(0, 2, 3, 1, 4).reshape(K * n, s, P, d)
+
+    def _receiver_masks(self, receivers: list[int], n_up: int) -> tuple[int, torch.Tensor]:
+        """How many needed senders lie upstream (``c``), and the sets' patched edges from them into
+        ``receivers``: bool ``[K, c, P]``."""
+        c = int(self.n_need_prefix[n_up])
+        return c, self.cmasks[:, :c][:, :, receivers]
 
     def sparse_deltas(self, receivers: list[int], n_up: int) -> list[tuple[int, torch.Tensor, torch.Tensor]] | None:
         """Patch mode, when few sets patch each receiver: per receiver that some set patches,
@@ -254,10 +260,9 @@ class EdgeRun:
         dense path (`delta`: every set and receiver), or when this run acts on chosen rows only."""
         if self.mode != "patch" or self.rows is not None:
             return None
-        c = int(self.n_need_prefix[n_up])
+        c, M = self._receiver_masks(receivers, n_up)
         if c == 0:
             return []
-        M = self.cmasks[:, :c][:, :, receivers]  # [K, c, P]
         act = M.any(1)  # [K, P]: which set patches which receiver
         if int(act.sum()) * _SPARSE_AT > act.numel():
             return None
@@ -615,18 +620,9 @@ def _clean_run(model: Any, graph: ComputationGraph, ids: torch.Tensor) -> EdgeRu
     return _forward(model, ids, run)[1]
 
 
-def _receiver_layers(graph: ComputationGraph) -> torch.Tensor:
-    """``[n_receivers]``: each receiver's layer (the logits: ``n_layers``)."""
-    out = torch.full((graph.n_receivers,), graph.n_layers, dtype=torch.long)
-    for L in range(graph.n_layers):
-        p = graph.ports(L)
-        out[list(p["q"]) + list(p["k"]) + list(p["v"]) + [p["mlp"]]] = L
-    return out
-
-
 def _first_layers(graph: ComputationGraph, masks: torch.Tensor) -> torch.Tensor:
     """``[K]``: the earliest layer with a patched receiver in each set (``n_layers`` if none)."""
-    lay = _receiver_layers(graph)[graph.edge_receiver]  # [n_edges]
+    lay = graph.receiver_layers[graph.edge_receiver]  # [n_edges]
     big = torch.full_like(lay, graph.n_layers)
     return torch.where(masks, lay, big).min(1).values
 

@@ -253,6 +253,15 @@ class ComputationGraph:
     def logits_receiver(self) -> int:
         return self._logits_receiver
 
+    @cached_property
+    def receiver_layers(self) -> torch.Tensor:
+        """``[n_receivers]``: the layer each receiver sits in (the logits: ``n_layers``)."""
+        out = torch.full((self.n_receivers,), self.n_layers, dtype=torch.long)
+        for L in range(self.n_layers):
+            p = self.ports(L)
+            out[list(p["q"]) + list(p["k"]) + list(p["v"]) + [p["mlp"]]] = L
+        return out
+
     def __repr__(self) -> str:
         c = self.config
         return (f"ComputationGraph({c.get('model', '')!r}, {c['family']}, {self.n_nodes} nodes, {self.n_edges} edges, "
