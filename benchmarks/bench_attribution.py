@@ -5,8 +5,8 @@ backward passes, and peak memory against the number of active features.
   one forward plus (target rows / batch size) backward passes of the same model, timed bare in the
   same run, in two forms: plain HF batched as circuit-tracer batches (a forward of ``batch_size``
   copies, one target row per copy; its backward runs through every module, MLPs and queries/keys
-  included, so it does more), and the same work as `attribute` in plain hooks (one frozen forward,
-  each backward one vector-Jacobian product batched over the rows). Target ≤ 2×.
+  included, so it does more), and the same work as `attribute` in plain hooks (one frozen forward
+  per prompt prefix, each backward one vector-Jacobian product batched over the rows). Target ≤ 2×.
 - **Batched** (64 rows per backward) against one backward per target node (batch_size=1), both the
   whole graph of every covered layer, both timed in full. Target ≥ 10× faster.
 - **Memory**: peak resident memory of a fresh process per setting (TopK k = 8 .. 64 active features
@@ -56,15 +56,21 @@ def floor_seconds(model, n_tokens: int, rows: int, passes: int) -> float:
     return time.perf_counter() - t
 
 
-def frozen_floor_seconds(model, graph, rows: int) -> float:
-    """The same work in plain PyTorch forward hooks: one forward of the prompt with queries, keys and
-    MLP outputs detached (MLP outputs as leaves) and every norm's denominator frozen, then one backward
-    per chunk of the graph's targets, batched over the chunk's ``rows`` rows, from the tensors those
-    targets read (final norm for logits, the pre-MLP norm's output for features), into the embeddings
-    and MLP leaves."""
+def frozen_floor_seconds(model, graph, rows: int, prefixes: int) -> float:
+    """The same work in plain PyTorch forward hooks. The targets are grouped by the prompt prefix
+    they need (a feature at position p reads tokens 0..p; logits the whole prompt), the prompt cut
+    at ``prefixes`` even lengths, as `attribute` cuts it. Per prefix: one forward with queries, keys
+    and MLP outputs detached (MLP outputs as leaves) and every norm's denominator frozen, then one
+    backward per chunk of that prefix's targets, batched over the chunk's ``rows`` rows, from the
+    tensors those targets read (final norm for logits, the pre-MLP norm's output for features),
+    into the embeddings and MLP leaves."""
     hf = model.hf
     layers = hf.model.layers
-    ids = torch.tensor([graph.token_ids])
+    s = graph.n_pos
+    ends = sorted({-(-s * i // prefixes) for i in range(1, prefixes + 1)})
+    groups: dict[int, list] = {}
+    for L, p in [(None, s - 1)] * graph.n_logits + [tuple(f) for f in graph.features[:, :2].tolist()]:
+        groups.setdefault(next(e for e in ends if e > p), []).append(L)
     hooks, leaves, ins = [], [], {}
 
     def freeze(mod, args, out):
@@ -87,18 +93,20 @@ def frozen_floor_seconds(model, graph, rows: int) -> float:
         hooks.append(layer.mlp.register_forward_hook(leaf))
     fin: dict[str, torch.Tensor] = {}
     hooks.append(hf.model.norm.register_forward_hook(lambda m, a, o: fin.__setitem__("x", freeze(m, a, o)) or fin["x"]))
-    emb = hf.get_input_embeddings()(ids).detach().requires_grad_(True)
-    targets = [None] * graph.n_logits + [int(L) for L in graph.features[:, 0].tolist()]
     t = time.perf_counter()
     try:
         with torch.enable_grad():
-            hf(inputs_embeds=emb, use_cache=False, logits_to_keep=1)
-            for start in range(0, len(targets), rows):
-                chunk = targets[start:start + rows]
-                outs = {("final" if L is None else L) for L in chunk}
-                o = [fin["x"][:, -1] if k == "final" else ins[k] for k in outs]
-                torch.autograd.grad(o, [emb] + leaves, [torch.randn(rows, *x.shape) for x in o], retain_graph=True,
-                                    allow_unused=True, is_grads_batched=True)
+            for P, targets in sorted(groups.items()):
+                leaves.clear()
+                ids = torch.tensor([graph.token_ids[:P]])
+                emb = hf.get_input_embeddings()(ids).detach().requires_grad_(True)
+                hf(inputs_embeds=emb, use_cache=False, logits_to_keep=1)
+                for start in range(0, len(targets), rows):
+                    chunk = targets[start:start + rows]
+                    outs = {("final" if L is None else L) for L in chunk}
+                    o = [fin["x"][:, -1] if k == "final" else ins[k] for k in outs]
+                    torch.autograd.grad(o, [emb] + leaves, [torch.randn(rows, *x.shape) for x in o],
+                                        retain_graph=True, allow_unused=True, is_grads_batched=True)
     finally:
         for h in hooks:
             h.remove()
@@ -165,13 +173,14 @@ def main() -> None:
     rows = g.n_features + g.n_logits
     passes = g.settings["backward_passes"]
     t_floor = floor_seconds(model, n_tok, min(64, rows), passes)
-    t_same = frozen_floor_seconds(model, g, min(64, rows))
+    t_same = frozen_floor_seconds(model, g, min(64, rows), g.settings["forward_passes"])
     print(f"\nattribution: {g.n_features} features, {g.n_logits} logits, {rows} target rows, {passes} backward passes")
     print(f"  attribute() (median of 3)        {t_attr:8.1f} s")
     print(f"  floor: 1 fwd of {min(64, rows)} copies + {passes} bwd (bare HF) {t_floor:8.1f} s")
     print(f"  ratio                            {t_attr / t_floor:8.2f}x  (target <= 2x: {'met' if t_attr / t_floor <= 2 else 'NOT met'};"
           " this floor's backward also runs through MLPs and q/k, which the graph's does not: more work)")
-    print(f"  same work in plain hooks: 1 frozen fwd + {passes} frozen bwd {t_same:8.1f} s")
+    print(f"  same work in plain hooks: {g.settings['forward_passes']} frozen fwd (prompt prefixes) + {passes} frozen bwd "
+          f"{t_same:8.1f} s")
     print(f"  ratio against the same work      {t_attr / t_same:8.2f}x  (target <= 2x: "
           f"{'met' if t_attr / t_same <= 2 else 'NOT met'}; the difference is the pre-pass, nnsight and the columns)")
 

@@ -1,11 +1,13 @@
 """`attribute`: the attribution graph of one prompt over a transcoder set.
 
 One real forward (inference mode) finds the active features, the error vectors and the output
-logits. One trace then runs a frozen forward of the prompt and every backward pass
-(`attribution_rows`): each backward pass is one vector-Jacobian product batched over
-``batch_size`` target rows (a logit's demeaned unembedding vector at the final norm's output, or a
-feature's encoder vector at its MLP input), so a graph with R target rows costs one forward and
-``ceil(R / batch_size)`` backward passes, as in circuit-tracer. A source's edge is its activation times the gradient reaching what it wrote:
+logits. A trace then runs a frozen forward and backward passes (`attribution_rows`): each
+backward pass is one vector-Jacobian product batched over ``batch_size`` target rows (a logit's
+demeaned unembedding vector at the final norm's output, or a feature's encoder vector at its MLP
+input), so a graph with R target rows costs about ``ceil(R / batch_size)`` backward passes, as in
+circuit-tracer. A feature at position p reads nothing after p, so rows are grouped by the prompt
+prefix they need, with one trace per prefix (up to four): the backward passes of early features
+run over a short prefix. A source's edge is its activation times the gradient reaching what it wrote:
 ``a_f * W_dec[f] . g`` for a feature (summed over the layers a cross-layer latent writes),
 ``error . g`` for an error node and ``embedding . g`` for a token.
 
@@ -29,6 +31,7 @@ from .replacement import RowPlan, attribution_rows, check_supported
 __all__ = ["attribute", "estimate_memory", "DEFAULT_MAX_TOKENS"]
 
 DEFAULT_MAX_TOKENS = 128
+_PREFIXES = 4  # at most this many prompt prefixes (frozen forwards) per batch of rows
 
 
 def estimate_memory(model: Any, n_tokens: int, batch_size: int, n_features: int) -> int:
@@ -282,26 +285,46 @@ class _Context:
                            "feat_vec": torch.stack(fv) if fv else torch.zeros(0, d)})
         return chunks
 
+    def _prefixes(self, targets: list[tuple[str, int]]) -> list[tuple[int, list[tuple[str, int]]]]:
+        """The targets grouped by the prompt prefix their rows need, ``[(length, targets)]``.
+
+        A feature at position p reads nothing after p (causal attention), so its backward pass
+        can run on a frozen forward of the first p + 1 tokens; logits need the whole prompt.
+        The prompt is cut at up to ``_PREFIXES`` lengths, about every third token (a trace each)."""
+        s = self.s
+        n = min(_PREFIXES, max(1, s // 3))
+        ends = sorted({-(-s * i // n) for i in range(1, n + 1)})
+        groups: dict[int, list[tuple[str, int]]] = {}
+        for t in targets:
+            pos = s - 1 if t[0] == "logit" else int(self.feats[t[1], 1])
+            groups.setdefault(next(e for e in ends if e > pos), []).append(t)
+        return sorted(groups.items())
+
     def rows(self, model: Any, ids: torch.Tensor, targets: list[tuple[str, int]], selected: list[int], bar: Any,
              cancel: Any) -> dict[tuple[str, int], tuple[torch.Tensor, float]]:
-        """``{target: (row over the selected features' columns, bias)}``, one trace for all of them."""
+        """``{target: (row over the selected features' columns, bias)}``, one trace per prompt prefix
+        (`_prefixes`)."""
         F = len(selected)
         n_cols = F + self.n_layers * self.s + self.s + self.K
-        out_index = {t: i for i, t in enumerate(targets)}
-        plan = RowPlan(rows=self.B, covered=self.layers, inputs=self.inputs, chunks=self._chunks(targets, out_index),
-                       sources=self._sources(selected), errors=self.errors, b_dec=self.b_dec, skips=self.skips,
-                       n_rows=len(targets), n_cols=n_cols, col_errors=F, col_tokens=F + self.n_layers * self.s)
-        rows, bias = attribution_rows(model, ids.to(model.device), plan, remote=self.remote, bar=bar, cancel=cancel)
-        self.passes += len(plan.chunks)
-        self.traces += 1
-        self.upload += plan.nbytes()
-        self.download += rows.numel() * 4 + bias.numel() * 4
+        sources = self._sources(selected)
         _, enc_b = self.encoders([j for kind, j in targets if kind == "feat"])
         out = {}
-        for t, i in out_index.items():
-            kind, j = t
-            extra = float(self.ub[j]) if kind == "logit" else enc_b[j]
-            out[t] = (rows[i], float(bias[i]) + extra)
+        for P, part in self._prefixes(targets):
+            index = {t: i for i, t in enumerate(part)}
+            plan = RowPlan(rows=self.B, covered=self.layers, inputs=self.inputs, chunks=self._chunks(part, index),
+                           sources=[src for src in sources if src[1] < P], errors=self.errors[:, :P].contiguous(),
+                           b_dec=self.b_dec, skips=self.skips, n_rows=len(part), n_cols=n_cols, col_errors=F,
+                           col_tokens=F + self.n_layers * self.s, n_pos=self.s)
+            rows, bias = attribution_rows(model, ids[:, :P].to(model.device), plan, remote=self.remote, bar=bar,
+                                          cancel=cancel)
+            self.passes += len(plan.chunks)
+            self.traces += 1
+            self.upload += plan.nbytes()
+            self.download += rows.numel() * 4 + bias.numel() * 4
+            for t, i in index.items():
+                kind, j = t
+                extra = float(self.ub[j]) if kind == "logit" else enc_b[j]
+                out[t] = (rows[i], float(bias[i]) + extra)
         return out
 
     def by_influence(self, model: Any, ids: torch.Tensor, max_features: int, probs: torch.Tensor, bar: Any,

@@ -127,7 +127,8 @@ class RowPlan:
     ``inputs``: the site name each covered layer's transcoder reads (``mlp_in``, ``resid_mid`` or
     ``ln2_normalized``). ``errors [n_layers, s, d]`` the error vectors; ``b_dec`` ``{layer: [d]}``; ``skips``
     ``{layer: [d, d]}``; ``n_rows`` and ``n_cols`` the output's shape; ``col_errors`` and
-    ``col_tokens`` where the error and token columns start.
+    ``col_tokens`` where the error and token columns start; ``n_pos`` the whole prompt's length when
+    the trace runs a prefix of it (0: the trace's own length), which the error columns are laid out by.
     """
 
     rows: int
@@ -142,6 +143,7 @@ class RowPlan:
     n_cols: int
     col_errors: int
     col_tokens: int
+    n_pos: int = 0
 
     def nbytes(self) -> int:
         """Bytes of tensors this plan sends (a remote run's upload)."""
@@ -194,9 +196,9 @@ def _pass(plan: RowPlan, ch: dict[str, Any], leaves: list[torch.Tensor], mlp_in:
         for j, Lo in enumerate(outs_L):
             contrib += g_m[Lo][:, pos] @ W[:, j].T
         block[:, cols] = contrib * act[None]
-    e0, t0 = plan.col_errors, plan.col_tokens
+    e0, t0, S = plan.col_errors, plan.col_tokens, plan.n_pos or s
     for L in range(n_layers):
-        block[:, e0 + L * s:e0 + (L + 1) * s] = torch.einsum("bsd,sd->bs", g_m[L], plan.errors[L])
+        block[:, e0 + L * S:e0 + L * S + s] = torch.einsum("bsd,sd->bs", g_m[L], plan.errors[L])
     emb = e_leaf[0].detach().float().cpu()
     block[:, t0:t0 + s] = torch.einsum("bsd,sd->bs", g_e, emb)
     bias = torch.zeros(B)
