@@ -389,7 +389,7 @@ def _patch_heads(program: TraceProgram, r: EdgeRun, L: int, p: dict[str, Any], r
     w, fam = r.w[L], r.family
     attn = program.module(program.nn, "attn", L)
     K = r.K
-    xs = r.stream.view(K, -1, *r.stream.shape[1:])  # [K, n, s, d]
+    xs = r.stream.reshape(K, -1, *r.stream.shape[1:])  # [K, n, s, d]
     writes: dict[str, list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
     for j, sets, dl in sparse:
         y = w.ln1(xs[sets] + dl)  # [k', n, s, d]
@@ -432,7 +432,7 @@ def _patch_rows(r: EdgeRun, x: torch.Tensor, src: torch.Tensor, norm: Norm, rece
         return False
     for _, sets, dl in sparse:
         xv = x.view(r.K, -1, *x.shape[1:])
-        xv[sets] = norm(src.view(r.K, -1, *src.shape[1:])[sets] + dl).to(x.dtype)
+        xv[sets] = norm(src.reshape(r.K, -1, *src.shape[1:])[sets] + dl).to(x.dtype)
     return True
 
 

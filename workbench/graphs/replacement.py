@@ -161,9 +161,10 @@ def _pass(plan: RowPlan, ch: dict[str, Any], leaves: list[torch.Tensor], mlp_in:
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """One backward pass: the chunk's rows ``[B, n_cols]`` and their bias terms ``[B]``.
 
-    The frozen forward ran one copy of the prompt; the pass's ``B`` target rows are one batched
-    vector-Jacobian product over it (``is_grads_batched``: the backward vectorized over the rows)."""
-    B, s, d = plan.rows, e_leaf.shape[1], e_leaf.shape[2]
+    The frozen forward ran one copy of the prompt; the pass's target rows are one batched
+    vector-Jacobian product over it (``is_grads_batched``: the backward vectorized over the rows).
+    A chunk fills its rows from the first, so a partial chunk runs only its ``B`` used rows."""
+    B, s, d = int((ch["out"] >= 0).sum()), e_leaf.shape[1], e_leaf.shape[2]
     outs, gouts = [], []
     if ch["logit_b"].numel():
         g = torch.zeros(B, *final.shape, dtype=final.dtype, device=final.device)
@@ -281,11 +282,11 @@ def attribution_rows(model: Any, ids: torch.Tensor, plan: RowPlan, *, remote: bo
                     stopped = True
                     break
                 block, bias = _pass(plan, ch, leaves, mlp_in, final, e_leaf, points)
-                ok = ch["out"] >= 0
-                out_rows[ch["out"][ok]] = block[ok]
-                out_bias[ch["out"][ok]] = bias[ok]
+                used = ch["out"][:block.shape[0]]
+                out_rows[used] = block
+                out_bias[used] = bias
                 if bar is not None:
-                    bar.update(int(ok.sum()))
+                    bar.update(block.shape[0])
             saved = nnsight.save([out_rows, out_bias, stopped])
     out_rows, out_bias, stopped = saved
     if stopped:
