@@ -92,7 +92,7 @@ def test_scores_equal_a_plain_torch_reference(tiny, family):
     ref = reference(model.hf, ids, 6, model.n_heads)
     for kind in HEAD_SCORE_KINDS:
         assert got.scores(kind).shape == (model.n_layers, model.n_heads)
-        torch.testing.assert_close(got.scores(kind), ref[kind], rtol=1e-4, atol=1e-5, msg=kind)
+        torch.testing.assert_close(got.scores(kind), ref[kind], rtol=1e-4, atol=1e-5, msg=lambda m, k=kind: f"{k}: {m}")
     assert got.copying.abs().max() > 1e-3  # not trivially zero
 
 
