@@ -430,8 +430,8 @@ def _patch_rows(r: EdgeRun, x: torch.Tensor, src: torch.Tensor, norm: Norm, rece
     sparse = r.sparse_deltas([receiver], n_up)
     if sparse is None:
         return False
+    xv = x.view(r.K, -1, *x.shape[1:])
     for _, sets, dl in sparse:
-        xv = x.view(r.K, -1, *x.shape[1:])
         xv[sets] = norm(src.reshape(r.K, -1, *src.shape[1:])[sets] + dl).to(x.dtype)
     return True
 
