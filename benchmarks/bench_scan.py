@@ -6,7 +6,9 @@ model body without the unembedding (``hf.base_model(...)``, final norm included)
 after its last site, so it never unembeds. Also printed: the full forward and the one unembedding
 only the last position (``logits_to_keep=1``). Targets: scan >= 0.95x the body; a cancelled and
 resumed scan < 5% above an uninterrupted one. ``--profile`` times each in-trace reduction alone
-on the same batches' activations and gives its share of the scan time.
+on the same batches' activations and gives its share of the scan time: the C kernel
+(`workbench.neurons.site_stats`) the scan uses on a CPU, and each torch pass it replaces
+(``WORKBENCH_NATIVE=0`` runs the whole scan on those).
 
 Times are the process's CPU seconds (``time.process_time``: every thread, the nnsight worker
 included) by default, since on a shared machine wall time mostly measures the neighbours;
@@ -220,6 +222,7 @@ def profile(model, batches, store, per_batch: float, tmp: Path) -> None:
 
 def profile_layer(x: torch.Tensor, st, mask: torch.Tensor, k: int, timed) -> dict[str, float]:
     """Seconds of each part on one layer's batch: cold (first batch) and warm (end of scan) thresholds."""
+    from workbench.neurons import site_stats
     from workbench.neurons.scan import ScanReducer
 
     pad = torch.zeros(0, dtype=torch.long)
@@ -228,12 +231,24 @@ def profile_layer(x: torch.Tensor, st, mask: torch.Tensor, k: int, timed) -> dic
     j, u = (~(warm.maxima(x) <= st.threshold())).nonzero(as_tuple=True)
     jc, uc = torch.ones(x.shape[0], x.shape[2], dtype=torch.bool).nonzero(as_tuple=True)
     o = warm(x)
-    return {"window maxima (amax)": timed(lambda: warm.maxima(x)),
-            "positions, first batch (every window)": timed(lambda: cold.positions(x, jc, uc)),
-            "positions, end of scan (above the k-th)": timed(lambda: warm.positions(x, j, u)),
-            "power sums 1..4": timed(lambda: warm.moments(x)),
-            "histogram": timed(lambda: warm.histogram(x)),
-            "client merge (top-k, moments, hist)": timed(lambda: merge(st, o, warm))}
+
+    def fresh_positions(r, rows, units):
+        r._dense = None  # each call finds the positions again
+        return r.positions(x, rows, units)
+
+    parts = {}
+    if site_stats.available():
+        parts["C kernel: maxima, positions, power sums, histogram"] = timed(
+            lambda: site_stats.site_stats(x, mask, st.mean.float(), 1, warm.scratch))
+    parts.update({
+        "torch path: window maxima (amax)": timed(lambda: warm.maxima(x)),
+        "torch path: positions, first batch (every window)": timed(lambda: fresh_positions(cold, jc, uc)),
+        "torch path: positions, end of scan (above the k-th)": timed(lambda: fresh_positions(warm, j, u)),
+        "torch path: power sums 1..4": timed(lambda: warm.moments(x)),
+        "torch path: histogram": timed(lambda: warm.histogram(x)),
+        "whole reducer, end of scan (as the scan runs it)": timed(lambda: warm(x)),
+        "client merge (top-k, moments, hist)": timed(lambda: merge(st, o, warm))})
+    return parts
 
 
 def merge(st, o: dict, r) -> None:

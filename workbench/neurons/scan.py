@@ -38,6 +38,7 @@ from ..core.corpus import Fingerprint, corpus_name, iter_texts
 from ..core.errors import Cancelled
 from ..core.fileio import atomic_tensors
 from ..core.sites import SITES, TOKEN_SITES, Site
+from .site_stats import site_stats
 from .store import (
     FORMAT,
     HIST,
@@ -131,9 +132,12 @@ class ScanReducer:
     positions); ``shift`` is the running mean the power sums are taken around (so float32 sums
     stay accurate); ``threshold`` the k-th best value of each unit so far (NaN while a slot is
     empty): only windows above it can enter the top-k, so only theirs need a position.
-    Each part is a method (`maxima`, `positions`, `moments`, `histogram`) so its cost can be
-    measured alone (benchmarks/bench_scan.py ``--profile``); every part reads the batch in a
-    few whole-tensor passes and none copies the counted tokens out.
+    On a CPU the maxima, every window's max positions, the power sums and the histogram come
+    from one pass of the C kernel `site_stats` (the same values; float64 power sums). Where it
+    does not apply (no compiler, another device, ``WORKBENCH_NATIVE=0``) each part is a torch
+    method (`maxima`, `positions`, `moments`, `histogram`), whose cost can be measured alone
+    (benchmarks/bench_scan.py ``--profile``); each reads the batch in a few whole-tensor passes
+    and none copies the counted tokens out.
     """
 
     def __init__(self, mask: torch.Tensor, pad_rows: torch.Tensor, shift: torch.Tensor | None, k: int,
@@ -162,14 +166,15 @@ class ScanReducer:
     def positions(self, x: torch.Tensor, rows: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Position of the (first) maximum of unit ``units[i]`` in window ``rows[i]``."""
         m = self.mask.to(x.device)
-        if len(rows) * 4 >= x.shape[0] * x.shape[2]:  # most pairs: one dense pass, shared by every call on x
-            if self._dense is None or self._dense[0] is not x:
-                pos = x[:, self.first :].max(dim=1).indices + self.first
-                if len(self.pad_rows):
-                    pr = self.pad_rows.to(x.device)
-                    pos[pr] = x[pr].masked_fill(~m[pr, :, None], -torch.inf).max(dim=1).indices
-                self._dense = (x, pos)
+        if self._dense is not None and self._dense[0] is x:  # every window's positions, already known
             return self._dense[1][rows, units]
+        if len(rows) * 4 >= x.shape[0] * x.shape[2]:  # most pairs: one dense pass, shared by every call on x
+            pos = x[:, self.first :].max(dim=1).indices + self.first
+            if len(self.pad_rows):
+                pr = self.pad_rows.to(x.device)
+                pos[pr] = x[pr].masked_fill(~m[pr, :, None], -torch.inf).max(dim=1).indices
+            self._dense = (x, pos)
+            return pos[rows, units]
         cols = x[rows, :, units]  # [pairs, s]
         return cols.masked_fill(~m[rows], -torch.inf).argmax(dim=1)
 
@@ -203,10 +208,15 @@ class ScanReducer:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.prepare(x)
         dev = x.device
-        wmax = self.maxima(x)
+        fused = site_stats(x, self.mask, self.shift, self.first, self.scratch)
+        if fused is not None:
+            wmax, self._dense = fused.wmax, (x, fused.wpos)
+            out = {"s1": fused.s1, "s2": fused.s2, "s3": fused.s3, "s4": fused.s4, "hist": fused.hist}
+        else:
+            wmax = self.maxima(x)
+            out = self.moments(x)
+            out["hist"] = self.histogram(x)
         b, d = wmax.shape
-        out = self.moments(x)
-        out["hist"] = self.histogram(x)
         if b > self.k:
             tv, ti = wmax.topk(self.k, dim=0)
         else:

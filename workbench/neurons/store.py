@@ -120,7 +120,7 @@ class SignedLogBins:
         pe = self.positive_edges()
         return np.concatenate([[-np.inf], -pe[::-1], [0.0, 0.0], pe, [np.inf]])
 
-    def _lut(self, device: torch.device) -> torch.Tensor:
+    def lut(self, device: torch.device) -> torch.Tensor:
         """The bin of every code ``bits >> shift`` (sign, exponent, top mantissa bits), indexed by the
         code modulo its range: int32 ``[2^(32 - shift)]``. Code 0 holds ``±0`` and the subnormal
         values below ``2^-128``; it maps to the zero bin, and `counts` moves the non-zero ones out."""
@@ -150,7 +150,7 @@ class SignedLogBins:
                                                                              flat.device))
         code &= (2 << (31 - self.shift)) - 1
         b = scratch.get("hist.bin", (n, d), torch.int32, flat.device)
-        torch.index_select(self._lut(flat.device), 0, code.view(-1), out=b.view(-1))
+        torch.index_select(self.lut(flat.device), 0, code.view(-1), out=b.view(-1))
         b += torch.arange(d, dtype=torch.int32, device=flat.device) * self.n_bins
         hist = torch.bincount(b.view(-1), minlength=d * self.n_bins).view(d, self.n_bins)
         if bool(hist[:, self.center].any()):  # zeros, or tiny non-zero values that share their code
