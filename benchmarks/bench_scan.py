@@ -239,7 +239,7 @@ def profile_layer(x: torch.Tensor, st, mask: torch.Tensor, k: int, timed) -> dic
     parts = {}
     if site_stats.available():
         parts["C kernel: maxima, positions, power sums, histogram"] = timed(
-            lambda: site_stats.site_stats(x, mask, st.mean.float(), 1, warm.scratch))
+            lambda: site_stats.site_stats(x, mask, st.mean.float(), 1))
     parts.update({
         "torch path: window maxima (amax)": timed(lambda: warm.maxima(x)),
         "torch path: positions, first batch (every window)": timed(lambda: fresh_positions(cold, jc, uc)),

@@ -1,4 +1,4 @@
-"""The scan's C kernel (`workbench.neurons.site_stats`) against the torch passes it replaces,
+"""The scan's C kernels (`workbench.neurons.site_stats`, `top_merge`) against the torch code they replace,
 and the native-kernel loader (`workbench.core.native`): cache, fallback, races, pickling."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import workbench as wb
 from workbench.core import native
 from workbench.core.corpus import default_corpus
 from workbench.neurons import site_stats as ss
+from workbench.neurons import top_merge
 from workbench.neurons.scan import ScanReducer
-from workbench.neurons.store import HIST
+from workbench.neurons.store import HIST, KeyState
 
 needs_cc = pytest.mark.skipif(native.compiler() is None, reason="no C compiler here: the scan uses its torch passes")
 
@@ -190,3 +191,65 @@ def test_two_processes_building_at_once_both_load(tmp_path):
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert outs == ["42"] * 3 and all(p.returncode == 0 for p in procs)
     assert len(list((tmp_path / "cache" / "native").glob("t_race-*.so"))) == 1
+
+
+def torch_merge(tv, tw, tp, values, windows, pos):
+    """`KeyState.merge_top`'s torch path: every column sorted by `KeyState._merged`."""
+    return KeyState._merged(tv, tw, tp.int(), values.float(), windows.long(), pos.int())
+
+
+def hard_top(seed: int, k: int, c: int, d: int = 11, sort_existing: bool = True):
+    """A running top-k and candidates with ties, NaNs, signed zeros, infinities and empty slots."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.tensor([0.0, -0.0, 1.0, 1.0, -1.0, float("inf"), float("-inf"), float("nan"), 2.0, 1e-40])
+    tv = pool[torch.randint(len(pool), (k, d), generator=g)]
+    tw = torch.randperm(10 * k * d + 1, generator=g)[: k * d].view(k, d)
+    tv[k // 2 :, : d // 3] = -torch.inf  # empty slots, as `KeyState.empty` leaves them
+    tw[k // 2 :, : d // 3] = -1
+    tp = torch.randint(64, (k, d), generator=g, dtype=torch.int32)
+    tp[tw < 0] = 0
+    if sort_existing:
+        tv, tw, tp = torch_merge(tv, tw, tp, tv[:0], tw[:0], tp[:0])
+    values = pool[torch.randint(len(pool), (c, d), generator=g)]
+    windows = 10 * k * d + 1 + torch.randperm(10 * c * d + 1, generator=g)[: c * d].view(c, d)
+    pos = torch.randint(64, (c, d), generator=g, dtype=torch.int32)
+    return tv, tw, tp, values, windows, pos
+
+
+@needs_cc
+@pytest.mark.parametrize("k,c", [(4, 9), (20, 16), (8, 3), (1, 5), (6, 0)])
+@pytest.mark.parametrize("sort_existing", [True, False])
+def test_top_merge_kernel_equals_the_torch_sort(k, c, sort_existing):
+    for seed in range(5):
+        args = hard_top(seed, k, c, sort_existing=sort_existing)
+        fast = top_merge.merged(*args)
+        slow = torch_merge(*args)
+        for a, b, name in zip(fast, slow, ("values", "windows", "pos"), strict=True):
+            assert a.dtype == b.dtype, name
+            assert torch.equal(a.view(torch.int32) if a.is_floating_point() else a,
+                               b.view(torch.int32) if b.is_floating_point() else b), (seed, name)
+
+
+@needs_cc
+def test_merge_top_uses_the_kernel_and_agrees_when_disabled(monkeypatch):
+    tv, tw, tp, values, windows, pos = hard_top(7, 20, 16, d=300)
+    states = []
+    for native_on in ("1", "0"):
+        monkeypatch.setenv("WORKBENCH_NATIVE", native_on)
+        st = KeyState.empty(300, 20, HIST.n_bins, 0)
+        st.merge_top(tv, tw, tp)
+        st.merge_top(values, windows[:, :1].expand_as(windows), pos)  # one window per row, as the scan gives
+        states.append(st)
+    assert top_merge.available() is False  # WORKBENCH_NATIVE=0 is still set
+    for f in ("top_values", "top_window", "top_pos"):
+        a, b = getattr(states[0], f), getattr(states[1], f)
+        assert torch.equal(a.view(torch.int32) if a.is_floating_point() else a,
+                           b.view(torch.int32) if b.is_floating_point() else b), f
+
+
+def test_top_merge_refuses_shapes_that_disagree():
+    if not top_merge.available():
+        pytest.skip("no C compiler here")
+    tv, tw, tp, values, windows, pos = hard_top(0, 4, 3)
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        top_merge.merged(tv, tw, tp, values[:, :5], windows, pos)

@@ -208,7 +208,7 @@ class ScanReducer:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.prepare(x)
         dev = x.device
-        fused = site_stats(x, self.mask, self.shift, self.first, self.scratch)
+        fused = site_stats(x, self.mask, self.shift, self.first)
         if fused is not None:
             wmax, self._dense = fused.wmax, (x, fused.wpos)
             out = {"s1": fused.s1, "s2": fused.s2, "s3": fused.s3, "s4": fused.s4, "hist": fused.hist}

@@ -5,8 +5,10 @@ compute with its torch passes: each window's maximum of each unit and its (first
 the power sums 1..4 of ``x - shift`` and the histogram in the `SignedLogBins` of ``HIST``,
 all over the counted tokens only. The maxima, positions and histogram are exactly torch's
 (NaN wins a maximum, as in ``amax``); the power sums are accumulated in float64 where torch's
-passes sum in float32, so they are at least as accurate. On a CPU this is about 4x faster
-than the torch passes, whose temporaries dominate the scan's cost beside the model.
+passes sum in float32, so they are at least as accurate. The units go in blocks of 16 (one
+cache line of each row), so a block's maxima, sums and histogram stay in registers and L1
+while the batch streams past once. On a CPU this is about 5x faster than the torch passes,
+whose temporaries dominate the scan's cost beside the model.
 
 It returns None (and `ScanReducer` runs its torch passes) when the kernel cannot be built
 (`workbench.core.native`), when ``WORKBENCH_NATIVE=0``, or for a tensor that is not on the CPU.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core import native
-from .store import HIST, Scratch
+from .store import HIST
 
 __all__ = ["SiteStats", "site_stats", "available"]
 
@@ -28,50 +30,70 @@ SOURCE = r"""
 #include <stdint.h>
 #include <math.h>
 
-/* x [b, s, d] float32; token t of window i is counted when t >= first and mask[i*s + t].
-   wmax, wpos [b, d]: each window's maximum over its counted tokens and its first position
-   (a NaN wins, as in torch's amax); -inf and 0 for a window with none.
-   sums [4, d] float64, zeroed here: power sums 1..4 of (x - shift); shift may be NULL.
-   hist [nb, d] int32, bin-major, zeroed by the caller: lut[bits >> sh] is a value's bin, and
-   the non-zero values below 2^-128 (magnitude under 1 << sh) go to center -/+ 1 by sign. */
-void wb_site_stats(const float *restrict x, const uint8_t *restrict mask, int64_t b, int64_t s, int64_t d,
-                   int64_t first, const float *restrict shift, const int32_t *restrict lut, int32_t sh,
-                   int32_t center, float *restrict wmax, int64_t *restrict wpos, double *restrict sums,
-                   int32_t *restrict hist) {
-  double *restrict s1 = sums, *restrict s2 = sums + d, *restrict s3 = sums + 2 * d, *restrict s4 = sums + 3 * d;
+#define BW 16
+
+/* One block of w <= BW units starting at unit j0, every window and counted token; the block's
+   maxima, sums and histogram stay in registers and L1 while the batch streams past. */
+static inline void block(const float *restrict x, const uint8_t *restrict mask, int64_t b, int64_t s, int64_t d,
+                         int64_t first, const float *restrict shift, const int32_t *restrict lut, int32_t sh,
+                         int32_t center, int64_t nb, float *restrict wmax, int64_t *restrict wpos,
+                         double *restrict sums, int64_t *restrict hist, int64_t j0, int64_t w) {
   const uint32_t tiny = 1u << sh;
-  for (int64_t j = 0; j < 4 * d; j++) sums[j] = 0.0;
+  double a1[BW], a2[BW], a3[BW], a4[BW];
+  float c[BW];
+  for (int64_t q = 0; q < w; q++) { a1[q] = a2[q] = a3[q] = a4[q] = 0.0; c[q] = shift ? shift[j0 + q] : 0.0f; }
   for (int64_t i = 0; i < b; i++) {
-    float *restrict m = wmax + i * d;
-    int64_t *restrict p = wpos + i * d;
-    for (int64_t j = 0; j < d; j++) { m[j] = -INFINITY; p[j] = 0; }
+    float m[BW];
+    int64_t p[BW];
+    for (int64_t q = 0; q < w; q++) { m[q] = -INFINITY; p[q] = 0; }
     for (int64_t t = first; t < s; t++) {
       if (!mask[i * s + t]) continue;
-      const float *restrict row = x + (i * s + t) * d;
-      for (int64_t j = 0; j < d; j++) {
-        float v = row[j];
-        int take = (v > m[j]) | ((v != v) & (m[j] == m[j]));
-        m[j] = take ? v : m[j];
-        p[j] = take ? t : p[j];
-        double y = (double)(shift ? v - shift[j] : v);
+      const float *restrict row = x + (i * s + t) * d + j0;
+      for (int64_t q = 0; q < w; q++) {
+        float v = row[q];
+        int take = (v > m[q]) | ((v != v) & (m[q] == m[q]));
+        m[q] = take ? v : m[q];
+        p[q] = take ? t : p[q];
+        double y = (double)(v - c[q]);
         double y2 = y * y;
-        s1[j] += y; s2[j] += y2; s3[j] += y2 * y; s4[j] += y2 * y2;
+        a1[q] += y; a2[q] += y2; a3[q] += y2 * y; a4[q] += y2 * y2;
       }
       const uint32_t *restrict bits = (const uint32_t *)row;
-      for (int64_t j = 0; j < d; j++) {
-        uint32_t u = bits[j];
+      for (int64_t q = 0; q < w; q++) {
+        uint32_t u = bits[q];
         int32_t bin = lut[u >> sh];
         uint32_t mag = u & 0x7FFFFFFFu;
         if (__builtin_expect(mag != 0 && mag < tiny, 0)) bin = (u >> 31) ? center - 1 : center + 1;
-        hist[(int64_t)bin * d + j] += 1;
+        hist[(j0 + q) * nb + bin] += 1;
       }
     }
+    for (int64_t q = 0; q < w; q++) { wmax[i * d + j0 + q] = m[q]; wpos[i * d + j0 + q] = p[q]; }
   }
+  for (int64_t q = 0; q < w; q++) {
+    sums[j0 + q] = a1[q]; sums[d + j0 + q] = a2[q]; sums[2 * d + j0 + q] = a3[q]; sums[3 * d + j0 + q] = a4[q];
+  }
+}
+
+/* x [b, s, d] float32; token t of window i is counted when t >= first and mask[i*s + t].
+   wmax, wpos [b, d]: each window's maximum over its counted tokens and its first position
+   (a NaN wins, as in torch's amax); -inf and 0 for a window with none.
+   sums [4, d] float64: power sums 1..4 of (x - shift); shift may be NULL.
+   hist [d, nb] int64, zeroed by the caller: lut[bits >> sh] is a value's bin, and the non-zero
+   values below 2^-128 (magnitude under 1 << sh) go to center -/+ 1 by sign.
+   Units are taken in blocks of BW (one cache line of each row): reading the batch once. */
+void wb_site_stats(const float *restrict x, const uint8_t *restrict mask, int64_t b, int64_t s, int64_t d,
+                   int64_t first, const float *restrict shift, const int32_t *restrict lut, int32_t sh,
+                   int32_t center, int64_t nb, float *restrict wmax, int64_t *restrict wpos,
+                   double *restrict sums, int64_t *restrict hist) {
+  int64_t j0 = 0;
+  for (; j0 + BW <= d; j0 += BW)
+    block(x, mask, b, s, d, first, shift, lut, sh, center, nb, wmax, wpos, sums, hist, j0, BW);
+  if (j0 < d) block(x, mask, b, s, d, first, shift, lut, sh, center, nb, wmax, wpos, sums, hist, j0, d - j0);
 }
 """
 
 _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-_SIGNATURES = {"wb_site_stats": (None, [_P, _P, _I64, _I64, _I64, _I64, _P, _P, _I32, _I32, _P, _P, _P, _P])}
+_SIGNATURES = {"wb_site_stats": (None, [_P, _P, _I64, _I64, _I64, _I64, _P, _P, _I32, _I32, _I64, _P, _P, _P, _P])}
 
 
 def _lib() -> ctypes.CDLL | None:
@@ -97,8 +119,7 @@ class SiteStats:
     hist: torch.Tensor
 
 
-def site_stats(x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor | None, first: int,
-               scratch: Scratch | None = None) -> SiteStats | None:
+def site_stats(x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor | None, first: int) -> SiteStats | None:
     """The reductions of a contiguous float32 ``[b, s, d]`` CPU batch over its counted tokens
     (``mask`` ``[b, s]`` and ``t >= first``), or None where the kernel does not apply."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 3 or not x.is_contiguous():
@@ -109,7 +130,6 @@ def site_stats(x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor | None, 
     b, s, d = x.shape
     if tuple(mask.shape) != (b, s):
         raise ValueError(f"mask must be [batch, seq] = [{b}, {s}], not {list(mask.shape)}")
-    scratch = scratch or Scratch()
     m8 = mask.to(torch.uint8).contiguous()
     sh = shift.float().contiguous() if shift is not None else None
     if sh is not None and sh.shape != (d,):
@@ -117,11 +137,9 @@ def site_stats(x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor | None, 
     wmax = torch.empty(b, d)
     wpos = torch.empty(b, d, dtype=torch.long)
     sums = torch.empty(4, d, dtype=torch.float64)
-    hist = scratch.get("site_stats.hist", (HIST.n_bins, d), torch.int32, x.device).zero_()
+    hist = torch.zeros(d, HIST.n_bins, dtype=torch.long)
     lut = HIST.lut(x.device)
     lib.wb_site_stats(x.data_ptr(), m8.data_ptr(), b, s, d, int(first), sh.data_ptr() if sh is not None else None,
-                      lut.data_ptr(), HIST.shift, HIST.center, wmax.data_ptr(), wpos.data_ptr(), sums.data_ptr(),
-                      hist.data_ptr())
-    counts = torch.empty(d, HIST.n_bins, dtype=torch.long)
-    counts.copy_(hist.t())
-    return SiteStats(wmax, wpos, sums[0], sums[1], sums[2], sums[3], counts)
+                      lut.data_ptr(), HIST.shift, HIST.center, HIST.n_bins, wmax.data_ptr(), wpos.data_ptr(),
+                      sums.data_ptr(), hist.data_ptr())
+    return SiteStats(wmax, wpos, sums[0], sums[1], sums[2], sums[3], hist)

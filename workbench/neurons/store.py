@@ -47,6 +47,7 @@ from ..core.errors import WorkbenchError
 from ..core.fileio import atomic_json, atomic_tensors
 from ..core.sites import Site
 from ..core.viewers import Showable
+from . import top_merge
 
 FORMAT = "interp-workbench/scan"
 VERSION = 2
@@ -217,9 +218,15 @@ class KeyState:
     def merge_top(self, values: torch.Tensor, windows: torch.Tensor, pos: torch.Tensor) -> None:
         """Merge candidates [c, d] into the top-k: value descending, then window ascending.
 
-        Only the units where some candidate reaches the current k-th value (or a slot is
-        empty) are sorted; the others cannot change (late in a scan, most of them)."""
+        On a CPU the C kernel `top_merge.merged` inserts each candidate that beats a unit's
+        k-th entry. Otherwise only the units where some candidate reaches the current k-th
+        value (or a slot is empty) are sorted; the others cannot change (late in a scan, most
+        of them). Both give the same entries."""
         values, windows, pos = values.float(), windows.long(), pos.int()
+        fast = top_merge.merged(self.top_values, self.top_window, self.top_pos, values, windows, pos)
+        if fast is not None:  # the same entries from the C kernel, one insertion per entering candidate
+            self.top_values, self.top_window, self.top_pos = fast
+            return
         cols = (~(values < self.top_values[-1]) | (self.top_window[-1] < 0)).any(0)  # ties and NaN: candidates
         if not bool(cols.any()):
             return
