@@ -15,7 +15,7 @@ import workbench as wb
 from workbench.core.arch import resolve
 from workbench.core.corpus import default_corpus
 from workbench.neurons.scan import ScanCancelled, ScanReducer
-from workbench.neurons.store import HIST, ScanStore, StoreError, compact_int
+from workbench.neurons.store import HIST, KeyState, ScanStore, StoreError, compact_int
 
 CORPUS = default_corpus(max_passages=12)
 K, WINDOW, BATCH, SAMPLE = 4, 12, 3, 8
@@ -133,7 +133,7 @@ def test_version_1_stores_open_and_resume(model, tmp_path):
     (p / "meta.json").write_text(json.dumps(meta))
     old = ScanStore.open(p)
     assert_same_state(old, e.value.partial)
-    assert old.states["neurons.0"].hist.dtype == torch.int64 and old.states["neurons.0"].top_pos.dtype == torch.int32
+    assert old.states["neurons.0"].hist.dtype == torch.int32 and old.states["neurons.0"].top_pos.dtype == torch.int32
     done = do_scan(model, p, corpus=CORPUS[:6])  # resumes the old store; writes version 2
     assert_same_state(done, ref)
     assert json.loads((p / "meta.json").read_text())["version"] == 2
@@ -265,3 +265,23 @@ def test_top_k_merge_equals_a_sort_by_value_then_window():
         got = list(zip(st.top_values[:, u].tolist(), st.top_window[:, u].tolist(), st.top_pos[:, u].tolist(),
                        strict=True))
         assert got == want, u
+
+
+def test_counts_become_int64_before_int32_would_overflow():
+    """Counts are int32 in memory while a unit's token count fits; the merge that would pass
+    2^31 - 1 widens them first, so no count wraps."""
+    st = KeyState.empty(3, 2, HIST.n_bins, 0)
+    assert st.hist.dtype == torch.int32
+    big = 2**31 - 5
+    st.hist[:, HIST.center] = big
+    st.n = big
+    batch = torch.zeros(3, HIST.n_bins, dtype=torch.int32)
+    batch[:, HIST.center] = 10
+    st.merge_power_sums(10, None, *(torch.zeros(3, dtype=torch.float64) for _ in range(4)))
+    st.merge_hist(batch)
+    assert st.hist.dtype == torch.int64
+    assert (st.hist[:, HIST.center] == big + 10).all()
+    small = KeyState.empty(3, 2, HIST.n_bins, 0)
+    small.merge_power_sums(10, None, *(torch.zeros(3, dtype=torch.float64) for _ in range(4)))
+    small.merge_hist(batch.long())  # the torch path's int64 counts into int32 ones
+    assert small.hist.dtype == torch.int32 and (small.hist[:, HIST.center] == 10).all()

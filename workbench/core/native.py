@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load", "enabled", "compiler", "clear"]
+__all__ = ["Kernel", "load", "enabled", "compiler", "clear"]
 
 _FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC", "-fno-math-errno")
 
@@ -143,3 +143,19 @@ def load(name: str, source: str, signatures: dict[str, tuple[Any, Sequence[Any]]
                 lib = None
         _LOADED.libs[name] = lib
         return lib
+
+
+class Kernel:
+    """One kernel library by name: ``lib()`` is `load`'s result (None: use the torch path).
+
+    Holds only its name, source and signatures, so it pickles with the code that calls it."""
+
+    def __init__(self, name: str, source: str, signatures: dict[str, tuple[Any, Sequence[Any]]]):
+        self.name, self.source, self.signatures = name, source, signatures
+
+    def lib(self) -> ctypes.CDLL | None:
+        return load(self.name, self.source, self.signatures)
+
+    def available(self) -> bool:
+        """Whether the kernel is built and enabled here."""
+        return self.lib() is not None

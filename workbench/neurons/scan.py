@@ -38,7 +38,7 @@ from ..core.corpus import Fingerprint, corpus_name, iter_texts
 from ..core.errors import Cancelled
 from ..core.fileio import atomic_tensors
 from ..core.sites import SITES, TOKEN_SITES, Site
-from .site_stats import site_stats
+from .site_stats import SiteStats, site_stats
 from .store import (
     FORMAT,
     HIST,
@@ -210,12 +210,10 @@ class ScanReducer:
         dev = x.device
         fused = site_stats(x, self.mask, self.shift, self.first)
         if fused is not None:
-            wmax, self._dense = fused.wmax, (x, fused.wpos)
-            out = {"s1": fused.s1, "s2": fused.s2, "s3": fused.s3, "s4": fused.s4, "hist": fused.hist}
-        else:
-            wmax = self.maxima(x)
-            out = self.moments(x)
-            out["hist"] = self.histogram(x)
+            return self._from_kernel(fused)
+        wmax = self.maxima(x)
+        out = self.moments(x)
+        out["hist"] = self.histogram(x)
         b, d = wmax.shape
         if b > self.k:
             tv, ti = wmax.topk(self.k, dim=0)
@@ -236,6 +234,23 @@ class ScanReducer:
             uu = torch.arange(d, device=dev).repeat(len(rows))
             out.update(sv=wmax[rows], sp=self.positions(x, r, uu).view(len(rows), d))
         self._dense = None
+        return out
+
+    def _from_kernel(self, f: SiteStats) -> dict[str, torch.Tensor]:
+        """The same outputs as the torch passes, from the kernel's every-window maxima and positions."""
+        out = {"s1": f.s1, "s2": f.s2, "s3": f.s3, "s4": f.s4, "hist": f.hist}
+        b = f.wmax.shape[0]
+        if b > self.k:
+            tv, ti = f.wmax.topk(self.k, dim=0)
+            tp = f.wpos.gather(0, ti)
+            out["ti"] = ti
+        else:
+            tv, tp = f.wmax, f.wpos
+        if self.threshold is not None:  # as the torch path: no position for a window that cannot enter
+            tp = tp.masked_fill(tv <= self.threshold, 0)
+        out.update(tv=tv, tp=tp)
+        if len(self.sample_rows):
+            out.update(sv=f.wmax[self.sample_rows], sp=f.wpos[self.sample_rows])
         return out
 
 

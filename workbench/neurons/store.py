@@ -18,8 +18,8 @@ Format (``format: "interp-workbench/scan"``, version 2; version 1 stores still o
       windows with the smallest hash priority (a deterministic sample, so shards merge exactly).
 
     Integer tensors ("int") are written in the smallest of uint8, int16, int32 and int64 that
-    holds their values (exact); in memory they are int64 (counts, window ids) and int32
-    (positions) whatever the file holds. Version 1 wrote them all as int64/int32, with every bin.
+    holds their values (exact); in memory they are int64 (window ids), int32 (positions) and
+    int32 counts while ``n`` fits int32 (int64 after), whatever the file holds. Version 1 wrote them all as int64/int32, with every bin.
     windows/<chunk>.safetensors   token ids of scanned windows: ``ids [n, W] i32`` (-1 = padding),
                                   ``window [n] i64`` (global id), ``doc [n] i64``, ``start [n] i64``
 
@@ -169,6 +169,14 @@ class SignedLogBins:
 HIST = SignedLogBins()
 
 
+HIST_INT32_MAX = 2**31 - 1  # counts are held as int32 while a unit's token count is at most this
+
+
+def hist_dtype(n: int) -> torch.dtype:
+    """The in-memory dtype of counts of ``n`` tokens per unit: int32 while they fit, else int64."""
+    return torch.int32 if n <= HIST_INT32_MAX else torch.long
+
+
 def window_priority(windows: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A deterministic pseudo-random priority in [0, 1) per window id (splitmix64)."""
     x = np.asarray(windows, dtype=np.uint64).copy()
@@ -203,7 +211,7 @@ class KeyState:
         return cls(
             torch.full((k, width), -torch.inf), torch.full((k, width), -1, dtype=torch.long),
             torch.zeros((k, width), dtype=torch.int32), 0, torch.zeros(width, **f64), torch.zeros(width, **f64),
-            torch.zeros(width, **f64), torch.zeros(width, **f64), torch.zeros((width, n_bins), dtype=torch.long),
+            torch.zeros(width, **f64), torch.zeros(width, **f64), torch.zeros((width, n_bins), dtype=torch.int32),
             torch.full((n_sample, width), -torch.inf), torch.zeros((n_sample, width), dtype=torch.int32))
 
     @property
@@ -218,15 +226,13 @@ class KeyState:
     def merge_top(self, values: torch.Tensor, windows: torch.Tensor, pos: torch.Tensor) -> None:
         """Merge candidates [c, d] into the top-k: value descending, then window ascending.
 
-        On a CPU the C kernel `top_merge.merged` inserts each candidate that beats a unit's
-        k-th entry. Otherwise only the units where some candidate reaches the current k-th
-        value (or a slot is empty) are sorted; the others cannot change (late in a scan, most
-        of them). Both give the same entries."""
+        On a CPU the C kernel `top_merge.merge_into` inserts each candidate that beats a unit's
+        k-th entry, in place. Otherwise only the units where some candidate reaches the current
+        k-th value (or a slot is empty) are sorted; the others cannot change (late in a scan,
+        most of them). Both give the same entries."""
         values, windows, pos = values.float(), windows.long(), pos.int()
-        fast = top_merge.merged(self.top_values, self.top_window, self.top_pos, values, windows, pos)
-        if fast is not None:  # the same entries from the C kernel, one insertion per entering candidate
-            self.top_values, self.top_window, self.top_pos = fast
-            return
+        if top_merge.merge_into(self.top_values, self.top_window, self.top_pos, values, windows, pos):
+            return  # the same entries from the C kernel, one insertion per entering candidate
         cols = (~(values < self.top_values[-1]) | (self.top_window[-1] < 0)).any(0)  # ties and NaN: candidates
         if not bool(cols.any()):
             return
@@ -290,7 +296,13 @@ class KeyState:
         self.merge_moments(n_b, mean, m2.clamp_min(0), m3, m4.clamp_min(0))
 
     def merge_hist(self, hist: torch.Tensor) -> None:
-        self.hist += hist.long()
+        """Add another set of tokens' counts, in place. Call it after the moments of the same
+        tokens (`merge_moments`, `merge_power_sums`): the counts stay int32, half the memory
+        traffic of a merge, while ``n`` (an upper bound on every count) fits, and become int64
+        before it does not."""
+        if self.hist.dtype != torch.long and self.n > HIST_INT32_MAX:
+            self.hist = self.hist.long()
+        self.hist += hist.to(self.hist.dtype)  # exact: every count is at most n
 
     def merge(self, other: KeyState) -> None:
         """Fold in the state of a disjoint set of windows (sample merged by the caller)."""
@@ -334,9 +346,10 @@ class KeyState:
                 raise StoreError(f"tensor {name!r} has shape {tuple(t[name].shape)}, expected {shape} "
                                  "(from meta.json): the store is corrupt")
             got[f] = t[name]
-        hist = torch.zeros((width, n_bins), dtype=torch.long)
-        hist[:, lo : lo + nb] = got["hist"].long()
-        return cls(got["top.values"].float(), got["top.window"].long(), got["top.pos"].int(), int(got["n"][0]),
+        n = int(got["n"][0])
+        hist = torch.zeros((width, n_bins), dtype=hist_dtype(n))
+        hist[:, lo : lo + nb] = got["hist"]
+        return cls(got["top.values"].float(), got["top.window"].long(), got["top.pos"].int(), n,
                    got["mean"].double(), got["m2"].double(), got["m3"].double(), got["m4"].double(), hist,
                    got["sample.values"].float(), got["sample.pos"].int())
 
@@ -377,6 +390,8 @@ class Sample:
         w = torch.cat([self.windows, windows.long()])
         pr = torch.cat([self.priority, priority.double()])
         order = torch.argsort(pr, stable=True)[:R]
+        if torch.equal(order, torch.arange(R)):  # no candidate enters: the sample and its values stay as they are
+            return
         self.windows, self.priority = w[order], pr[order]
         for st, v, p in zip(states, values, pos, strict=True):
             st.sample_values = torch.cat([st.sample_values, v.float()])[order]
